@@ -131,13 +131,18 @@ def load_into(module, state_dict, source, dtype=None, device=None):
 def hub_download(repo_id, filenames, subfolder=None):
     """Fetch only the named files of a Hub repo into the usual cache; offline, say how to pass a local file."""
     from huggingface_hub import hf_hub_download
-    from huggingface_hub.errors import EntryNotFoundError
+    from huggingface_hub.errors import EntryNotFoundError, LocalEntryNotFoundError
 
     last = None
     for name in filenames:
         try:
             return Path(hf_hub_download(repo_id, name, subfolder=subfolder))
         except EntryNotFoundError as e:
+            if isinstance(e, LocalEntryNotFoundError):  # offline and not cached: a subclass, not "no such file"
+                raise CheckpointError(
+                    f"{repo_id}: '{name}' is not in the local Hugging Face cache and the Hub cannot be reached "
+                    "(offline). Download the file elsewhere and pass its local path (a .safetensors file or a "
+                    "diffusers folder) instead of a repo id.") from None
             last = e
             continue
         except Exception as e:  # offline, no such repo, gated, ...

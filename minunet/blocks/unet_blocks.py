@@ -1,0 +1,95 @@
+"""The UNet's three kinds of stage: down (encoder) levels, the middle, and up (decoder) levels.
+
+Each is `layers` resnets, each optionally followed by a spatial transformer, then a resampler.
+Attribute names are diffusers' (`resnets`, `attentions`, `downsamplers.0`, `upsamplers.0`).
+"""
+import torch
+from torch import nn
+
+from .attention import Transformer2DModel
+from .resnet import Downsample2D, ResnetBlock2D, Upsample2D
+
+
+def _transformers(n, channels, heads, depth, cfg):
+    return nn.ModuleList([
+        Transformer2DModel(channels, heads, depth, cfg.context_dim, cfg.use_linear_projection,
+                           cfg.upcast_attention, cfg.norm_num_groups) for _ in range(n)])
+
+
+class DownBlock(nn.Module):
+    """Level `i` of the encoder. Returns the output and the skips it hands to the decoder."""
+
+    def __init__(self, cfg, i):
+        super().__init__()
+        c_in = cfg.block_out_channels[max(i - 1, 0)]
+        c = cfg.block_out_channels[i]
+        n = cfg.layers_per_block
+        self.resnets = nn.ModuleList([ResnetBlock2D(c_in if j == 0 else c, c, cfg.time_embed_dim,
+                                                    cfg.norm_num_groups, cfg.norm_eps) for j in range(n)])
+        if cfg.attention_levels[i]:
+            self.attentions = _transformers(n, c, cfg.num_heads[i], cfg.transformer_depth[i], cfg)
+        else:
+            self.attentions = None
+        last = i == len(cfg.block_out_channels) - 1
+        self.downsamplers = None if last else nn.ModuleList([Downsample2D(c)])
+
+    def forward(self, x, temb, context):
+        skips = []
+        for j, resnet in enumerate(self.resnets):
+            x = resnet(x, temb)
+            if self.attentions is not None:
+                x = self.attentions[j](x, context)
+            skips.append(x)
+        if self.downsamplers is not None:
+            x = self.downsamplers[0](x)  # (B, C, H, W) -> (B, C, ceil(H/2), ceil(W/2))
+            skips.append(x)
+        return x, skips
+
+
+class MidBlock(nn.Module):
+    """resnet -> transformer -> resnet at the lowest resolution."""
+
+    def __init__(self, cfg):
+        super().__init__()
+        c = cfg.block_out_channels[-1]
+        self.resnets = nn.ModuleList(
+            [ResnetBlock2D(c, c, cfg.time_embed_dim, cfg.norm_num_groups, cfg.norm_eps) for _ in range(2)])
+        self.attentions = _transformers(1, c, cfg.num_heads[-1], cfg.transformer_depth_mid, cfg)
+
+    def forward(self, x, temb, context):
+        x = self.resnets[0](x, temb)
+        x = self.attentions[0](x, context)
+        return self.resnets[1](x, temb)
+
+
+class UpBlock(nn.Module):
+    """Up block `i` (level n-1-i of the encoder, read backwards): each resnet takes the running features
+    concatenated with one skip, popped last-in first-out."""
+
+    def __init__(self, cfg, i):
+        super().__init__()
+        chans = cfg.block_out_channels[::-1]
+        level = len(chans) - 1 - i
+        c = chans[i]
+        c_prev = chans[max(i - 1, 0)]                   # channels coming up from the block below
+        c_skip_last = chans[min(i + 1, len(chans) - 1)]  # the last skip is the level below's (pre-downsample) width
+        n = cfg.layers_per_block + 1
+        self.resnets = nn.ModuleList([
+            ResnetBlock2D((c_prev if j == 0 else c) + (c_skip_last if j == n - 1 else c), c, cfg.time_embed_dim,
+                          cfg.norm_num_groups, cfg.norm_eps) for j in range(n)])
+        if cfg.attention_levels[level]:
+            self.attentions = _transformers(n, c, cfg.num_heads[level], cfg.transformer_depth[level], cfg)
+        else:
+            self.attentions = None
+        self.upsamplers = None if i == len(chans) - 1 else nn.ModuleList([Upsample2D(c)])
+
+    def forward(self, x, skips, temb, context, upsample_size=None):
+        for j, resnet in enumerate(self.resnets):
+            skip = skips.pop()
+            x = torch.cat([x, skip], dim=1)  # (B, C + C_skip, H, W): decoder input = backbone || skip
+            x = resnet(x, temb)
+            if self.attentions is not None:
+                x = self.attentions[j](x, context)
+        if self.upsamplers is not None:
+            x = self.upsamplers[0](x, upsample_size)
+        return x

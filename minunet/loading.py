@@ -1,0 +1,161 @@
+"""load_unet: one entry point for diffusers folders, original single files and Hub repo ids.
+
+Models are built on the meta device (no memory) and the file's memory-mapped tensors are assigned into them,
+so a load costs one copy of the weights at most (none when dtype and device already match the file).
+"""
+import json
+import re
+from pathlib import Path
+
+import torch
+
+from .config import PRESETS, UNetConfig
+from .io import CheckpointError, hub_download, load_safetensors, load_into, looks_like_repo_id, read_header, refuse_pickle
+from .keymaps.unet import PREFIX, unet_key_map
+from .unet import UNet
+
+# entries of a whole original checkpoint that are not the UNet and are skipped without complaint
+OTHER_COMPONENTS = ("first_stage_model.", "cond_stage_model.", "conditioner.", "model_ema.")
+SCHEDULE_BUFFERS = {"betas", "alphas_cumprod", "alphas_cumprod_prev", "sqrt_alphas_cumprod",
+                    "sqrt_one_minus_alphas_cumprod", "log_one_minus_alphas_cumprod", "sqrt_recip_alphas_cumprod",
+                    "sqrt_recipm1_alphas_cumprod", "posterior_variance", "posterior_log_variance_clipped",
+                    "posterior_mean_coef1", "posterior_mean_coef2", "logvar"}
+
+
+def load_unet(source, *, dtype=None, device=None, variant=None, config=None) -> UNet:
+    """Load a UNet from a diffusers folder (model folder or its unet/), an original .safetensors file,
+    or a Hugging Face Hub repo id. `variant="fp16"` picks diffusion_pytorch_model.fp16.safetensors.
+    `config` (a UNetConfig) overrides what a single file's shapes say (heads and upcast are not in shapes)."""
+    source = str(source)
+    refuse_pickle(source)
+    path = Path(source)
+    if path.is_dir():
+        return _load_diffusers_folder(path, dtype, device, variant)
+    if path.is_file():
+        return load_unet_single_file(path, dtype=dtype, device=device, config=config)
+    if looks_like_repo_id(source):
+        weights = f"diffusion_pytorch_model.{variant}.safetensors" if variant else "diffusion_pytorch_model.safetensors"
+        config = hub_download(source, ["config.json"], subfolder="unet")
+        hub_download(source, [weights], subfolder="unet")
+        return _load_diffusers_folder(config.parent, dtype, device, variant)
+    raise CheckpointError(f"{source}: no such file or folder, and not a Hub repo id ('owner/name')")
+
+
+def _load_diffusers_folder(path, dtype, device, variant):
+    if (path / "unet" / "config.json").is_file():
+        path = path / "unet"
+    config_file = path / "config.json"
+    if not config_file.is_file():
+        raise CheckpointError(f"{path}: no config.json (nor unet/config.json): not a diffusers UNet folder")
+    config = UNetConfig.from_diffusers(json.loads(config_file.read_text()), source=str(config_file))
+    name = "diffusion_pytorch_model" + (f".{variant}" if variant else "")
+    file, index = path / f"{name}.safetensors", path / f"{name}.safetensors.index.json"
+    if file.is_file():
+        state = load_safetensors(file)
+    elif index.is_file():  # sharded: {"weight_map": {key: shard file}}
+        shards = sorted(set(json.loads(index.read_text())["weight_map"].values()))
+        state = {k: v for s in shards for k, v in load_safetensors(path / s).items()}
+    else:
+        found = sorted(p.name for p in path.glob("*.safetensors")) or sorted(p.name for p in path.iterdir())
+        hint = " (pickle .bin files are refused: convert them to safetensors)" if any(
+            n.endswith(".bin") for n in found) else ""
+        raise CheckpointError(f"{path}: no {file.name}{hint}; found {found}. "
+                              "Pass variant='fp16' for .fp16. files.")
+    with torch.device("meta"):
+        model = UNet(config)
+    return load_into(model, state, file, dtype, device).eval()
+
+
+def load_unet_single_file(path, *, dtype=None, device=None, config=None) -> UNet:
+    """The UNet of an original checkpoint (`model.diffusion_model.*`); config read from the shapes unless given."""
+    header, _, _ = read_header(path)
+    keys = [k for k in header if k.startswith(PREFIX)]
+    if not keys:
+        prefixes = sorted({k.split(".")[0] for k in header})
+        raise CheckpointError(f"{path}: no '{PREFIX}*' tensors, so no UNet in the original layout "
+                              f"(top-level names found: {prefixes[:10]}). A diffusers UNet file goes with its "
+                              "config.json in a folder: pass the folder.")
+    shapes = {k[len(PREFIX):]: header[k]["shape"] for k in keys}
+    config = config or config_from_shapes(shapes, path)
+    with torch.device("meta"):
+        model = UNet(config)
+    mapping = unet_key_map(list(model.state_dict()), config)
+    unknown = sorted(k for k in shapes if k not in mapping)
+    if unknown:
+        raise CheckpointError(f"{path}: {len(unknown)} unknown UNet keys under '{PREFIX}' for the detected "
+                              f"{describe(config)}: {', '.join(unknown[:15])}")
+    tensors = load_safetensors(path, keys=set(keys))
+    state = {mapping[k[len(PREFIX):]]: v for k, v in tensors.items()}
+    return load_into(model, state, path, dtype, device).eval()
+
+
+def _count(shapes, pattern):
+    return len({m.group(1) for k in shapes if (m := re.match(pattern, k))})
+
+
+def config_from_shapes(shapes, source="state dict"):
+    """Read a UNetConfig off original-layout tensor shapes (keys without 'model.diffusion_model.'), ComfyUI-style:
+    widths from conv weights, depths by counting blocks, context width from attn2.to_k, projection kind from the
+    rank of proj_in. Head counts are not in the shapes: 8 heads for 1x1-conv projections (SD 1.x), head size 64
+    for linear ones (SD 2.x, SDXL), as in every official model."""
+    def need(key):
+        if key not in shapes:
+            raise CheckpointError(f"{source}: unsupported UNet architecture: expected '{PREFIX}{key}', not found")
+        return shapes[key]
+
+    conv_in = need("input_blocks.0.0.weight")
+    for marker in ("label_emb.weight", "input_hint_block.0.weight", "input_blocks.1.0.time_stack.0.in_layers.0.weight"):
+        if marker in shapes:
+            raise CheckpointError(f"{source}: unsupported UNet architecture ('{PREFIX}{marker}' found: class-label, "
+                                  "ControlNet or video UNets are not SD 1.x / 2.x / SDXL)")
+    if len(conv_in) != 4:
+        raise CheckpointError(f"{source}: unsupported UNet architecture (conv_in weight has shape {conv_in})")
+    n = _count(shapes, r"input_blocks\.(\d+)\.0\.op\.weight") + 1
+    n_in = _count(shapes, r"input_blocks\.(\d+)\.")
+    if n_in % n:
+        raise CheckpointError(f"{source}: unsupported UNet architecture ({n_in} input blocks for {n} levels)")
+    L = n_in // n - 1
+    first = [1 + i * (L + 1) for i in range(n)]
+    widths = tuple(need(f"input_blocks.{k}.0.out_layers.3.weight")[0] for k in first)
+    attn = tuple(f"input_blocks.{k}.1.proj_in.weight" in shapes for k in first)
+    depth = tuple(_count(shapes, rf"input_blocks\.{k}\.1\.transformer_blocks\.(\d+)\.") for k in first)
+    mid_depth = _count(shapes, r"middle_block\.1\.transformer_blocks\.(\d+)\.")
+    proj = need("middle_block.1.proj_in.weight")
+    linear = len(proj) == 2
+    heads = tuple(max(w // 64, 1) for w in widths) if linear else (8,) * n
+    adm = shapes.get("label_emb.0.0.weight")
+    return UNetConfig(
+        in_channels=conv_in[1], out_channels=need("out.2.weight")[0], block_out_channels=widths, layers_per_block=L,
+        attention_levels=attn, transformer_depth=depth, transformer_depth_mid=mid_depth, num_heads=heads,
+        context_dim=need("middle_block.1.transformer_blocks.0.attn2.to_k.weight")[1], use_linear_projection=linear,
+        upcast_attention=linear and adm is None,  # SD 2.x: as the 768-v model; harmless in fp32, safer in fp16
+        adm_in_channels=adm[1] if adm is not None else None,
+        norm_num_groups=32)
+
+
+def family(cfg):
+    """'sd1', 'sd2', 'sdxl' or 'sdxl-refiner' from the structure alone (any widths)."""
+    if cfg.adm_in_channels is None:
+        return "sd2" if cfg.use_linear_projection else "sd1"
+    return "sdxl-refiner" if len(cfg.block_out_channels) == 4 else "sdxl"
+
+
+def preset_name(cfg):
+    """The official model this config is (ignoring upcast and the inpainting input), or None."""
+    for name, preset in PRESETS.items():
+        same = cfg.__class__(**{**cfg.asdict(), "in_channels": 4, "upcast_attention": preset.upcast_attention})
+        if same == preset:
+            return name + ("-inpainting" if cfg.in_channels == 9 else "")
+    return None
+
+
+def describe(cfg):
+    name = preset_name(cfg)
+    return f"{name} UNet" if name else f"{family(cfg)}-family UNet with widths {list(cfg.block_out_channels)}"
+
+
+def original_state_dict(model: UNet):
+    """The model's tensors under their original single-file names (`model.diffusion_model.*`)."""
+    state = model.state_dict()
+    mapping = unet_key_map(list(state), model.config)
+    return {PREFIX + orig: state[ours] for orig, ours in mapping.items()}
