@@ -1,0 +1,111 @@
+"""What is in a checkpoint: components, structure, dtypes, parameter counts, key coverage, official or not."""
+import hashlib
+import json
+from collections import Counter
+from pathlib import Path
+
+from .io import CheckpointError, read_header
+from .keymaps.unet import PREFIX
+from .weights import CONFIGS
+
+COMPONENTS = [("unet", ("model.diffusion_model.",)), ("vae", ("first_stage_model.",)),
+              ("text", ("cond_stage_model.", "conditioner.")), ("ema", ("model_ema.",))]
+
+
+def component(key):
+    for name, prefixes in COMPONENTS:
+        if key.startswith(prefixes):
+            return name
+    return "other"
+
+
+def official_files():
+    """{size in bytes: [(repo path, sha256)]} from the git-lfs pointers of the official repos."""
+    table = {}
+    for line in (CONFIGS / "LFS_POINTERS.tsv").read_text().splitlines():
+        if line.startswith("#") or not line.strip():
+            continue
+        path, size, sha = line.split("\t")[:3]
+        table.setdefault(int(size), []).append((path, sha.strip()))
+    return table
+
+
+def sha256(path, progress=True):
+    from tqdm import tqdm
+
+    h = hashlib.sha256()
+    size = Path(path).stat().st_size
+    with open(path, "rb") as f, tqdm(total=size, unit="B", unit_scale=True, desc="sha256", disable=not progress,
+                                     leave=False) as bar:
+        while chunk := f.read(1 << 24):
+            h.update(chunk)
+            bar.update(len(chunk))
+    return h.hexdigest()
+
+
+def inspect_file(path, check_hash=True):
+    """A report (dict) on a .safetensors file in the original or diffusers layout."""
+    from .loading import config_from_shapes, describe, unet_key_map
+
+    path = Path(path)
+    header, _, size = read_header(path)
+    report = {"file": str(path), "bytes": size, "tensors": len(header), "components": {}}
+    groups = {}
+    for key, entry in header.items():
+        groups.setdefault(component(key), {})[key] = entry
+    for name, entries in sorted(groups.items()):
+        params = sum(_numel(e["shape"]) for e in entries.values())
+        dtypes = dict(Counter(e["dtype"] for e in entries.values()))
+        report["components"][name] = {"tensors": len(entries), "parameters": params, "dtypes": dtypes}
+    if "unet" in groups:
+        unet = report["components"]["unet"]
+        shapes = {k[len(PREFIX):]: e["shape"] for k, e in groups["unet"].items()}
+        try:
+            import torch
+
+            from .unet import UNet
+            cfg = config_from_shapes(shapes, path)
+            with torch.device("meta"):
+                model = UNet(cfg)
+            mapping = unet_key_map(list(model.state_dict()), cfg)
+            unet["structure"] = describe(cfg)
+            unet["config"] = cfg.asdict()
+            unet["key_coverage"] = {"mapped": len(set(shapes) & set(mapping)), "model": len(mapping),
+                                    "unknown": sorted(set(shapes) - set(mapping))[:10],
+                                    "missing": sorted(set(mapping) - set(shapes))[:10]}
+        except CheckpointError as e:
+            unet["structure"] = f"not loadable: {e}"
+    known = official_files().get(size, [])
+    report["official"] = None
+    if known and check_hash:
+        digest = sha256(path)
+        report["sha256"] = digest
+        report["official"] = next((p for p, s in known if s == digest), None)
+    elif known:
+        report["official"] = "size matches " + ", ".join(p for p, _ in known) + " (hash not checked)"
+    return report
+
+
+def _numel(shape):
+    n = 1
+    for d in shape:
+        n *= d
+    return n
+
+
+def format_report(report):
+    lines = [f"{report['file']}: {report['bytes']:,} bytes, {report['tensors']} tensors"]
+    for name, c in report["components"].items():
+        lines.append(f"  {name:<6} {c['tensors']:5d} tensors {c['parameters'] / 1e6:10.1f} M parameters  "
+                     f"dtypes {json.dumps(c['dtypes'])}")
+        if "structure" in c:
+            lines.append(f"         structure: {c['structure']}")
+        if "key_coverage" in c:
+            k = c["key_coverage"]
+            lines.append(f"         key coverage: {k['mapped']}/{k['model']} model tensors mapped"
+                         + (f"; unknown {k['unknown']}" if k["unknown"] else "")
+                         + (f"; missing {k['missing']}" if k["missing"] else ""))
+    if "sha256" in report:
+        lines.append(f"  sha256 {report['sha256']}")
+    lines.append("  official file: " + (report["official"] or "no (size/SHA-256 match no known official file)"))
+    return "\n".join(lines)
