@@ -4,3 +4,4 @@ from .io import CheckpointError
 from .unet import UNet
 from .loading import config_from_shapes, load_unet, original_state_dict
 from .schedulers import SAMPLERS, AlphaSteps, Schedule, SigmaSteps, sample_ddim, sample_euler, sample_euler_ancestral
+from .text import TextConditioner, TextEmbeddings, load_text_conditioner, tiny_text_config

@@ -6,6 +6,7 @@
     minunet download sd15
 """
 import argparse
+import dataclasses
 import json
 import sys
 import tempfile
@@ -72,9 +73,154 @@ def cmd_download(args):
     print(f"{path}\nSHA-256 verified: {digest}")
 
 
+MODEL_NAMES = ("tiny", *OFFICIAL)
+
+
+def load_pipeline(model, dtype=None, device=None):
+    """--model: 'tiny', an official name (downloaded once into the Hub cache), a folder, a file or a repo id."""
+    from .pipeline import Pipeline
+
+    if model == "tiny":
+        print("minunet: --model tiny is a small RANDOM-weight model: it makes noise, not pictures.")
+        return Pipeline.tiny()
+    if model in OFFICIAL:
+        from .io import hub_download
+        repo, filename, _ = OFFICIAL[model]
+        return Pipeline.from_single_file(hub_download(repo, [filename]), dtype=dtype, device=device)
+    path = Path(model)
+    if path.is_dir():
+        return Pipeline.from_pretrained(path, dtype=dtype, device=device)
+    if path.suffix == ".safetensors" or path.suffix in (".ckpt", ".bin", ".pt"):
+        if not path.exists():
+            raise UsageError(f"--model {model}: no such file")
+        return Pipeline.from_single_file(path, dtype=dtype, device=device)
+    if model.count("/") == 1 and not path.exists():
+        return Pipeline.from_pretrained(model, dtype=dtype, device=device)
+    raise UsageError(f"--model {model}: not a file, folder, Hub repo id or known name ({', '.join(MODEL_NAMES)})")
+
+
+def parse_size(text):
+    try:
+        w, h = (int(v) for v in text.lower().split("x"))
+    except ValueError:
+        raise UsageError(f"--size {text}: expected WIDTHxHEIGHT, e.g. 512x768") from None
+    if w <= 0 or h <= 0 or w % 8 or h % 8:
+        raise UsageError(f"--size {text}: width and height must be positive multiples of 8")
+    return w, h
+
+
+def parse_freeu(text, mapping, version):
+    if text is None:
+        return None
+    from .freeu import FreeU
+
+    if "," in text:
+        try:
+            b1, b2, s1, s2 = (float(v) for v in text.split(","))
+        except ValueError:
+            raise UsageError(f"--freeu {text}: expected a preset name or four numbers b1,b2,s1,s2") from None
+        return FreeU(b1=b1, b2=b2, s1=s1, s2=s2, mapping=mapping or "official", version=version or 1)
+    try:
+        preset = FreeU.preset(text)
+    except (KeyError, ValueError) as e:
+        raise UsageError(f"--freeu {text}: {e}") from None
+    changes = {k: v for k, v in (("mapping", mapping), ("version", version)) if v is not None}
+    return dataclasses.replace(preset, **changes) if changes else preset
+
+
+def cmd_generate(args):
+    import torch
+    from PIL import Image
+    from PIL.PngImagePlugin import PngInfo
+
+    size = parse_size(args.size) if args.size else None
+    freeu = parse_freeu(args.freeu, args.freeu_mapping, args.freeu_version)
+    if args.compare_freeu and freeu is None:
+        raise UsageError("--compare-freeu needs --freeu PRESET or b1,b2,s1,s2")
+    dtype = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}[args.dtype]
+    pipe = load_pipeline(args.model, dtype=dtype, device=args.device)
+    width, height = size or (None, None)
+
+    def run(with_freeu):
+        if with_freeu is not None:
+            pipe.enable_freeu(with_freeu)
+        else:
+            pipe.disable_freeu()
+        gen = torch.Generator().manual_seed(args.seed)
+        return pipe(args.prompt, negative_prompt=args.negative, height=height, width=width, sampler=args.sampler,
+                    num_inference_steps=args.steps, guidance_scale=args.cfg, generator=gen).images[0]
+
+    if args.compare_freeu:
+        left, right = run(None), run(freeu)
+        image = Image.new("RGB", (left.width * 2, left.height))
+        image.paste(left, (0, 0))
+        image.paste(right, (left.width, 0))
+    else:
+        image = run(freeu)
+    meta = PngInfo()
+    params = {"prompt": args.prompt, "negative_prompt": args.negative, "model": args.model, "sampler": args.sampler,
+              "steps": args.steps, "cfg": args.cfg, "seed": args.seed, "size": f"{image.width}x{image.height}",
+              "freeu": None if freeu is None else dataclasses.asdict(freeu), "compare_freeu": args.compare_freeu,
+              "generator": "minunet"}
+    meta.add_text("parameters", json.dumps(params))
+    out = Path(args.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    image.save(out, pnginfo=meta)
+    print(f"wrote {out} ({image.width}x{image.height})" + (" -- left without FreeU, right with" if args.compare_freeu else ""))
+
+
+def cmd_parity(args):
+    import torch
+
+    from .parity import compare_blocks, diffusers_twin, random_inputs
+    try:
+        import diffusers  # noqa: F401
+    except ImportError:
+        raise UsageError("parity needs diffusers: pip install 'minunet[test]'") from None
+    if args.model == "tiny":
+        from .pipeline import Pipeline
+        unet, source = Pipeline.tiny().unet, None
+    else:
+        from .loading import load_unet
+        path = Path(args.model)
+        if not path.exists() and args.model.count("/") != 1:
+            raise UsageError(f"parity: {args.model}: no such file or folder")
+        unet, source = load_unet(args.model), args.model
+    theirs = diffusers_twin(source, unet)
+    h, w = (int(v) // 8 for v in parse_size(args.size)) if args.size else (32, 32)
+    x, t, ctx, added = random_inputs(unet.config, (h, w), dtype=unet.dtype)
+    rows = compare_blocks(unet, theirs, x, t, ctx, added)
+    print(f"{'block':<16} {'max |minunet - diffusers|':>26} {'max |diffusers|':>16}")
+    for name, diff, ref in rows:
+        print(f"{name:<16} {diff:26.3e} {ref:16.3e}")
+    worst = max(d / max(r, 1e-12) for _, d, r in rows)
+    print(f"largest difference relative to the block's output scale: {worst:.2e}")
+
+
 def build_parser():
     ap = argparse.ArgumentParser(prog="minunet", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = ap.add_subparsers(dest="command", required=True)
+    p = sub.add_parser("generate", help="prompt -> PNG (parameters in its text metadata)")
+    p.add_argument("prompt")
+    p.add_argument("--model", default="tiny", help="repo id | folder | file.safetensors | " + " | ".join(MODEL_NAMES))
+    p.add_argument("--negative", default=None)
+    p.add_argument("--sampler", default="euler", choices=["euler", "euler_a", "ddim"])
+    p.add_argument("--steps", type=int, default=30)
+    p.add_argument("--cfg", type=float, default=7.5)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--size", default=None, help="WIDTHxHEIGHT, multiples of 8 (default: the model's)")
+    p.add_argument("--freeu", default=None, help="a preset name or b1,b2,s1,s2")
+    p.add_argument("--freeu-mapping", choices=["official", "diffusers"], default=None)
+    p.add_argument("--freeu-version", type=int, choices=[1, 2], default=None)
+    p.add_argument("--compare-freeu", action="store_true", help="same seed without and with FreeU, side by side")
+    p.add_argument("--dtype", default="float32", choices=["float32", "float16", "bfloat16"])
+    p.add_argument("--device", default=None)
+    p.add_argument("--out", default="minunet.png")
+    p.set_defaults(func=cmd_generate)
+    p = sub.add_parser("parity", help="per-block largest difference between minunet and diffusers on your weights")
+    p.add_argument("model", help="a .safetensors file, a diffusers folder, a Hub repo id, or tiny")
+    p.add_argument("--size", default=None, help="image WIDTHxHEIGHT the latents stand for (default 256x256)")
+    p.set_defaults(func=cmd_parity)
     p = sub.add_parser("inspect", help="structure, dtypes, parameters, key coverage, official-file check")
     p.add_argument("file", nargs="?")
     p.add_argument("--demo", action="store_true", help="inspect a tiny random file written on the fly")

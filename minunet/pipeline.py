@@ -1,0 +1,292 @@
+"""From prompt to image with minunet's own UNet, samplers and VAE, and CLIP text encoders from transformers.
+
+    pipe = Pipeline.from_single_file("sd_xl_base_1.0.safetensors", dtype=torch.float16, device="cuda")
+    image = pipe("a red fox in the snow", num_inference_steps=30, generator=torch.Generator().manual_seed(0)).images[0]
+
+Argument names and meanings are diffusers' (StableDiffusion[XL][Img2Img]Pipeline). With the same generator the
+random draws happen in diffusers' order (initial noise; in img2img the VAE sample, then the noise), so a seed
+gives the same image as diffusers.
+"""
+import json
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from .images import from_pil, to_pil
+from .io import CheckpointError, hub_download, looks_like_repo_id
+from .loading import family, load_unet, load_unet_single_file
+from .schedulers import Schedule, sample_ddim, sample_euler, sample_euler_ancestral
+from .text import TextConditioner
+from .vae import load_vae
+from .weights import CONFIGS
+
+SAMPLERS = {"euler": ("euler", sample_euler), "euler_a": ("euler_ancestral", sample_euler_ancestral),
+            "ddim": ("ddim", sample_ddim)}
+# a single file carries no scheduler config or default size: the official ones for its family
+FAMILY_DEFAULTS = {"sd1": ("stable-diffusion-v1-5", 512), "sd2": ("stable-diffusion-2-1", 768),
+                   "sdxl": ("stable-diffusion-xl-base-1.0", 1024), "sdxl-refiner": ("stable-diffusion-xl-refiner-1.0", 1024)}
+
+
+@dataclass
+class PipelineOutput:
+    images: list  # PIL images, or a (B, 3, H, W) tensor in [0, 1] for "pt", or latents for "latent"
+
+
+class Pipeline:
+    def __init__(self, unet, vae, text, schedule, *, default_size=None):
+        self.unet, self.vae, self.text, self.schedule = unet, vae, text, schedule
+        self.family = text.family  # the text encoders tell the refiner (bigG alone, aesthetic score) from the base
+        if (family(unet.config) in ("sdxl", "sdxl-refiner")) != (self.family in ("sdxl", "sdxl-refiner")):
+            raise CheckpointError(f"a {family(unet.config)} UNet cannot run with {self.family} text encoders")
+        self.vae_scale = vae.config.downscale
+        self.default_size = default_size or FAMILY_DEFAULTS[self.family][1]
+        self.offload_device = None  # set by enable_model_cpu_offload
+        self.unet_fn = unet
+
+    # ---- construction ----------------------------------------------------------------------------------------
+    @classmethod
+    def from_pretrained(cls, source, *, dtype=None, device=None, variant=None, compile=False):
+        """A diffusers pipeline folder (model_index.json, unet/, vae/, text_encoder*/, tokenizer*/, scheduler/)
+        or a Hub repo id of one."""
+        folder = Path(source)
+        if not folder.is_dir():
+            if not looks_like_repo_id(source):
+                raise CheckpointError(f"{source}: no such folder, and not a Hub repo id ('owner/name')")
+            folder = _fetch_pipeline(str(source), variant)
+        if not (folder / "unet").is_dir():
+            raise CheckpointError(f"{folder}: not a diffusers pipeline folder (no unet/)")
+        unet = load_unet(folder / "unet", dtype=dtype, device=device, variant=variant)
+        vae = load_vae(folder / "vae", dtype=dtype, device=device)
+        text = TextConditioner.from_pretrained(folder, dtype=dtype, device=device)
+        sched = json.loads((folder / "scheduler" / "scheduler_config.json").read_text())
+        size = json.loads((folder / "unet" / "config.json").read_text()).get("sample_size")
+        pipe = cls(unet, vae, text, Schedule.from_config(sched),
+                   default_size=size * vae.config.downscale if isinstance(size, int) else None)
+        return pipe.compile() if compile else pipe
+
+    @classmethod
+    def from_single_file(cls, path, *, dtype=None, device=None, prediction_type=None, compile=False):
+        """An original checkpoint holding UNet, VAE and text encoders. SD 2.x files do not say whether they
+        predict epsilon (512 base) or v (768-v): pass prediction_type, else the heuristic below decides."""
+        unet = load_unet_single_file(path, dtype=dtype, device=device)
+        vae = load_vae(path, dtype=dtype, device=device)
+        text = TextConditioner.from_single_file(path, dtype=dtype, device=device)
+        fam = family(unet.config)
+        repo, size = FAMILY_DEFAULTS[fam]
+        sched = json.loads((CONFIGS / repo / "scheduler" / "scheduler_config.json").read_text())
+        if fam == "sd2":
+            prediction_type = prediction_type or _sd2_prediction_type(unet)
+            size = 768 if prediction_type == "v_prediction" else 512
+        if prediction_type is not None:
+            sched["prediction_type"] = prediction_type
+        pipe = cls(unet, vae, text, Schedule.from_config(sched), default_size=size)
+        return pipe.compile() if compile else pipe
+
+    @classmethod
+    def tiny(cls, family_name="sd1", seed=0):
+        """A small random-initialised pipeline built in memory from a fixed seed: it runs anywhere in seconds and
+        makes noise, not pictures."""
+        from .config import UNetConfig
+        from .vae import VAE, VAEConfig
+        from .unet import UNet
+
+        if family_name != "sd1":
+            raise ValueError("tiny pipelines exist for the sd1 structure only")
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(seed)
+            text = TextConditioner.tiny("sd1", seed=seed)
+            unet = UNet(UNetConfig(block_out_channels=(32, 64), attention_levels=(True, False), transformer_depth=(1, 0),
+                                   num_heads=(2, 2), context_dim=text.context_dim)).eval()
+            vae = VAE(VAEConfig(block_out_channels=(32, 32, 32, 32), layers_per_block=1, sample_size=128)).eval()
+        sched = json.loads((CONFIGS / "stable-diffusion-v1-5" / "scheduler" / "scheduler_config.json").read_text())
+        return cls(unet, vae, text, Schedule.from_config(sched), default_size=128)  # 16 x 16 latents
+
+    def compile(self):
+        self.unet_fn = torch.compile(self.unet)
+        return self
+
+    def enable_freeu(self, *args, **kwargs):
+        self.unet.enable_freeu(*args, **kwargs)
+
+    def disable_freeu(self):
+        self.unet.disable_freeu()
+
+    def enable_model_cpu_offload(self, device="cuda"):
+        """Keep every model on the CPU and move each to `device` only while it runs."""
+        self.offload_device = torch.device(device)
+        for m in (self.unet, self.vae, self.text):
+            m.to("cpu")
+
+    @contextmanager
+    def _running(self, module):
+        if self.offload_device is not None:
+            module.to(self.offload_device)
+        try:
+            yield
+        finally:
+            if self.offload_device is not None:
+                module.to("cpu")
+
+    @property
+    def device(self):
+        return self.offload_device or self.unet.device
+
+    # ---- generation ----------------------------------------------------------------------------------------
+    @torch.no_grad()
+    def __call__(self, prompt, negative_prompt=None, prompt_2=None, negative_prompt_2=None, height=None, width=None,
+                 num_inference_steps=30, guidance_scale=None, sampler="euler", eta=0.0, generator=None, latents=None,
+                 image=None, strength=None, denoising_start=None, denoising_end=None, original_size=None,
+                 crops_coords_top_left=(0, 0), target_size=None, aesthetic_score=6.0, negative_aesthetic_score=2.5,
+                 guidance_rescale=0.0, output_type="pil", callback=None, progress=True):
+        if sampler not in SAMPLERS:
+            raise ValueError(f"sampler '{sampler}' is not one of {sorted(SAMPLERS)}")
+        if output_type not in ("pil", "pt", "latent"):
+            raise ValueError(f"output_type '{output_type}' is not one of 'pil', 'pt', 'latent'")
+        name, sample = SAMPLERS[sampler]
+        xl = self.family in ("sdxl", "sdxl-refiner")
+        if guidance_scale is None:  # diffusers' defaults: 7.5 for SD 1.x / 2.x, 5.0 for SDXL
+            guidance_scale = 5.0 if xl else 7.5
+        if strength is None:  # img2img: 0.8 for SD 1.x / 2.x, 0.3 for SDXL
+            strength = 0.3 if xl else 0.8
+        height, width = self._size(height, width, image)
+        cfg = guidance_scale > 1.0
+        with self._running(self.text):
+            cond = self.text.encode(prompt, negative_prompt, prompt_2, negative_prompt_2, guidance=cfg)
+        context, pooled, neg_context, neg_pooled = cond
+        batch = context.shape[0]
+        added = self._added_conditioning(pooled, neg_pooled, height, width, original_size, crops_coords_top_left,
+                                         target_size, aesthetic_score, negative_aesthetic_score, cfg)
+        if cfg:
+            context = torch.cat([neg_context, context])
+        dev = self.device
+        context = context.to(dev, self.unet.dtype)
+        shape = (batch, self.unet.config.out_channels, height // self.vae_scale, width // self.vae_scale)
+
+        img2img = image is not None
+        window = dict(denoising_end=denoising_end)
+        init = None
+        if img2img:
+            init = self._image_latents(image, generator, batch)
+            if denoising_start is not None:
+                window["denoising_start"] = denoising_start
+            else:
+                window["strength"] = strength
+        elif denoising_start is not None:
+            raise ValueError("denoising_start needs image= (the latents from the base model)")
+        if latents is not None:
+            noise = latents.to(dev, torch.float32)
+        elif init is not None and "denoising_start" in window:
+            noise = None  # the refiner continues the base's latents and draws no starting noise
+        else:
+            noise = _randn(shape, generator, dev)
+
+        def model_fn(x, t):
+            x_in = torch.cat([x, x]) if cfg else x
+            out = self.unet_fn(x_in.to(self.unet.dtype), t, context, **added).float()
+            if not cfg:
+                return out
+            uncond, text = out.chunk(2)
+            guided = uncond + guidance_scale * (text - uncond)
+            if guidance_rescale > 0:  # Lin et al. 2023, eq. 15-16: match the std of the text-conditioned output
+                dims = list(range(1, text.ndim))
+                rescaled = guided * (text.std(dim=dims, keepdim=True) / guided.std(dim=dims, keepdim=True))
+                guided = guidance_rescale * rescaled + (1 - guidance_rescale) * guided
+            return guided
+
+        total = len(self.schedule.timesteps(num_inference_steps, name, **{k: v for k, v in window.items()
+                                                                          if v is not None}))
+        with self._running(self.unet), _progress(total, progress, callback) as step_callback:
+            kw = dict(eta=eta) if name == "ddim" else {}
+            x = sample(model_fn, noise, self.schedule, num_inference_steps, init_latents=init, generator=generator,
+                       callback=step_callback, **{k: v for k, v in window.items() if v is not None}, **kw)
+        if output_type == "latent":
+            return PipelineOutput(images=x)
+        with self._running(self.vae):
+            decoded = self.vae.decode(x.to(dev) / self.vae.scaling_factor)
+        if output_type == "pt":
+            return PipelineOutput(images=(decoded.float() * 0.5 + 0.5).clamp(0, 1))
+        return PipelineOutput(images=to_pil(decoded))
+
+    # ---- pieces ----------------------------------------------------------------------------------------------
+    def _size(self, height, width, image):
+        if image is not None and isinstance(image, torch.Tensor) and image.shape[1] == 4:  # latents (refiner)
+            height, width = image.shape[2] * self.vae_scale, image.shape[3] * self.vae_scale
+        elif image is not None:
+            pixels = from_pil(image) if not isinstance(image, torch.Tensor) else image
+            height, width = pixels.shape[2], pixels.shape[3]
+        height = height or self.default_size
+        width = width or self.default_size
+        for name, v in (("height", height), ("width", width)):
+            if v <= 0 or v % self.vae_scale:
+                raise ValueError(f"{name}={v} must be a positive multiple of {self.vae_scale}")
+        return height, width
+
+    def _added_conditioning(self, pooled, neg_pooled, height, width, original_size, crops, target_size,
+                            aesthetic, neg_aesthetic, cfg):
+        """SDXL micro-conditioning: pooled text + (original size, crop top-left, target size | aesthetic score)."""
+        if self.unet.config.adm_in_channels is None:
+            return {}
+        original_size = tuple(original_size or (height, width))
+        target_size = tuple(target_size or (height, width))
+        if self.family == "sdxl-refiner":
+            ids, neg_ids = original_size + tuple(crops) + (aesthetic,), original_size + tuple(crops) + (neg_aesthetic,)
+        else:
+            ids = neg_ids = original_size + tuple(crops) + target_size
+        b = pooled.shape[0]
+        dev, dtype = self.device, self.unet.dtype
+        time_ids = torch.tensor([ids], dtype=dtype, device=dev).repeat(b, 1)
+        if cfg:
+            neg = torch.tensor([neg_ids], dtype=dtype, device=dev).repeat(b, 1)
+            return {"text_embeds": torch.cat([neg_pooled, pooled]).to(dev, dtype), "time_ids": torch.cat([neg, time_ids])}
+        return {"text_embeds": pooled.to(dev, dtype), "time_ids": time_ids}
+
+    def _image_latents(self, image, generator, batch):
+        """img2img start: VAE posterior sample * scaling factor (drawn before the noise, as diffusers)."""
+        dev = self.device
+        if isinstance(image, torch.Tensor) and image.shape[1] == 4:
+            return image.to(dev, torch.float32)  # already latents (SDXL base -> refiner hand-over)
+        pixels = image * 2 - 1 if isinstance(image, torch.Tensor) else from_pil(image)  # tensors are in [0, 1]
+        if pixels.shape[0] == 1 and batch > 1:
+            pixels = pixels.repeat(batch, 1, 1, 1)
+        with self._running(self.vae):
+            posterior = self.vae.encode(pixels.to(dev, self.vae.dtype))
+            return (posterior.sample(generator) * self.vae.scaling_factor).float()
+
+
+def _randn(shape, generator, device):
+    """diffusers' randn_tensor: drawn on the generator's device (CPU by default), then moved."""
+    gen_device = generator.device if generator is not None else torch.device("cpu")
+    return torch.randn(shape, generator=generator, device=gen_device, dtype=torch.float32).to(device)
+
+
+@contextmanager
+def _progress(total, enabled, callback):
+    from tqdm import tqdm
+
+    with tqdm(total=total, disable=not enabled, desc="sampling", leave=False) as bar:
+        def step(i, t, x):
+            bar.update(1)
+            if callback is not None:
+                callback(i, t, x)
+        yield step
+
+
+def _fetch_pipeline(repo_id, variant):
+    from huggingface_hub import snapshot_download
+
+    weights = f"*.{variant}.safetensors" if variant else "*.safetensors"
+    try:
+        return Path(snapshot_download(repo_id, allow_patterns=["*.json", "*.txt", weights]))
+    except Exception as e:
+        raise CheckpointError(f"{repo_id}: could not fetch from the Hugging Face Hub ({type(e).__name__}). Without "
+                              "network, pass a local diffusers folder or a .safetensors file instead.") from None
+
+
+def _sd2_prediction_type(unet):
+    """SD 2.x 512-base (epsilon) and 768-v (v) files have the same keys: ComfyUI's heuristic, the std of one norm
+    bias of the last decoder transformer, is above 0.09 only in the v model."""
+    blocks = unet.up_blocks[-1].attentions
+    std = float(blocks[-1].transformer_blocks[0].norm1.bias.float().std()) if blocks is not None else 0.0
+    return "v_prediction" if std > 0.09 else "epsilon"

@@ -1,0 +1,89 @@
+"""Tiny random pipelines in the diffusers layout (real CLIP tokenizer, small text encoders, UNet and VAE)."""
+import shutil
+
+import torch
+
+from helpers import randomize_
+from minunet import UNetConfig
+from minunet.weights import CONFIGS, TOKENIZER
+
+SD_SCHEDULER = CONFIGS / "stable-diffusion-v1-5" / "scheduler" / "scheduler_config.json"
+XL_SCHEDULER = CONFIGS / "stable-diffusion-xl-base-1.0" / "scheduler" / "scheduler_config.json"
+
+
+def tokenizer(folder, repo="stable-diffusion-v1-5", sub="tokenizer"):
+    """The shipped CLIP BPE files + the official tokenizer configs of `repo/sub`, saved in `folder`."""
+    from transformers import CLIPTokenizer
+
+    folder.mkdir(parents=True, exist_ok=True)
+    for f in (CONFIGS / repo / sub).iterdir():
+        shutil.copy(f, folder / f.name)
+    for f in ("vocab.json", "merges.txt"):
+        shutil.copy(TOKENIZER / f, folder / f)
+    return CLIPTokenizer.from_pretrained(folder)
+
+
+def text_encoder(hidden, layers, projection=None, seed=0, act="quick_gelu"):
+    from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection
+
+    cfg = CLIPTextConfig(vocab_size=49408, hidden_size=hidden, intermediate_size=2 * hidden, num_hidden_layers=layers,
+                         num_attention_heads=2, max_position_embeddings=77, hidden_act=act,
+                         projection_dim=projection or hidden, pad_token_id=1, bos_token_id=49406, eos_token_id=49407)
+    model = (CLIPTextModelWithProjection if projection else CLIPTextModel)(cfg).eval()
+    return randomize_(model, seed)
+
+
+def diffusers_vae(seed=0, scaling=0.18215, upcast=False):
+    from diffusers import AutoencoderKL
+
+    vae = AutoencoderKL(block_out_channels=(32, 32), layers_per_block=1, norm_num_groups=8, sample_size=32,
+                        down_block_types=["DownEncoderBlock2D"] * 2, up_block_types=["UpDecoderBlock2D"] * 2,
+                        scaling_factor=scaling, force_upcast=upcast).eval()
+    return randomize_(vae, seed)
+
+
+def unet(cfg, seed=0):
+    from diffusers import UNet2DConditionModel
+
+    return randomize_(UNet2DConditionModel(**cfg.to_diffusers(), sample_size=8).eval(), seed)
+
+
+def sd_pipeline(folder, seed=0):
+    """A StableDiffusionPipeline with tiny random parts, saved to `folder` and returned."""
+    from diffusers import EulerDiscreteScheduler, StableDiffusionPipeline
+
+    cfg = UNetConfig(block_out_channels=(32, 64), attention_levels=(True, True), transformer_depth=(1, 1),
+                     num_heads=(2, 2), context_dim=32, norm_num_groups=8)
+    pipe = StableDiffusionPipeline(
+        vae=diffusers_vae(seed), text_encoder=text_encoder(32, 2, seed=seed + 1), tokenizer=tokenizer(folder / "tok"),
+        unet=unet(cfg, seed + 2), scheduler=EulerDiscreteScheduler.from_pretrained(SD_SCHEDULER.parent),
+        safety_checker=None, feature_extractor=None, requires_safety_checker=False)
+    pipe.save_pretrained(folder)
+    return pipe
+
+
+def sdxl_pipeline(folder, refiner=False, seed=0):
+    """A StableDiffusionXLPipeline (or the refiner's img2img pipeline) with tiny random parts, saved to `folder`."""
+    from diffusers import EulerDiscreteScheduler, StableDiffusionXLImg2ImgPipeline, StableDiffusionXLPipeline
+
+    proj = 32
+    te2 = text_encoder(64, 3, projection=proj, seed=seed + 1, act="gelu")
+    tok2 = tokenizer(folder / "tok2", "stable-diffusion-xl-base-1.0", "tokenizer_2")
+    sched = EulerDiscreteScheduler.from_pretrained(XL_SCHEDULER.parent)
+    vae = diffusers_vae(seed, scaling=0.13025, upcast=True)
+    if refiner:
+        cfg = UNetConfig(block_out_channels=(32, 64), attention_levels=(False, True), transformer_depth=(0, 2),
+                         transformer_depth_mid=2, num_heads=(2, 2), context_dim=64, use_linear_projection=True,
+                         adm_in_channels=proj + 5 * 256, norm_num_groups=8)
+        pipe = StableDiffusionXLImg2ImgPipeline(
+            vae=vae, text_encoder=None, text_encoder_2=te2, tokenizer=None, tokenizer_2=tok2, unet=unet(cfg, seed + 2),
+            scheduler=sched, requires_aesthetics_score=True, force_zeros_for_empty_prompt=False)
+    else:
+        cfg = UNetConfig(block_out_channels=(32, 64), attention_levels=(False, True), transformer_depth=(0, 2),
+                         transformer_depth_mid=2, num_heads=(2, 2), context_dim=32 + 64, use_linear_projection=True,
+                         adm_in_channels=proj + 6 * 256, norm_num_groups=8)
+        pipe = StableDiffusionXLPipeline(
+            vae=vae, text_encoder=text_encoder(32, 2, seed=seed + 3), text_encoder_2=te2,
+            tokenizer=tokenizer(folder / "tok"), tokenizer_2=tok2, unet=unet(cfg, seed + 2), scheduler=sched)
+    pipe.save_pretrained(folder)
+    return pipe
