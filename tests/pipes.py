@@ -23,20 +23,20 @@ def tokenizer(folder, repo="stable-diffusion-v1-5", sub="tokenizer"):
     return CLIPTokenizer.from_pretrained(folder)
 
 
-def text_encoder(hidden, layers, projection=None, seed=0, act="quick_gelu"):
+def text_encoder(hidden, layers, projection=None, seed=0, act="quick_gelu", heads=2):
     from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection
 
     cfg = CLIPTextConfig(vocab_size=49408, hidden_size=hidden, intermediate_size=2 * hidden, num_hidden_layers=layers,
-                         num_attention_heads=2, max_position_embeddings=77, hidden_act=act,
+                         num_attention_heads=heads, max_position_embeddings=77, hidden_act=act,
                          projection_dim=projection or hidden, pad_token_id=1, bos_token_id=49406, eos_token_id=49407)
     model = (CLIPTextModelWithProjection if projection else CLIPTextModel)(cfg).eval()
     return randomize_(model, seed)
 
 
-def diffusers_vae(seed=0, scaling=0.18215, upcast=False):
+def diffusers_vae(seed=0, scaling=0.18215, upcast=False, groups=8):
     from diffusers import AutoencoderKL
 
-    vae = AutoencoderKL(block_out_channels=(32, 32), layers_per_block=1, norm_num_groups=8, sample_size=32,
+    vae = AutoencoderKL(block_out_channels=(32, 32), layers_per_block=1, norm_num_groups=groups, sample_size=32,
                         down_block_types=["DownEncoderBlock2D"] * 2, up_block_types=["UpDecoderBlock2D"] * 2,
                         scaling_factor=scaling, force_upcast=upcast).eval()
     return randomize_(vae, seed)
@@ -87,3 +87,33 @@ def sdxl_pipeline(folder, refiner=False, seed=0):
             tokenizer=tokenizer(folder / "tok"), tokenizer_2=tok2, unet=unet(cfg, seed + 2), scheduler=sched)
     pipe.save_pretrained(folder)
     return pipe
+
+
+def sd_single_file(folder, seed=0):
+    """A tiny SD 1.x pipeline saved as a diffusers folder and as one original-layout .safetensors file holding
+    UNet, VAE and text encoder. Sizes follow the rules a single file is read with (32 norm groups, 8 UNet heads,
+    text head size 64), so the file's configuration read off its shapes is the folder's."""
+    import safetensors.torch as st
+    from diffusers import EulerDiscreteScheduler, StableDiffusionPipeline
+
+    from minunet import load_unet, original_state_dict
+    from minunet.keymaps import vae as vae_keys
+
+    cfg = UNetConfig(block_out_channels=(32, 64), attention_levels=(True, True), transformer_depth=(1, 1),
+                     num_heads=(8, 8), context_dim=64)
+    pipe = StableDiffusionPipeline(
+        vae=diffusers_vae(seed, groups=32), text_encoder=text_encoder(64, 2, seed=seed + 1, heads=1),
+        tokenizer=tokenizer(folder / "tok"), unet=unet(cfg, seed + 2),
+        scheduler=EulerDiscreteScheduler.from_pretrained(SD_SCHEDULER.parent),
+        safety_checker=None, feature_extractor=None, requires_safety_checker=False)
+    pipe.save_pretrained(folder / "pipe")
+    state = {k: v.contiguous() for k, v in original_state_dict(load_unet(folder / "pipe" / "unet")).items()}
+    vae = vae_keys.diffusers_to_original(pipe.vae.state_dict(), 2, 1)
+    state.update({"first_stage_model." + k: v.contiguous() for k, v in vae.items()})
+    for k, v in pipe.text_encoder.state_dict().items():
+        k = k if k.startswith("text_model.") else "text_model." + k
+        state["cond_stage_model.transformer." + k] = v.contiguous()
+    state["cond_stage_model.transformer.text_model.embeddings.position_ids"] = torch.arange(77)[None]
+    path = folder / "tiny-sd1.safetensors"
+    st.save_file(state, path)
+    return pipe, path

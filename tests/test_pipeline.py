@@ -101,6 +101,16 @@ def test_sdxl_base_to_refiner_hand_over(sdxl):
     check(lambda **o: ours_refiner(**rkw, **o, generator=gen()), lambda **o: theirs_refiner(**rkw, **o, generator=gen()))
 
 
+def test_sd_single_file(tmp_path):
+    """One original-layout file (UNet + VAE + text encoder) gives the pipeline diffusers builds from the folder."""
+    theirs, path = pipes.sd_single_file(tmp_path)
+    theirs.set_progress_bar_config(disable=True)
+    ours = Pipeline.from_single_file(path)
+    assert ours.family == "sd1" and ours.default_size == 512
+    kw = dict(prompt="a red fox", negative_prompt="blurry", num_inference_steps=4, height=32, width=48)
+    check(lambda **o: ours(**kw, **o, generator=gen()), lambda **o: theirs(**kw, **o, generator=gen()))
+
+
 def test_tiny_pipeline_is_deterministic_and_pil():
     pipe = Pipeline.tiny()
     a = pipe("noise", num_inference_steps=3, generator=gen(1), progress=False).images[0]
