@@ -75,6 +75,24 @@ def inspect_file(path, check_hash=True):
                                     "missing": sorted(set(mapping) - set(shapes))[:10]}
         except CheckpointError as e:
             unet["structure"] = f"not loadable: {e}"
+    if "vae" in groups:
+        import torch
+
+        from .vae import vae_from_state_dict
+        meta = {k: torch.empty(e["shape"], device="meta") for k, e in header.items() if component(k) in ("vae", "text")}
+        try:
+            vae = vae_from_state_dict(meta, source=path, device="meta")
+            c = vae.config
+            report["components"]["vae"]["structure"] = (f"AutoencoderKL widths {list(c.block_out_channels)}, "
+                                                        f"{c.latent_channels} latent channels, scaling {c.scaling_factor}")
+        except CheckpointError as e:
+            report["components"]["vae"]["structure"] = f"not loadable: {e}"
+    if "text" in groups:
+        from .keymaps.text import detect_family
+        try:
+            report["components"]["text"]["structure"] = f"{detect_family(list(groups['text']))} text encoders"
+        except (CheckpointError, ValueError) as e:
+            report["components"]["text"]["structure"] = f"not recognised: {e}"
     known = official_files().get(size, [])
     report["official"] = None
     if known and check_hash:

@@ -1,0 +1,59 @@
+"""Seconds per image, minunet's Pipeline vs diffusers' pipelines, same tiny random weights, same run.
+
+    python benchmarks/pipeline.py [--steps 20] [--size 256] [--repeat 3]
+The models are the tests' tiny SD and SDXL pipelines (tests/pipes.py), saved in the diffusers layout and loaded by
+both libraries. Ratio = minunet / diffusers (<= 1 is the target). CUDA is used when present.
+"""
+import argparse
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).parents[1] / "tests"))
+import pipes  # noqa: E402
+
+from minunet.pipeline import Pipeline  # noqa: E402
+
+
+def seconds(fn, repeat):
+    fn()  # warm-up
+    times = []
+    for _ in range(repeat):
+        if torch.cuda.is_available():
+            torch.cuda.synchronize()
+        t0 = time.perf_counter()
+        fn()
+        if torch.cuda.is_available():
+            torch.cuda.synchronize()
+        times.append(time.perf_counter() - t0)
+    return sorted(times)[len(times) // 2]
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--steps", type=int, default=20)
+    ap.add_argument("--size", type=int, default=128, help="image side in pixels")
+    ap.add_argument("--repeat", type=int, default=3)
+    args = ap.parse_args()
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    print(f"torch {torch.__version__}, device {device}, {torch.get_num_threads()} threads, {args.steps} steps, "
+          f"{args.size}x{args.size} px, Euler, CFG on")
+    with tempfile.TemporaryDirectory() as tmp:
+        for label, build, cls in (("tiny SD 1.x", pipes.sd_pipeline, "StableDiffusionPipeline"),
+                                  ("tiny SDXL", pipes.sdxl_pipeline, "StableDiffusionXLPipeline")):
+            folder = Path(tmp) / label.replace(" ", "_")
+            theirs = build(folder).to(device)
+            theirs.set_progress_bar_config(disable=True)
+            ours = Pipeline.from_pretrained(folder, device=device)
+            kw = dict(prompt="a red fox in the snow", negative_prompt="blurry", num_inference_steps=args.steps,
+                      height=args.size, width=args.size)
+            a = seconds(lambda: ours(**kw, generator=torch.Generator().manual_seed(0), progress=False), args.repeat)
+            b = seconds(lambda: theirs(**kw, generator=torch.Generator().manual_seed(0)), args.repeat)
+            print(f"{label:<12} minunet {a:7.3f} s/image   diffusers {b:7.3f} s/image   ratio {a / b:5.2f}")
+
+
+if __name__ == "__main__":
+    main()
