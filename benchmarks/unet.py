@@ -18,7 +18,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).parents[1] / "tests"))
 from helpers import TINY, diffusers_unet, randomize_  # noqa: E402
 
-from minunet import SD15, UNet, load_unet, original_state_dict  # noqa: E402
+from minunet import SD15, UNet, original_state_dict  # noqa: E402
 
 
 def timeit(fn, repeat):

@@ -170,13 +170,11 @@ def cmd_generate(args):
 
 
 def cmd_parity(args):
-    import torch
+    import importlib.util
 
+    if importlib.util.find_spec("diffusers") is None:
+        raise UsageError("parity needs diffusers: pip install 'minunet[test]'")
     from .parity import compare_blocks, diffusers_twin, random_inputs
-    try:
-        import diffusers  # noqa: F401
-    except ImportError:
-        raise UsageError("parity needs diffusers: pip install 'minunet[test]'") from None
     if args.model == "tiny":
         from .pipeline import Pipeline
         unet, source = Pipeline.tiny().unet, None

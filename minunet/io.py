@@ -156,3 +156,22 @@ def hub_download(repo_id, filenames, subfolder=None):
 def looks_like_repo_id(source):
     s = str(source)
     return not os.path.exists(s) and s.count("/") == 1 and not s.endswith(".safetensors") and not s.startswith((".", "/"))
+
+
+def load_folder_weights(folder, stem, variant=None):
+    """`stem[.variant].safetensors` of a diffusers model folder, or its shards (`.safetensors.index.json`)
+    -> (state dict, file). Pickle-only folders are refused with the conversion recipe."""
+    folder = Path(folder)
+    name = stem + (f".{variant}" if variant else "")
+    file, index = folder / f"{name}.safetensors", folder / f"{name}.safetensors.index.json"
+    if file.is_file():
+        return load_safetensors(file), file
+    if index.is_file():  # sharded: {"weight_map": {key: shard file}}
+        shards = sorted(set(json.loads(index.read_text())["weight_map"].values()))
+        return {k: v for s in shards for k, v in load_safetensors(folder / s).items()}, index
+    found = sorted(p.name for p in folder.iterdir()) if folder.is_dir() else []
+    pickles = [n for n in found if Path(n).suffix in PICKLE_SUFFIXES]
+    if pickles:
+        refuse_pickle(folder / pickles[0])  # raises, with the conversion recipe
+    raise CheckpointError(f"{folder}: no {file.name}; found {found}"
+                          + ("" if variant else f". Pass variant='fp16' for {stem}.fp16.safetensors."))

@@ -10,7 +10,8 @@ from pathlib import Path
 import torch
 
 from .config import PRESETS, UNetConfig
-from .io import CheckpointError, hub_download, load_safetensors, load_into, looks_like_repo_id, read_header, refuse_pickle
+from .io import (CheckpointError, hub_download, load_folder_weights, load_into, load_safetensors, looks_like_repo_id,
+                 read_header, refuse_pickle)
 from .keymaps.unet import PREFIX, unet_key_map
 from .unet import UNet
 
@@ -48,19 +49,7 @@ def _load_diffusers_folder(path, dtype, device, variant):
     if not config_file.is_file():
         raise CheckpointError(f"{path}: no config.json (nor unet/config.json): not a diffusers UNet folder")
     config = UNetConfig.from_diffusers(json.loads(config_file.read_text()), source=str(config_file))
-    name = "diffusion_pytorch_model" + (f".{variant}" if variant else "")
-    file, index = path / f"{name}.safetensors", path / f"{name}.safetensors.index.json"
-    if file.is_file():
-        state = load_safetensors(file)
-    elif index.is_file():  # sharded: {"weight_map": {key: shard file}}
-        shards = sorted(set(json.loads(index.read_text())["weight_map"].values()))
-        state = {k: v for s in shards for k, v in load_safetensors(path / s).items()}
-    else:
-        found = sorted(p.name for p in path.glob("*.safetensors")) or sorted(p.name for p in path.iterdir())
-        hint = " (pickle .bin files are refused: convert them to safetensors)" if any(
-            n.endswith(".bin") for n in found) else ""
-        raise CheckpointError(f"{path}: no {file.name}{hint}; found {found}. "
-                              "Pass variant='fp16' for .fp16. files.")
+    state, file = load_folder_weights(path, "diffusion_pytorch_model", variant)
     with torch.device("meta"):
         model = UNet(config)
     return load_into(model, state, file, dtype, device).eval()

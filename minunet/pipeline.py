@@ -15,7 +15,7 @@ from pathlib import Path
 import torch
 
 from .images import from_pil, to_pil
-from .io import CheckpointError, hub_download, looks_like_repo_id
+from .io import CheckpointError, looks_like_repo_id
 from .loading import family, load_unet, load_unet_single_file
 from .schedulers import Schedule, sample_ddim, sample_euler, sample_euler_ancestral
 from .text import TextConditioner

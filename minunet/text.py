@@ -48,7 +48,7 @@ import torch
 from torch import nn
 from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection, CLIPTokenizer
 
-from .io import CheckpointError, load_into, load_safetensors, read_header, refuse_pickle
+from .io import CheckpointError, load_folder_weights, load_into, load_safetensors, read_header, refuse_pickle
 from .keymaps.text import EMBEDDERS, TEXT_ROOT, convert, count_layers, detect_family, embedder_rows, \
     original_shape, target_shapes
 from .weights import CONFIGS, TOKENIZER
@@ -400,20 +400,7 @@ def load_encoder_folder(sub, projection, *, dtype=None, device=None, variant=Non
     """One diffusers `text_encoder*/` folder: config.json + model[.variant].safetensors (or sharded)."""
     if not (sub / "config.json").is_file():
         raise CheckpointError(f"{sub}: no config.json")
-    name = "model" + (f".{variant}" if variant else "")
-    file, index = sub / f"{name}.safetensors", sub / f"{name}.safetensors.index.json"
-    if file.is_file():
-        state = load_safetensors(file)
-    elif index.is_file():  # sharded: {"weight_map": {key: shard file}}
-        shards = sorted(set(json.loads(index.read_text())["weight_map"].values()))
-        state = {k: v for s in shards for k, v in load_safetensors(sub / s).items()}
-    else:
-        found = sorted(p.name for p in sub.iterdir())
-        pickles = [n for n in found if n.endswith(".bin")]
-        if pickles:
-            refuse_pickle(sub / pickles[0])  # raises, with the conversion recipe
-        raise CheckpointError(f"{sub}: no {file.name}; found {found}" +
-                              ("" if variant else ". Pass variant='fp16' for model.fp16.safetensors."))
+    state, file = load_folder_weights(sub, "model", variant)
     state = {file_name(k): v for k, v in state.items() if file_name(k) not in FOLDER_IGNORED}
     config = CLIPTextConfig.from_json_file(str(sub / "config.json"))
     return assign(build(config, projection), state, file, dtype, device)
