@@ -74,6 +74,7 @@ class UpBlock(nn.Module):
         c_prev = chans[max(i - 1, 0)]                   # channels coming up from the block below
         c_skip_last = chans[min(i + 1, len(chans) - 1)]  # the last skip is the level below's (pre-downsample) width
         n = cfg.layers_per_block + 1
+        self.index, self.model_channels = i, cfg.block_out_channels[0]  # what FreeU's stage rules read
         self.resnets = nn.ModuleList([
             ResnetBlock2D((c_prev if j == 0 else c) + (c_skip_last if j == n - 1 else c), c, cfg.time_embed_dim,
                           cfg.norm_num_groups, cfg.norm_eps) for j in range(n)])
@@ -83,10 +84,13 @@ class UpBlock(nn.Module):
             self.attentions = None
         self.upsamplers = None if i == len(chans) - 1 else nn.ModuleList([Upsample2D(c)])
 
-    def forward(self, x, skips, temb, context, upsample_size=None):
+    def forward(self, x, skips, temb, context, upsample_size=None, freeu=None):
         for j, resnet in enumerate(self.resnets):
             skip = skips.pop()
-            x = torch.cat([x, skip], dim=1)  # (B, C + C_skip, H, W): decoder input = backbone || skip
+            if freeu is None:
+                x = torch.cat([x, skip], dim=1)  # (B, C + C_skip, H, W): decoder input = backbone || skip
+            else:  # the same input with FreeU: backbone amplified, skip's low frequencies scaled (minunet/freeu.py)
+                x = freeu.concat(x, skip, self.index, self.model_channels)
             x = resnet(x, temb)
             if self.attentions is not None:
                 x = self.attentions[j](x, context)
