@@ -1,12 +1,21 @@
 """minunet: a minimal, readable Stable Diffusion UNet (SD 1.x, 2.x, SDXL) that matches diffusers."""
 from .config import PRESETS, SD15, SD21, SDXL, SDXL_REFINER, UNetConfig
+from .freeu import FreeU, fourier_filter, list_presets
+from .images import from_pil, to_pil
 from .io import CheckpointError
-from .unet import UNet
 from .loading import config_from_shapes, load_unet, original_state_dict
+from .pipeline import Pipeline, PipelineOutput
 from .schedulers import SAMPLERS, AlphaSteps, Schedule, SigmaSteps, sample_ddim, sample_euler, sample_euler_ancestral
 from .text import TextConditioner, TextEmbeddings, load_text_conditioner, tiny_text_config
+from .unet import UNet
 from .vae import SD as VAE_SD
 from .vae import SDXL as VAE_SDXL
 from .vae import VAE, DiagonalGaussian, VAEConfig, load_vae
-from .images import from_pil, to_pil
-from .pipeline import Pipeline, PipelineOutput
+
+__all__ = [
+    "PRESETS", "SD15", "SD21", "SDXL", "SDXL_REFINER", "UNetConfig", "UNet", "load_unet", "config_from_shapes",
+    "original_state_dict", "CheckpointError", "FreeU", "fourier_filter", "list_presets", "from_pil", "to_pil",
+    "Pipeline", "PipelineOutput", "SAMPLERS", "AlphaSteps", "Schedule", "SigmaSteps", "sample_ddim", "sample_euler",
+    "sample_euler_ancestral", "TextConditioner", "TextEmbeddings", "load_text_conditioner", "tiny_text_config",
+    "VAE_SD", "VAE_SDXL", "VAE", "DiagonalGaussian", "VAEConfig", "load_vae",
+]

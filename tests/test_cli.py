@@ -22,6 +22,19 @@ def test_generate_tiny_writes_png_with_parameters(tmp_path, capsys):
     assert params["model"] == "tiny" and params["freeu"] is None
 
 
+def test_generate_compare_freeu_side_by_side(tmp_path):
+    out = tmp_path / "cmp.png"
+    argv = ["generate", "x", "--model", "tiny", "--steps", "2", "--size", "64x48", "--freeu", "sd15",
+            "--freeu-mapping", "diffusers", "--compare-freeu", "--out", str(out)]
+    assert main(argv) == 0
+    image = Image.open(out)
+    assert image.size == (128, 48)
+    params = json.loads(image.text["parameters"])
+    assert params["freeu"]["b1"] == 1.5 and params["freeu"]["mapping"] == "diffusers" and params["compare_freeu"]
+    left, right = image.crop((0, 0, 64, 48)), image.crop((64, 0, 128, 48))
+    assert left.tobytes() != right.tobytes()
+
+
 def test_inspect_single_file(tmp_path, capsys):
     _, path = pipes.sd_single_file(tmp_path)
     assert main(["inspect", str(path)]) == 0
@@ -51,6 +64,8 @@ def test_inspect_reports_unknown_keys(tmp_path, capsys):
     (["generate", "x", "--model", "tiny", "--size", "big"], "expected WIDTHxHEIGHT"),
     (["inspect", "nothing.safetensors"], "nothing.safetensors: no such file"),
     (["download", "sd99"], "unknown name 'sd99'"),
+    (["generate", "x", "--model", "tiny", "--freeu", "nonsense"], "--freeu nonsense"),
+    (["generate", "x", "--model", "tiny", "--compare-freeu"], "--compare-freeu needs --freeu"),
 ])
 def test_errors(argv, message, capsys):
     assert main(argv) == 2

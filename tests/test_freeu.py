@@ -320,8 +320,8 @@ def test_enable_freeu_arguments():
 def test_presets_and_docs_table():
     assert FreeU.preset("sd15") == FreeU(b1=1.5, b2=1.6, s1=0.9, s2=0.2, version=2)
     assert FreeU.preset("sdxl-sweep") == FreeU(b1=1.1, b2=1.2, s1=0.6, s2=0.4, mapping="diffusers")
-    docs = Path(__file__).resolve().parents[1] / "docs" / "freeu.md"
-    assert list_presets() in docs.read_text(), "docs/freeu.md's preset table is out of date: paste list_presets()"
+    docs = Path(__file__).resolve().parents[1] / "README.md"
+    assert list_presets() in docs.read_text(), "README.md's FreeU preset table is out of date: paste list_presets()"
 
 
 # -------------------------------------------------------------------------------------- pure-torch freeu_concat

@@ -62,6 +62,25 @@ def test_sd_text_to_image(sd, sampler):
 
 
 @pytest.mark.parametrize("sampler", ["euler", "ddim"])
+def test_sd_with_freeu_equals_diffusers_enable_freeu(sd, sampler):
+    """FreeU with mapping="diffusers", version=1 is diffusers' enable_freeu, end to end."""
+    folder, ours = sd
+    theirs = diffusers_pipe("StableDiffusionPipeline", folder, SCHEDULERS[sampler], safety_checker=None,
+                            requires_safety_checker=False)
+    theirs.enable_freeu(s1=0.9, s2=0.2, b1=1.2, b2=1.4)
+    ours.enable_freeu(0.9, 0.2, 1.2, 1.4, mapping="diffusers", version=1)
+    try:
+        kw = dict(prompt="a red fox", negative_prompt="blurry", num_inference_steps=4, height=48, width=64)
+        check(lambda **o: ours(**kw, **o, sampler=sampler, generator=gen()),
+              lambda **o: theirs(**kw, **o, generator=gen()))
+        plain = ours(**kw, sampler=sampler, generator=gen(), output_type="latent", progress=False).images
+    finally:
+        ours.disable_freeu()
+    off = ours(**kw, sampler=sampler, generator=gen(), output_type="latent", progress=False).images
+    assert (plain - off).abs().max() > 1e-3  # FreeU did change the result
+
+
+@pytest.mark.parametrize("sampler", ["euler", "ddim"])
 def test_sd_img2img(sd, sampler):
     folder, ours = sd
     theirs = diffusers_pipe("StableDiffusionImg2ImgPipeline", folder, SCHEDULERS[sampler], safety_checker=None,
