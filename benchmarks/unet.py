@@ -50,22 +50,26 @@ def forward_case(label, cfg, hw, device, dtype, repeat, init=True):
     print(f"forward {label:<28} minunet {a * 1e3:9.1f} ms   diffusers {b * 1e3:9.1f} ms   ratio {a / b:5.2f}")
 
 
+# peak RSS from the kernel's VmHWM: ru_maxrss would carry the parent's peak across fork/exec
+PEAK = "int(next(l for l in open('/proc/self/status') if l.startswith('VmHWM')).split()[1]) * 1024"
 LOADER = r"""
-import json, resource, sys, time, torch
+import json, sys, time, torch
 torch.set_num_threads(2)
 kind, path, config = sys.argv[1], sys.argv[2], sys.argv[3]
-t0 = time.perf_counter()
 if kind == "minunet":
     from minunet import load_unet
-    model = load_unet(path)
 else:
     from diffusers import UNet2DConditionModel
+t0 = time.perf_counter()  # the load alone, imports excluded
+if kind == "minunet":
+    model = load_unet(path)
+else:
     model = UNet2DConditionModel.from_single_file(path, config=config, subfolder="unet", local_files_only=True,
                                                   torch_dtype=torch.float16)
 load = time.perf_counter() - t0
 touched = sum(float(p.float().sum()) for p in model.parameters())  # page every weight in
-print(json.dumps({"load_s": load, "peak_rss": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024}))
-"""
+print(json.dumps({"load_s": load, "peak_rss": PEAK}))
+""".replace("PEAK", PEAK)
 
 
 def load_case(cfg, label):
@@ -84,22 +88,22 @@ def load_case(cfg, label):
         del state
         (Path(tmp) / "unet").mkdir()
         (Path(tmp) / "unet" / "config.json").write_text(json.dumps(cfg.to_diffusers()))
-        base = json.loads(subprocess.run([sys.executable, "-c", "import json,resource,torch,minunet,diffusers;"
-                                          "print(json.dumps(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss*1024))"],
-                                         capture_output=True, text=True, check=True).stdout)
-        res = {}
-        for kind in ("minunet", "diffusers"):
+        res, base = {}, {}
+        for kind in ("minunet", "diffusers"):  # RSS of the imports alone, then of a load, each in a fresh process
+            imports = "from minunet import load_unet" if kind == "minunet" else "from diffusers import UNet2DConditionModel"
+            base[kind] = json.loads(subprocess.run([sys.executable, "-c", f"import json, torch; {imports}; print({PEAK})"],
+                                                   capture_output=True, text=True, check=True).stdout)
             out = subprocess.run([sys.executable, "-c", LOADER, kind, str(path), tmp], capture_output=True, text=True)
             if out.returncode:
                 print(out.stderr[-2000:])
                 raise SystemExit(f"{kind} load failed")
             res[kind] = json.loads(out.stdout.strip().splitlines()[-1])
         a, b = res["minunet"], res["diffusers"]
-        print(f"load {label}: UNet bytes in file {unet_bytes / 2**20:.0f} MiB; imports alone {base / 2**20:.0f} MiB RSS")
-        print(f"  minunet   load {a['load_s']:6.2f} s  peak RSS {a['peak_rss'] / 2**20:7.0f} MiB "
-              f"({(a['peak_rss'] - base) / unet_bytes:.2f}x the UNet bytes above the imports)")
-        print(f"  diffusers load {b['load_s']:6.2f} s  peak RSS {b['peak_rss'] / 2**20:7.0f} MiB "
-              f"({(b['peak_rss'] - base) / unet_bytes:.2f}x)")
+        print(f"load {label}: UNet bytes in file {unet_bytes / 2**20:.0f} MiB (every weight touched after the load)")
+        for kind, r in res.items():
+            print(f"  {kind:<9} load {r['load_s']:6.2f} s  peak RSS {r['peak_rss'] / 2**20:7.0f} MiB, "
+                  f"{(r['peak_rss'] - base[kind]) / 2**20:6.0f} MiB above its imports = "
+                  f"{(r['peak_rss'] - base[kind]) / unet_bytes:.2f}x the UNet bytes")
         print(f"  ratios minunet/diffusers: load time {a['load_s'] / b['load_s']:.2f}, peak RSS {a['peak_rss'] / b['peak_rss']:.2f}")
 
 
