@@ -174,7 +174,7 @@ PRESETS = {
 
 
 def list_presets():
-    """The preset table as Markdown (docs/freeu.md carries a copy; a test keeps the two equal)."""
+    """The preset table as Markdown (README.md carries a copy; a test keeps the two equal)."""
     rows = ["| preset | b1 | b2 | s1 | s2 | version | mapping | source |", "|---|---|---|---|---|---|---|---|"]
     for name, (f, source) in PRESETS.items():
         rows.append(f"| `{name}` | {f.b1} | {f.b2} | {f.s1} | {f.s2} | {f.version} | {f.mapping} | {source} |")
