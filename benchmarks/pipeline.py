@@ -2,7 +2,8 @@
 
     python benchmarks/pipeline.py [--steps 20] [--size 256] [--repeat 3]
 The models are the tests' tiny SD and SDXL pipelines (tests/pipes.py), saved in the diffusers layout and loaded by
-both libraries. Ratio = minunet / diffusers (<= 1 is the target). CUDA is used when present.
+both libraries. Runs are interleaved; ratio = minunet / diffusers of the fastest runs (median in brackets;
+<= 1 is the target). CUDA is used when present.
 """
 import argparse
 import sys
@@ -18,18 +19,25 @@ import pipes  # noqa: E402
 from minunet.pipeline import Pipeline  # noqa: E402
 
 
-def seconds(fn, repeat):
-    fn()  # warm-up
-    times = []
-    for _ in range(repeat):
-        if torch.cuda.is_available():
-            torch.cuda.synchronize()
-        t0 = time.perf_counter()
+def sync():
+    if torch.cuda.is_available():
+        torch.cuda.synchronize()
+
+
+def seconds(fns, repeat):
+    """Interleaved runs (ours, theirs, ours, ...) so that drift in the machine's load hits both alike:
+    {name: (fastest s, median s)}."""
+    for fn in fns.values():  # warm-up
         fn()
-        if torch.cuda.is_available():
-            torch.cuda.synchronize()
-        times.append(time.perf_counter() - t0)
-    return sorted(times)[len(times) // 2]
+    times = {k: [] for k in fns}
+    for _ in range(repeat):
+        for name, fn in fns.items():
+            sync()
+            t0 = time.perf_counter()
+            fn()
+            sync()
+            times[name].append(time.perf_counter() - t0)
+    return {k: (min(v), sorted(v)[len(v) // 2]) for k, v in times.items()}
 
 
 def main():
@@ -50,9 +58,11 @@ def main():
             ours = Pipeline.from_pretrained(folder, device=device)
             kw = dict(prompt="a red fox in the snow", negative_prompt="blurry", num_inference_steps=args.steps,
                       height=args.size, width=args.size)
-            a = seconds(lambda: ours(**kw, generator=torch.Generator().manual_seed(0), progress=False), args.repeat)
-            b = seconds(lambda: theirs(**kw, generator=torch.Generator().manual_seed(0)), args.repeat)
-            print(f"{label:<12} minunet {a:7.3f} s/image   diffusers {b:7.3f} s/image   ratio {a / b:5.2f}")
+            t = seconds({"ours": lambda: ours(**kw, generator=torch.Generator().manual_seed(0), progress=False),
+                         "theirs": lambda: theirs(**kw, generator=torch.Generator().manual_seed(0))}, args.repeat)
+            (a, am), (b, bm) = t["ours"], t["theirs"]
+            print(f"{label:<12} minunet {a:7.3f} s/image [{am:.3f}]   diffusers {b:7.3f} s/image [{bm:.3f}]   "
+                  f"ratio {a / b:5.2f} (fastest run; median ratio {am / bm:.2f})")
 
 
 if __name__ == "__main__":
