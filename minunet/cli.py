@@ -147,8 +147,12 @@ def cmd_generate(args):
         else:
             pipe.disable_freeu()
         gen = torch.Generator().manual_seed(args.seed)
-        return pipe(args.prompt, negative_prompt=args.negative, height=height, width=width, sampler=args.sampler,
-                    num_inference_steps=args.steps, guidance_scale=args.cfg, generator=gen).images[0]
+        try:
+            return pipe(args.prompt, negative_prompt=args.negative, height=height, width=width, sampler=args.sampler,
+                        num_inference_steps=args.steps, guidance_scale=args.cfg, clip_skip=args.clip_skip,
+                        generator=gen).images[0]
+        except ValueError as e:  # bad --steps, --clip-skip, ...: the pipeline's message, without a traceback
+            raise UsageError(str(e)) from None
 
     if args.compare_freeu:
         left, right = run(None), run(freeu)
@@ -159,7 +163,8 @@ def cmd_generate(args):
         image = run(freeu)
     meta = PngInfo()
     params = {"prompt": args.prompt, "negative_prompt": args.negative, "model": args.model, "sampler": args.sampler,
-              "steps": args.steps, "cfg": args.cfg, "seed": args.seed, "size": f"{image.width}x{image.height}",
+              "steps": args.steps, "cfg": args.cfg, "clip_skip": args.clip_skip, "seed": args.seed,
+              "size": f"{image.width}x{image.height}",
               "freeu": None if freeu is None else dataclasses.asdict(freeu), "compare_freeu": args.compare_freeu,
               "generator": "minunet"}
     meta.add_text("parameters", json.dumps(params))
@@ -206,6 +211,7 @@ def build_parser():
     p.add_argument("--steps", type=int, default=30)
     p.add_argument("--cfg", type=float, default=7.5)
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--clip-skip", type=int, default=None, help="use the text encoder's state this many layers earlier")
     p.add_argument("--size", default=None, help="WIDTHxHEIGHT, multiples of 8 (default: the model's)")
     p.add_argument("--freeu", default=None, help="a preset name or b1,b2,s1,s2")
     p.add_argument("--freeu-mapping", choices=["official", "diffusers"], default=None)

@@ -5,7 +5,8 @@
 
 Argument names and meanings are diffusers' (StableDiffusion[XL][Img2Img]Pipeline). With the same generator the
 random draws happen in diffusers' order (initial noise; in img2img the VAE sample, then the noise), so a seed
-gives the same image as diffusers.
+gives the same image as diffusers. One deliberate difference: `clip_skip` applies to the negative prompt too
+(see minunet.text).
 """
 import json
 from contextlib import contextmanager
@@ -139,7 +140,7 @@ class Pipeline:
                  num_inference_steps=30, guidance_scale=None, sampler="euler", eta=0.0, generator=None, latents=None,
                  image=None, strength=None, denoising_start=None, denoising_end=None, original_size=None,
                  crops_coords_top_left=(0, 0), target_size=None, aesthetic_score=6.0, negative_aesthetic_score=2.5,
-                 guidance_rescale=0.0, output_type="pil", callback=None, progress=True):
+                 guidance_rescale=0.0, clip_skip=None, output_type="pil", callback=None, progress=True):
         if sampler not in SAMPLERS:
             raise ValueError(f"sampler '{sampler}' is not one of {sorted(SAMPLERS)}")
         if output_type not in ("pil", "pt", "latent"):
@@ -153,7 +154,8 @@ class Pipeline:
         height, width = self._size(height, width, image)
         cfg = guidance_scale > 1.0
         with self._running(self.text):
-            cond = self.text.encode(prompt, negative_prompt, prompt_2, negative_prompt_2, guidance=cfg)
+            cond = self.text.encode(prompt, negative_prompt, prompt_2, negative_prompt_2, guidance=cfg,
+                                    clip_skip=clip_skip)
         context, pooled, neg_context, neg_pooled = cond
         batch = context.shape[0]
         added = self._added_conditioning(pooled, neg_pooled, height, width, original_size, crops_coords_top_left,

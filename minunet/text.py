@@ -25,6 +25,10 @@ the UNet must take. What `encode` returns is what diffusers' `encode_prompt` ret
   count). `text.force_zeros_for_empty_prompt` can be changed.
 - a str prompt is a batch of one; lists are batches; a str negative / prompt_2 is repeated over the batch;
   every output is repeated `num_images_per_prompt` times per prompt (prompt-major, as diffusers).
+- `clip_skip=k` (diffusers' name; A1111's "Clip skip" k + 1) takes the hidden state k layers earlier: sd1 / sd2
+  hidden_states[-(k + 1)] through the final norm, sdxl / refiner hidden_states[-(k + 2)], no norm; the pooled
+  embedding is unchanged. It applies to the negative prompt too, as in A1111 and ComfyUI (diffusers 0.42 applies
+  it to the positive prompt only, so its CFG subtracts embeddings of two different layers).
 - prompts longer than 77 tokens (with the start and end tokens) are truncated, with a warning that says how many
   tokens were dropped and which.
 `encode` does not switch off autograd (prompt tuning needs it): call it under `torch.no_grad()` to save memory.
@@ -192,11 +196,13 @@ class TextConditioner(nn.Module):
         return tokenize(self.tokenizers[index], texts, self.encoders[index].config.max_position_embeddings)
 
     def encode(self, prompt, negative_prompt=None, prompt_2=None, negative_prompt_2=None, *, guidance=True,
-               num_images_per_prompt=1) -> TextEmbeddings:
+               num_images_per_prompt=1, clip_skip=None) -> TextEmbeddings:
         """Prompt embeddings as diffusers' encode_prompt makes them for this family (see the module docstring)."""
         prompts = as_batch(prompt, "prompt")
         n = len(prompts)
-        context, pooled = self._encode({"prompt": prompts, "prompt_2": as_batch(prompt_2 or prompt, "prompt_2", n)})
+        skip = self._check_clip_skip(clip_skip)
+        context, pooled = self._encode({"prompt": prompts, "prompt_2": as_batch(prompt_2 or prompt, "prompt_2", n)},
+                                       skip)
         negative_context = negative_pooled = None
         if guidance and negative_prompt is None and self.force_zeros_for_empty_prompt:
             negative_context = torch.zeros_like(context)
@@ -205,19 +211,40 @@ class TextConditioner(nn.Module):
             negative = negative_prompt or ""
             negative_context, negative_pooled = self._encode({
                 "prompt": as_batch(negative, "negative_prompt", n),
-                "prompt_2": as_batch(negative_prompt_2 or negative, "negative_prompt_2", n)})
+                "prompt_2": as_batch(negative_prompt_2 or negative, "negative_prompt_2", n)}, skip)
 
         def repeat(t):  # each prompt's rows stay together: p0, p0, p1, p1, ...
             return None if t is None else t.repeat_interleave(num_images_per_prompt, dim=0)
 
         return TextEmbeddings(repeat(context), repeat(pooled), repeat(negative_context), repeat(negative_pooled))
 
-    def _encode(self, texts):
+    def _check_clip_skip(self, clip_skip):
+        """None or 0 -> 0; otherwise an int that leaves every encoder at least one layer to run."""
+        if clip_skip is None:
+            return 0
+        if isinstance(clip_skip, bool) or not isinstance(clip_skip, int) or clip_skip < 0:
+            raise ValueError(f"clip_skip must be None or an int >= 0, got {clip_skip!r}")
+        for spec, encoder in zip(self.specs, self.encoders):
+            layers = encoder.config.num_hidden_layers
+            most = layers - 1 if spec.layer == "last" else layers - 2  # sdxl already starts one layer early
+            if clip_skip > most:
+                raise ValueError(f"clip_skip={clip_skip} is too large for {spec.subfolder} ({layers} layers, "
+                                 f"{self.family} reads {'its last' if spec.layer == 'last' else 'its penultimate'} "
+                                 f"hidden state): at most {most}")
+        return clip_skip
+
+    def _encode(self, texts, clip_skip=0):
         contexts, pooled = [], None
         for i, (spec, encoder) in enumerate(zip(self.specs, self.encoders)):
             ids = self.tokenize(texts[spec.reads], i).to(encoder.device)
-            out = encoder(ids, output_hidden_states=spec.layer == "penultimate")
-            contexts.append(out.last_hidden_state if spec.layer == "last" else out.hidden_states[-2])
+            out = encoder(ids, output_hidden_states=spec.layer == "penultimate" or clip_skip > 0)
+            if spec.layer == "penultimate":  # hidden_states: the embeddings, then each layer's output
+                contexts.append(out.hidden_states[-2 - clip_skip])
+            elif clip_skip:  # an earlier layer, through the final LayerNorm like the last one
+                norm = getattr(encoder, "text_model", encoder).final_layer_norm  # transformers 4 nests it
+                contexts.append(norm(out.hidden_states[-1 - clip_skip]))
+            else:
+                contexts.append(out.last_hidden_state)
             if spec.projection:
                 pooled = out.text_embeds  # projected final-norm state at the first end token
         dtype = self.encoders[-1].dtype  # diffusers casts to the (last) text encoder's dtype

@@ -19,7 +19,7 @@ def test_generate_tiny_writes_png_with_parameters(tmp_path, capsys):
     assert image.size == (128, 128)
     params = json.loads(image.text["parameters"])
     assert params["prompt"] == "a red fox" and params["steps"] == 2 and params["seed"] == 7
-    assert params["model"] == "tiny" and params["freeu"] is None
+    assert params["model"] == "tiny" and params["freeu"] is None and params["clip_skip"] is None
 
 
 def test_generate_compare_freeu_side_by_side(tmp_path):
@@ -66,6 +66,8 @@ def test_inspect_reports_unknown_keys(tmp_path, capsys):
     (["download", "sd99"], "unknown name 'sd99'"),
     (["generate", "x", "--model", "tiny", "--freeu", "nonsense"], "--freeu nonsense"),
     (["generate", "x", "--model", "tiny", "--compare-freeu"], "--compare-freeu needs --freeu"),
+    (["generate", "x", "--model", "tiny", "--steps", "1", "--clip-skip", "2"], "clip_skip=2 is too large"),
+    (["generate", "x", "--model", "tiny", "--steps", "0"], "num_steps=0 must be an integer from 1"),
 ])
 def test_errors(argv, message, capsys):
     assert main(argv) == 2

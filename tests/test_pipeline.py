@@ -80,6 +80,28 @@ def test_sd_with_freeu_equals_diffusers_enable_freeu(sd, sampler):
     assert (plain - off).abs().max() > 1e-3  # FreeU did change the result
 
 
+@torch.no_grad()
+def test_sd_clip_skip(sd):
+    """clip_skip=1 on prompt and negative: diffusers given the same embeddings, built here from transformers'
+    hidden states (the layer before the last, through the final LayerNorm)."""
+    folder, ours = sd
+    theirs = diffusers_pipe("StableDiffusionPipeline", folder, safety_checker=None, requires_safety_checker=False)
+    enc, tok = theirs.text_encoder, theirs.tokenizer
+
+    def embed(texts):
+        ids = tok(texts, padding="max_length", max_length=77, truncation=True, return_tensors="pt").input_ids
+        return enc.final_layer_norm(enc(ids, output_hidden_states=True).hidden_states[-2])
+    kw = dict(num_inference_steps=4, height=48, width=48)
+    prompt, negative = ["a red fox in the snow", "a lighthouse"], ["blurry", "ugly"]
+    check(lambda **o: ours(prompt, negative_prompt=negative, clip_skip=1, **kw, **o, generator=gen()),
+          lambda **o: theirs(prompt_embeds=embed(prompt), negative_prompt_embeds=embed(negative), **kw, **o,
+                             generator=gen()))
+    skipped = ours(prompt, negative_prompt=negative, clip_skip=1, **kw, output_type="latent", generator=gen(),
+                   progress=False).images
+    plain = ours(prompt, negative_prompt=negative, **kw, output_type="latent", generator=gen(), progress=False).images
+    assert (skipped - plain).abs().max() > 1e-3  # the option reaches the encoder
+
+
 @pytest.mark.parametrize("sampler", ["euler", "ddim"])
 def test_sd_img2img(sd, sampler):
     folder, ours = sd
@@ -144,6 +166,8 @@ def test_bad_arguments(sd):
         ours("x", height=61, num_inference_steps=2)
     with pytest.raises(ValueError, match="sampler 'heun'"):
         ours("x", sampler="heun")
+    with pytest.raises(ValueError, match="clip_skip=2 is too large"):
+        ours("x", clip_skip=2, num_inference_steps=2, progress=False)
     with pytest.raises(ValueError, match="denoising_start needs image"):
         ours("x", denoising_start=0.5)
     with pytest.raises(ValueError, match="num_inference_steps|steps"):

@@ -323,6 +323,57 @@ def test_encode_matches_diffusers(tiny, family):
     assert ours.context.shape[-1] == text.context_dim
 
 
+@pytest.mark.parametrize("family", ["sd1", "sd2", "sdxl", "sdxl-refiner"])
+@torch.no_grad()
+def test_clip_skip_matches_diffusers(family):
+    """clip_skip=k: diffusers' encode_prompt(clip_skip=k) for the prompt; for the negative too, which diffusers
+    0.42 leaves at the default layer, so the reference for it is the negative text encoded as a prompt."""
+    text = TextConditioner.tiny(family, seed=5, layers=4)
+    pipe = diffusers_pipeline(text)
+    prompt, negative = ["a red cube", "two cats"], "blurry, lowres"
+    skips = range(0, 4) if family in ("sd1", "sd2") else range(0, 3)  # SDXL already reads the penultimate layer
+
+    def reference(texts, k):
+        if family in ("sd1", "sd2"):
+            if k == 0:
+                return pipe.encode_prompt(texts, torch.device("cpu"), 1, False)[0], None
+            # diffusers' k > 0 path here reads `text_encoder.text_model.final_layer_norm`, which transformers 5
+            # no longer has (AttributeError): its computation, written out
+            enc = text.encoders[0]
+            states = enc(text.tokenize(texts), output_hidden_states=True).hidden_states
+            return enc.final_layer_norm(states[-(k + 1)]), None
+        ctx, _, pooled, _ = pipe.encode_prompt(prompt=texts, device=torch.device("cpu"), num_images_per_prompt=1,
+                                               do_classifier_free_guidance=False, clip_skip=k)
+        return ctx, pooled
+    contexts = []
+    for k in skips:
+        ours = text.encode(prompt, negative, clip_skip=k)
+        ctx, pooled = reference(prompt, k)
+        neg_ctx, neg_pooled = reference([negative] * 2, k)
+        assert_close(ours.context, ctx, msg=f"{family} clip_skip={k} context")
+        assert_close(ours.negative_context, neg_ctx, msg=f"{family} clip_skip={k} negative context")
+        if pooled is not None:  # the pooled embedding is the final layer's whatever clip_skip says
+            assert_close(ours.pooled, pooled, msg=f"{family} clip_skip={k} pooled")
+            assert_close(ours.negative_pooled, neg_pooled, msg=f"{family} clip_skip={k} negative pooled")
+        contexts.append(ours.context)
+    assert all((a - b).abs().max() > 1e-3 for a, b in zip(contexts, contexts[1:]))  # each k picks another layer
+    plain = text.encode(prompt, negative)
+    assert torch.equal(plain.context, contexts[0]) and torch.equal(plain.negative_context,
+                                                                   text.encode(prompt, negative, clip_skip=None)[2])
+
+
+def test_clip_skip_errors():
+    text = TextConditioner.tiny("sdxl", layers=4)
+    with pytest.raises(ValueError, match=r"clip_skip=3 is too large for text_encoder \(4 layers.*at most 2"):
+        text.encode("x", clip_skip=3)
+    with pytest.raises(ValueError, match="clip_skip must be None or an int >= 0, got -1"):
+        text.encode("x", clip_skip=-1)
+    with pytest.raises(ValueError, match="clip_skip must be None or an int >= 0, got 1.0"):
+        text.encode("x", clip_skip=1.0)
+    with pytest.raises(ValueError, match=r"too large for text_encoder \(4 layers.*at most 3"):
+        TextConditioner.tiny("sd1", layers=4).encode("x", clip_skip=4)
+
+
 def test_encode_batch_errors(tiny):
     text = tiny("sd1")
     with pytest.raises(ValueError, match="negative_prompt has 1 entries but the prompt batch has 2"):
