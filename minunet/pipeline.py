@@ -18,6 +18,7 @@ import torch
 from .images import from_pil, to_pil
 from .io import CheckpointError, looks_like_repo_id
 from .loading import family, load_unet, load_unet_single_file
+from .noise import check_generators, randn
 from .schedulers import Schedule, sample_ddim, sample_euler, sample_euler_ancestral
 from .text import TextConditioner
 from .vae import load_vae
@@ -137,10 +138,11 @@ class Pipeline:
     # ---- generation ----------------------------------------------------------------------------------------
     @torch.no_grad()
     def __call__(self, prompt, negative_prompt=None, prompt_2=None, negative_prompt_2=None, height=None, width=None,
-                 num_inference_steps=30, guidance_scale=None, sampler="euler", eta=0.0, generator=None, latents=None,
-                 image=None, strength=None, denoising_start=None, denoising_end=None, original_size=None,
-                 crops_coords_top_left=(0, 0), target_size=None, aesthetic_score=6.0, negative_aesthetic_score=2.5,
-                 guidance_rescale=0.0, clip_skip=None, output_type="pil", callback=None, progress=True):
+                 num_inference_steps=30, guidance_scale=None, num_images_per_prompt=1, sampler="euler", eta=0.0,
+                 generator=None, latents=None, image=None, strength=None, denoising_start=None, denoising_end=None,
+                 original_size=None, crops_coords_top_left=(0, 0), target_size=None, aesthetic_score=6.0,
+                 negative_aesthetic_score=2.5, guidance_rescale=0.0, clip_skip=None, output_type="pil", callback=None,
+                 progress=True):
         if sampler not in SAMPLERS:
             raise ValueError(f"sampler '{sampler}' is not one of {sorted(SAMPLERS)}")
         if output_type not in ("pil", "pt", "latent"):
@@ -155,7 +157,7 @@ class Pipeline:
         cfg = guidance_scale > 1.0
         with self._running(self.text):
             cond = self.text.encode(prompt, negative_prompt, prompt_2, negative_prompt_2, guidance=cfg,
-                                    clip_skip=clip_skip)
+                                    num_images_per_prompt=num_images_per_prompt, clip_skip=clip_skip)
         context, pooled, neg_context, neg_pooled = cond
         batch = context.shape[0]
         added = self._added_conditioning(pooled, neg_pooled, height, width, original_size, crops_coords_top_left,
@@ -182,7 +184,7 @@ class Pipeline:
         elif init is not None and "denoising_start" in window:
             noise = None  # the refiner continues the base's latents and draws no starting noise
         else:
-            noise = _randn(shape, generator, dev)
+            noise = randn(shape, generator, dev)
 
         def model_fn(x, t):
             x_in = torch.cat([x, x]) if cfg else x
@@ -245,22 +247,34 @@ class Pipeline:
         return {"text_embeds": pooled.to(dev, dtype), "time_ids": time_ids}
 
     def _image_latents(self, image, generator, batch):
-        """img2img start: VAE posterior sample * scaling factor (drawn before the noise, as diffusers)."""
+        """img2img start: VAE posterior sample * scaling factor (drawn before the noise, as diffusers).
+
+        As diffusers: with one generator the given images are encoded and sampled once, then repeated up to the
+        batch (one image for two prompts: both start from the same latents); with a list, one per sample, the
+        images are repeated first and sample i is drawn from generator i."""
         dev = self.device
-        if isinstance(image, torch.Tensor) and image.shape[1] == 4:
-            return image.to(dev, torch.float32)  # already latents (SDXL base -> refiner hand-over)
-        pixels = image * 2 - 1 if isinstance(image, torch.Tensor) else from_pil(image)  # tensors are in [0, 1]
-        if pixels.shape[0] == 1 and batch > 1:
-            pixels = pixels.repeat(batch, 1, 1, 1)
-        with self._running(self.vae):
-            posterior = self.vae.encode(pixels.to(dev, self.vae.dtype))
-            return (posterior.sample(generator) * self.vae.scaling_factor).float()
+        latents = isinstance(image, torch.Tensor) and image.shape[1] == 4  # SDXL base -> refiner hand-over
+        if latents:
+            out = image.to(dev, torch.float32)
+        else:
+            pixels = image * 2 - 1 if isinstance(image, torch.Tensor) else from_pil(image)  # tensors are in [0, 1]
+            if isinstance(generator, (list, tuple)):
+                check_generators(generator, batch)
+                pixels = _repeat_to(pixels, batch, "image")
+            with self._running(self.vae):
+                posterior = self.vae.encode(pixels.to(dev, self.vae.dtype))
+                out = (posterior.sample(generator) * self.vae.scaling_factor).float()
+        return _repeat_to(out, batch, "image latents" if latents else "image")
 
 
-def _randn(shape, generator, device):
-    """diffusers' randn_tensor: drawn on the generator's device (CPU by default), then moved."""
-    gen_device = generator.device if generator is not None else torch.device("cpu")
-    return torch.randn(shape, generator=generator, device=gen_device, dtype=torch.float32).to(device)
+def _repeat_to(x, batch, name):
+    """(n, ...) -> (batch, ...) by repeating the whole batch, when n divides batch (diffusers' rule)."""
+    if x.shape[0] == batch:
+        return x
+    if x.shape[0] > batch or batch % x.shape[0]:
+        raise ValueError(f"{name} has a batch of {x.shape[0]}, which cannot be repeated to the {batch} samples "
+                         f"asked for (prompts x num_images_per_prompt)")
+    return x.repeat(batch // x.shape[0], *[1] * (x.ndim - 1))
 
 
 @contextmanager

@@ -16,6 +16,7 @@ from torch import nn
 from .blocks.vae_blocks import Decoder, Encoder
 from .io import CheckpointError, hub_download, load_into, load_safetensors, looks_like_repo_id, refuse_pickle
 from .keymaps import vae as keymap
+from .noise import randn
 
 
 @dataclass(frozen=True)
@@ -97,18 +98,9 @@ class DiagonalGaussian:
         self.var = torch.exp(self.logvar)
 
     def sample(self, generator=None):
-        """mean + std * eps, eps drawn as diffusers' randn_tensor does: on the generator's device, in the moments'
-        dtype, one draw per sample when given a list of generators, so equal seeds give equal samples."""
-        shape = self.mean.shape
-        if isinstance(generator, (list, tuple)) and len(generator) > 1:
-            eps = torch.cat([self._randn((1, *shape[1:]), g) for g in generator])
-        else:
-            eps = self._randn(shape, generator[0] if isinstance(generator, (list, tuple)) else generator)
-        return self.mean + self.std * eps
-
-    def _randn(self, shape, generator):
-        device = generator.device if generator is not None else self.moments.device
-        return torch.randn(shape, generator=generator, device=device, dtype=self.moments.dtype).to(self.moments.device)
+        """mean + std * eps, eps drawn as diffusers' randn_tensor does (minunet.noise.randn): on the generator's
+        device, in the moments' dtype, one draw per sample when given a list of generators."""
+        return self.mean + self.std * randn(self.mean.shape, generator, self.moments.device, self.moments.dtype)
 
     def mode(self):
         return self.mean

@@ -112,6 +112,30 @@ def test_sd_img2img(sd, sampler):
     check(lambda **o: ours(**kw, **o, sampler=sampler, generator=gen()), lambda **o: theirs(**kw, **o, generator=gen()))
 
 
+def test_sd_generator_lists_and_images_per_prompt(sd):
+    """num_images_per_prompt and one generator per image, text-to-image (Euler a: per-step draws too) and img2img
+    (one image for two prompts: repeated before each per-sample VAE draw)."""
+    folder, ours = sd
+    gens = lambda: [gen(s) for s in (5, 6, 7, 8)]  # noqa: E731
+    kw = dict(prompt=["a red fox", "a lighthouse"], negative_prompt=["blurry", "dark"], num_inference_steps=4,
+              num_images_per_prompt=2, height=48, width=48)
+    theirs = diffusers_pipe("StableDiffusionPipeline", folder, SCHEDULERS["euler_a"], safety_checker=None,
+                            requires_safety_checker=False)
+    check(lambda **o: ours(**kw, **o, sampler="euler_a", generator=gens()),
+          lambda **o: theirs(**kw, **o, generator=gens()))
+    image = torch.rand(1, 3, 48, 48, generator=gen(3))
+    kw = dict(prompt=["a red fox", "a lighthouse"], image=image, strength=0.7, num_inference_steps=5)
+    theirs = diffusers_pipe("StableDiffusionImg2ImgPipeline", folder, safety_checker=None,
+                            requires_safety_checker=False)
+    check(lambda **o: ours(**kw, **o, generator=gens()[:2]), lambda **o: theirs(**kw, **o, generator=gens()[:2]))
+    # one generator, one image, two prompts: diffusers encodes and draws once, then repeats the latents
+    check(lambda **o: ours(**kw, **o, generator=gen(9)), lambda **o: theirs(**kw, **o, generator=gen(9)))
+    with pytest.raises(ValueError, match="a list of 3 generators was given for a batch of 2 samples"):
+        ours(**kw, generator=gens()[:3], progress=False)
+    with pytest.raises(ValueError, match="image has a batch of 2, which cannot be repeated to the 3 samples"):
+        ours(["a", "b", "c"], image=image.repeat(2, 1, 1, 1), num_inference_steps=2, progress=False)
+
+
 def test_sdxl_text_to_image_micro_conditioning(sdxl):
     base, _, ours, _ = sdxl
     theirs = diffusers_pipe("StableDiffusionXLPipeline", base)

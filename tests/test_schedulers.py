@@ -186,6 +186,36 @@ def test_callback_sees_every_step():
     assert seen[-1][2] is x
 
 
+# ---- per-sample generators ----
+
+@pytest.mark.parametrize("sampler, config, kw", [("euler_ancestral", TURBO, {}), ("ddim", SD15, {"eta": 0.7})])
+def test_generator_list_draws_per_sample_as_diffusers(sampler, config, kw):
+    """A list of generators: sample i's noise comes from generator i alone, as diffusers' randn_tensor draws it,
+    so each sample equals a batch-of-one run seeded with its own generator."""
+    from diffusers.utils.torch_utils import randn_tensor
+    from minunet.noise import randn
+
+    gens = lambda: [torch.Generator().manual_seed(s) for s in (3, 4)]  # noqa: E731
+    torch.testing.assert_close(randn(SHAPE, gens()), randn_tensor(SHAPE, generator=gens()), rtol=0, atol=0)
+    noise = randn(SHAPE, gens())
+    schedule = Schedule.from_config(config)
+    ours = SAMPLER[sampler](model_fn, noise, schedule, 6, generator=gens(), **kw)
+    theirs = diffusers_sample(sampler, config, 6, noise, gens(), **kw)
+    assert_latents_close(ours, theirs)
+    for i, g in enumerate(gens()):
+        alone = SAMPLER[sampler](model_fn, noise[i:i + 1], schedule, 6, generator=g, **kw)
+        assert_latents_close(ours[i:i + 1], alone)
+    one = SAMPLER[sampler](model_fn, noise, schedule, 6, generator=torch.Generator().manual_seed(3), **kw)
+    assert (one[1] - ours[1]).abs().max() > 1e-3  # a single generator draws the batch as one tensor
+
+
+def test_generator_list_of_the_wrong_length_raises():
+    from minunet.noise import randn
+
+    with pytest.raises(ValueError, match="a list of 3 generators was given for a batch of 2 samples"):
+        randn((2, 4, 8, 8), [torch.Generator() for _ in range(3)])
+
+
 # ---- partial schedules: img2img strength, SDXL base (denoising_end) and refiner (denoising_start) ----
 
 WINDOWS = {

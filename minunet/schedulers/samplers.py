@@ -19,10 +19,9 @@ loop leaves in `latents`, and calls callback(i, t, x) after step i when one is g
 The samplers carry x in float32, as diffusers' step() computes (model_fn may run a half-precision UNet and
 return its output in any float dtype). Random draws match diffusers': one torch.randn(x.shape) per step where
 its scheduler draws one, made on the generator's device and moved to x's, so one torch.Generator seeds both
-alike. A list of per-sample generators is not supported.
+alike; a list of generators, one per sample, draws each sample's noise from its own (minunet.noise.randn).
 """
-import torch
-
+from ..noise import randn
 from .prediction import denoised, unet_input, x0_and_eps
 
 
@@ -63,7 +62,7 @@ def sample_euler_ancestral(model_fn, noise, schedule, num_steps, *, init_latents
         sigma_down = (sigma_next**2 - sigma_up**2) ** 0.5
         d = (x - x0) / sigma
         x = x + d * (sigma_down - sigma)
-        x = x + _randn_like(x, generator) * sigma_up  # drawn on every step, the last (sigma_up = 0) too
+        x = x + randn(x.shape, generator, x.device, x.dtype) * sigma_up  # drawn on every step, the last (sigma_up = 0) too
         if callback is not None:
             callback(i, t, x)
     return x
@@ -89,7 +88,7 @@ def sample_ddim(model_fn, noise, schedule, num_steps, *, eta=0.0, init_latents=N
         std = eta * ((1 - abar_prev) / (1 - abar) * (1 - abar / abar_prev)) ** 0.5
         x = abar_prev**0.5 * x0 + (1 - abar_prev - std**2) ** 0.5 * eps
         if eta > 0:
-            x = x + std * _randn_like(x, generator)
+            x = x + std * randn(x.shape, generator, x.device, x.dtype)
         if callback is not None:
             callback(i, t, x)
     return x
@@ -110,9 +109,3 @@ def _first_latents(steps, noise, init_latents, strength, denoising_start):
     if noise is None:
         raise ValueError("noise is needed to start a text-to-image run")
     return noise.float() * steps.init_noise_sigma
-
-
-def _randn_like(x, generator):
-    """torch.randn as diffusers' randn_tensor: a CPU generator draws on the CPU, then the tensor moves to x."""
-    device = generator.device if generator is not None else x.device
-    return torch.randn(x.shape, generator=generator, device=device, dtype=x.dtype).to(x.device)
