@@ -200,6 +200,9 @@ class TextConditioner(nn.Module):
         """Prompt embeddings as diffusers' encode_prompt makes them for this family (see the module docstring)."""
         prompts = as_batch(prompt, "prompt")
         n = len(prompts)
+        if isinstance(num_images_per_prompt, bool) or not isinstance(num_images_per_prompt, int) \
+                or num_images_per_prompt < 1:
+            raise ValueError(f"num_images_per_prompt must be an int >= 1, got {num_images_per_prompt!r}")
         skip = self._check_clip_skip(clip_skip)
         context, pooled = self._encode({"prompt": prompts, "prompt_2": as_batch(prompt_2 or prompt, "prompt_2", n)},
                                        skip)

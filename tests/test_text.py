@@ -380,6 +380,8 @@ def test_encode_batch_errors(tiny):
         text.encode(["a", "b"], ["c"])
     with pytest.raises(TypeError, match="prompt must be a str or a list of str"):
         text.encode(3)
+    with pytest.raises(ValueError, match="num_images_per_prompt must be an int >= 1, got 0"):
+        text.encode("a", num_images_per_prompt=0)
 
 
 # ---- diffusers folders
