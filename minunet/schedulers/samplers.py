@@ -62,7 +62,8 @@ def sample_euler_ancestral(model_fn, noise, schedule, num_steps, *, init_latents
         sigma_down = (sigma_next**2 - sigma_up**2) ** 0.5
         d = (x - x0) / sigma
         x = x + d * (sigma_down - sigma)
-        x = x + randn(x.shape, generator, x.device, x.dtype) * sigma_up  # drawn on every step, the last (sigma_up = 0) too
+        # drawn on every step, the last (sigma_up = 0) too
+        x = x + randn(x.shape, generator, x.device, x.dtype) * sigma_up
         if callback is not None:
             callback(i, t, x)
     return x
