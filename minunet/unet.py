@@ -11,10 +11,12 @@ from torch import nn
 from .blocks.resnet import TimestepEmbedding, timestep_embedding
 from .blocks.unet_blocks import DownBlock, MidBlock, UpBlock
 from .config import UNetConfig
+from .checkpointing import GradientCheckpointingMixin
 from .freeu import FreeUMixin
+from .lora import LoraMixin
 
 
-class UNet(FreeUMixin, nn.Module):
+class UNet(FreeUMixin, LoraMixin, GradientCheckpointingMixin, nn.Module):
     def __init__(self, config: UNetConfig):
         super().__init__()
         self.config = cfg = config

@@ -8,6 +8,7 @@ import math
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torch.utils.checkpoint import checkpoint
 
 
 class ResnetBlock2D(nn.Module):
@@ -27,7 +28,14 @@ class ResnetBlock2D(nn.Module):
         # 1x1 conv only when the channel count changes, as in the checkpoints (`nin_shortcut` / `skip_connection`)
         self.conv_shortcut = nn.Conv2d(in_channels, out_channels, 1) if in_channels != out_channels else None
 
+    gradient_checkpointing = False  # recompute in backward instead of storing activations (minunet.checkpointing)
+
     def forward(self, x, temb=None):
+        if self.gradient_checkpointing and torch.is_grad_enabled():
+            return checkpoint(self._forward, x, temb, use_reentrant=False)
+        return self._forward(x, temb)
+
+    def _forward(self, x, temb):
         h = self.conv1(F.silu(self.norm1(x)))
         if self.time_emb_proj is not None:
             h = h + self.time_emb_proj(F.silu(temb))[:, :, None, None]  # (B, C) -> (B, C, 1, 1)
