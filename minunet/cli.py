@@ -138,6 +138,7 @@ def cmd_generate(args):
     if args.compare_freeu and freeu is None:
         raise UsageError("--compare-freeu needs --freeu PRESET or b1,b2,s1,s2")
     pipe = load_pipeline(args.model, dtype=getattr(torch, args.dtype), device=args.device)
+    apply_loras(pipe, args)
     if args.karras:
         pipe.schedule = dataclasses.replace(pipe.schedule, use_karras_sigmas=True)
     width, height = size or (None, None)
@@ -183,7 +184,7 @@ def save_png(image, args, freeu):
               "karras": args.karras, "steps": args.steps, "cfg": args.cfg, "clip_skip": args.clip_skip,
               "seed": args.seed, "size": f"{image.width}x{image.height}",
               "freeu": None if freeu is None else dataclasses.asdict(freeu), "compare_freeu": args.compare_freeu,
-              "generator": "minunet"}
+              "lora": [[str(path), scale] for path, scale in getattr(args, "lora", [])], "generator": "minunet"}
     meta = PngInfo()
     meta.add_text("parameters", json.dumps(params))
     out = Path(args.out)
@@ -217,6 +218,19 @@ def cmd_parity(args):
     print(f"largest difference relative to the block's output scale: {worst:.2e}")
 
 
+def add_lora_arguments(p):
+    from .lora import parse_lora_arg
+
+    p.add_argument("--lora", action="append", default=[], type=parse_lora_arg, metavar="FILE[:SCALE]",
+                   help="a LoRA .safetensors (kohya / A1111 or diffusers / PEFT) on the UNet and text encoders, "
+                        "at SCALE (default 1.0); repeatable")
+
+
+def apply_loras(pipe, args):
+    for path, scale in args.lora:
+        pipe.load_lora(path, scale)
+
+
 def build_parser():
     ap = argparse.ArgumentParser(prog="minunet", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = ap.add_subparsers(dest="command", required=True)
@@ -238,6 +252,7 @@ def build_parser():
     p.add_argument("--dtype", default="float32", choices=["float32", "float16", "bfloat16"])
     p.add_argument("--device", default=None)
     p.add_argument("--out", default="minunet.png")
+    add_lora_arguments(p)
     p.set_defaults(func=cmd_generate)
     p = sub.add_parser("parity", help="per-block largest difference between minunet and diffusers on your weights")
     p.add_argument("model", help="a .safetensors file, a diffusers folder, a Hub repo id, or tiny")

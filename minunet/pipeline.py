@@ -43,6 +43,7 @@ class Pipeline:
         self.vae_scale = vae.config.downscale
         self.default_size = default_size or FAMILY_DEFAULTS[self.family][1]
         self.offload_device = None  # set by enable_model_cpu_offload
+        self.loras = []             # LoRAs on the UNet and text encoders, see load_lora
 
     # ---- construction ----------------------------------------------------------------------------------------
     @classmethod
@@ -113,6 +114,24 @@ class Pipeline:
 
     def disable_freeu(self):
         self.unet.disable_freeu()
+
+    def load_lora(self, source, scale=1.0, *, fuse=False):
+        """A LoRA file (kohya / A1111 or diffusers / PEFT, see minunet.lora) on the UNet and the text encoders ->
+        the `Lora` (change `.scale`, `.fuse()`, `.unfuse()`, `.remove()`). Several can be on at once; every key
+        must map to a module of this pipeline, else nothing is applied. `unload_lora()` takes them all off."""
+        from .lora import load_lora
+
+        unet = getattr(self.unet, "_orig_mod", self.unet)  # the module itself under torch.compile
+        targets = {"unet": unet, **{s.subfolder: e for s, e in zip(self.text.specs, self.text.encoders)}}
+        lora = load_lora(targets, source, scale, fuse=fuse)
+        self.loras.append(lora)
+        return lora
+
+    def unload_lora(self):
+        """Take every LoRA off: the weights are the loaded ones again, bit for bit."""
+        for lora in reversed(self.loras):
+            lora.remove()
+        self.loras.clear()
 
     def enable_model_cpu_offload(self, device="cuda"):
         """Keep every model on the CPU and move each to `device` only while it runs."""

@@ -124,13 +124,44 @@ def test_kohya_and_peft_together_equal_diffusers(family, sd, sdxl, tmp_path):
     quiet(theirs.load_lora_weights, str(peft_path), adapter_name="p")
     theirs.set_adapters(["k", "p"], adapter_weights=[0.7, -0.4])
     base = compare_latents(ours, diffusers_pipe(folder))  # no LoRA yet: equal to begin with
-    a, b = (load_lora(targets(ours), p, s) for p, s in ((kohya_path, 0.7), (peft_path, -0.4)))
+    ours.load_lora(kohya_path, 0.7)
+    ours.load_lora(peft_path, -0.4)
     try:
+        assert len(ours.loras) == 2 and all(len(lora.layers) > 50 for lora in ours.loras)
         compare_components(ours, theirs, ours.unet.config.context_dim)
         latents = compare_latents(ours, theirs)
         assert (latents - base).abs().max() > 0.1 * base.abs().max()  # the LoRAs did change the result
     finally:
-        a.remove(), b.remove()
+        ours.unload_lora()
+    assert_close(compare_latents(ours, diffusers_pipe(folder)), base, rel=0)  # and off again
+
+
+def test_cli_generate_with_loras(tmp_path, capsys):
+    """--lora FILE[:SCALE], repeatable: applied to the UNet and the text encoder, recorded in the PNG; a bad file
+    is a one-line error."""
+    import json
+
+    from PIL import Image
+
+    from minunet.cli import main
+    tiny = Pipeline.tiny()
+    kohya_file(tiny, tmp_path / "a.safetensors")
+    kohya_file(tiny, tmp_path / "b.safetensors", seed=5)
+    base = ["generate", "a fox", "--model", "tiny", "--steps", "2", "--size", "32x32"]
+    images = {}
+    for name, extra in (("plain", []), ("one", ["--lora", f"{tmp_path / 'a.safetensors'}:0.5"]),
+                        ("two", ["--lora", f"{tmp_path / 'a.safetensors'}:0.5", "--lora",
+                                 str(tmp_path / "b.safetensors")])):
+        assert main(base + extra + ["--out", str(tmp_path / f"{name}.png")]) == 0
+        images[name] = Image.open(tmp_path / f"{name}.png")
+    assert json.loads(images["two"].text["parameters"])["lora"] == [[str(tmp_path / "a.safetensors"), 0.5],
+                                                                     [str(tmp_path / "b.safetensors"), 1.0]]
+    pixels = {k: torch.tensor(list(v.convert("RGB").getdata()), dtype=torch.float32) for k, v in images.items()}
+    assert (pixels["plain"] - pixels["one"]).abs().max() > 10 and (pixels["one"] - pixels["two"]).abs().max() > 10
+    st.save_file({"lora_unet_nothing_here.lora_down.weight": torch.zeros(1, 1)}, tmp_path / "bad.safetensors")
+    capsys.readouterr()
+    assert main(base + ["--lora", str(tmp_path / "bad.safetensors"), "--out", str(tmp_path / "x.png")]) == 2
+    assert "lora_unet_nothing_here.lora_down.weight" in capsys.readouterr().err
 
 
 def merged_reference(cfg, state, lora, scale):
