@@ -389,6 +389,31 @@ def load_lora(targets, source, scale=1.0, *, fuse=False, ignore=(), dtype=None):
     return lora.fuse() if fuse else lora.attach()
 
 
+ATTENTION = ("to_q", "to_k", "to_v", "to_out.0")  # the usual training targets (kohya's default for the UNet)
+
+
+def new_lora(targets, rank=4, alpha=None, *, include=ATTENTION, seed=0, dtype=torch.float32):
+    """A fresh, trainable LoRA on every module of `targets` whose path ends with one of `include`: down random
+    (N(0, 1/fan_in)), up zero, so it starts as the identity (the standard initialisation). Attached and returned."""
+    if isinstance(targets, nn.Module):
+        targets = {"unet": targets}
+    g = torch.Generator().manual_seed(seed)
+    state = {}
+    for component, model in targets.items():
+        for path in lora_targets(model):
+            if not any(path == leaf or path.endswith("." + leaf) for leaf in include):
+                continue
+            w = model.get_submodule(path).weight
+            stem = kohya_name(component, path, targets)
+            fan_in = w[0].numel()
+            state[f"{stem}.lora_down.weight"] = torch.randn((rank, *w.shape[1:]), generator=g) / fan_in ** 0.5
+            state[f"{stem}.lora_up.weight"] = torch.zeros((w.shape[0], rank) + ((1, 1) if w.ndim == 4 else ()))
+            state[f"{stem}.alpha"] = torch.tensor(float(rank if alpha is None else alpha))
+    if not state:
+        raise ValueError(f"new_lora: no module of {sorted(targets)} ends with one of {include}")
+    return load_lora(targets, state, dtype=dtype)
+
+
 class LoraMixin:
     """`load_lora` / `fuse_lora` / `unfuse_lora` / `unload_lora` on a model (the UNet); `loras` lists the
     LoRAs on it, in the order loaded."""
