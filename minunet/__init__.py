@@ -4,6 +4,7 @@ from .freeu import FreeU, fourier_filter, list_presets
 from .images import from_pil, to_pil
 from .io import CheckpointError
 from .loading import config_from_shapes, load_unet, original_state_dict
+from .lora import Lora, load_lora, new_lora
 from .schedulers import (SAMPLERS, AlphaSteps, Schedule, SigmaSteps, sample_ddim, sample_dpmpp_2m, sample_euler,
                          sample_euler_ancestral)
 from .unet import UNet
@@ -28,5 +29,5 @@ __all__ = [
     "original_state_dict", "CheckpointError", "FreeU", "fourier_filter", "list_presets", "from_pil", "to_pil",
     "Pipeline", "PipelineOutput", "SAMPLERS", "AlphaSteps", "Schedule", "SigmaSteps", "sample_ddim", "sample_euler",
     "sample_euler_ancestral", "sample_dpmpp_2m", "TextConditioner", "TextEmbeddings", "load_text_conditioner", "tiny_text_config",
-    "VAE_SD", "VAE_SDXL", "VAE", "DiagonalGaussian", "VAEConfig", "load_vae",
+    "VAE_SD", "VAE_SDXL", "VAE", "DiagonalGaussian", "VAEConfig", "load_vae", "Lora", "load_lora", "new_lora",
 ]

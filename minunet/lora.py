@@ -109,11 +109,13 @@ class LoraLayer(nn.Module):
 
     def forward(self, x):
         t = self.target[0]
-        x = x.to(self.down.dtype)
+        # the LoRA's tensors follow the input (a model moved by CPU offload; no-ops otherwise), x their dtype
+        down, up = self.down.to(x.device), self.up.to(x.device)
+        x = x.to(down.dtype)
         if isinstance(t, nn.Conv2d):  # down: a conv like the target's (kernel, stride, padding), up: 1x1
-            h = F.conv2d(x, self.down, None, t.stride, t.padding, t.dilation)
-            return F.conv2d(h, self.up) * self.factor
-        return F.linear(F.linear(x, self.down), self.up) * self.factor
+            h = F.conv2d(x, down, None, t.stride, t.padding, t.dilation)
+            return F.conv2d(h, up) * self.factor
+        return F.linear(F.linear(x, down), up) * self.factor
 
     def delta(self):
         """factor * up @ down as a weight-shaped float32 tensor (out, in[, kh, kw])."""
