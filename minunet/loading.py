@@ -14,6 +14,7 @@ from .io import (CheckpointError, hub_download, load_folder_weights, load_into, 
                  read_header, refuse_pickle)
 from .keymaps.unet import PREFIX, unet_key_map
 from .unet import UNet
+from .upscaler import KUNet, KUNetConfig, is_kunet_config
 
 # entries of a whole original checkpoint that are not the UNet and are skipped without complaint
 OTHER_COMPONENTS = ("first_stage_model.", "cond_stage_model.", "conditioner.", "model_ema.")
@@ -25,7 +26,8 @@ SCHEDULE_BUFFERS = {"betas", "alphas_cumprod", "alphas_cumprod_prev", "sqrt_alph
 
 def load_unet(source, *, dtype=None, device=None, variant=None, config=None) -> UNet:
     """Load a UNet from a diffusers folder (model folder or its unet/), an original .safetensors file,
-    or a Hugging Face Hub repo id. `variant="fp16"` picks diffusion_pytorch_model.fp16.safetensors.
+    or a Hugging Face Hub repo id. `variant="fp16"` picks diffusion_pytorch_model.fp16.safetensors. A diffusers
+    folder of the x2 latent upscaler gives its KUNet (minunet/upscaler.py).
     `config` (a UNetConfig) overrides what a single file's shapes say (heads and upcast are not in shapes)."""
     source = str(source)
     refuse_pickle(source)
@@ -48,10 +50,14 @@ def _load_diffusers_folder(path, dtype, device, variant):
     config_file = path / "config.json"
     if not config_file.is_file():
         raise CheckpointError(f"{path}: no config.json (nor unet/config.json): not a diffusers UNet folder")
-    config = UNetConfig.from_diffusers(json.loads(config_file.read_text()), source=str(config_file))
+    raw = json.loads(config_file.read_text())
+    if is_kunet_config(raw):  # the x2 latent upscaler's K-UNet (minunet/upscaler.py)
+        model_class, config = KUNet, KUNetConfig.from_diffusers(raw, source=str(config_file))
+    else:
+        model_class, config = UNet, UNetConfig.from_diffusers(raw, source=str(config_file))
     state, file = load_folder_weights(path, "diffusion_pytorch_model", variant)
     with torch.device("meta"):
-        model = UNet(config)
+        model = model_class(config)
     return load_into(model, state, file, dtype, device).eval()
 
 
