@@ -34,6 +34,7 @@ from einops import rearrange
 from torch import nn
 
 from .blocks.attention import Attention
+from .freeu import FreeUMixin, decoder_input
 
 
 @dataclass(frozen=True)
@@ -314,11 +315,12 @@ class KUpBlock(nn.Module):
         self.attentions = None if last else nn.ModuleList(
             [KAttentionBlock(c_next if j == n - 1 else c, cfg, self_attention=i == 0) for j in range(n)])
         self.upsamplers = None if last else nn.ModuleList([KUpsample2D()])
-        self.freeu_stage = None  # set by KUNet's FreeU plan: the Stage at this block's concatenation, or None
 
-    def forward(self, x, skip, temb, context):
+    def forward(self, x, skip, temb, context, freeu=None):
+        """freeu: the minunet.freeu.Stage applied at this block's concatenation, or None."""
         if skip is not None:
-            x = torch.cat([x, skip], dim=1)  # (B, 2C, H, W): backbone || the matching down block's last output
+            # (B, 2C, H, W): backbone || the matching down block's last output, re-weighted where FreeU says
+            x = decoder_input(x, skip, freeu)
         for j, resnet in enumerate(self.resnets):
             x = resnet(x, temb)
             if self.attentions is not None:
@@ -327,7 +329,7 @@ class KUpBlock(nn.Module):
 
 
 # ---- the model -------------------------------------------------------------------------------------------------
-class KUNet(nn.Module):
+class KUNet(FreeUMixin, nn.Module):
     def __init__(self, config: KUNetConfig = SD_X2_LATENT_UPSCALER):
         super().__init__()
         self.config = cfg = config
@@ -338,6 +340,7 @@ class KUNet(nn.Module):
         self.down_blocks = nn.ModuleList([KDownBlock(cfg, i) for i in range(n)])
         self.up_blocks = nn.ModuleList([KUpBlock(cfg, i) for i in range(n)])
         self.conv_out = nn.Conv2d(c0, cfg.out_channels, 1)
+        self.freeu = None  # FreeU settings (or None); setting them works out freeu_plan (see _freeu_plan)
 
     @property
     def dtype(self):
@@ -376,6 +379,24 @@ class KUNet(nn.Module):
         for block in self.down_blocks:
             h, skip = block(h, temb, context)
             skips.append(skip)
-        for block, skip in zip(self.up_blocks, reversed(skips)):  # up block i takes down block n-1-i's skip
-            h = block(h, skip, temb, context)
+        plan = self.freeu_plan or [None] * len(self.up_blocks)
+        for block, skip, stage in zip(self.up_blocks, reversed(skips), plan):  # up i takes down n-1-i's skip
+            h = block(h, skip, temb, context, freeu=stage)
         return self.conv_out(h)
+
+    def _freeu_plan(self, freeu):
+        """FreeU on the K-UNet, minunet's own definition: one Stage | None per up block, at its one concatenation.
+
+        No public rule fits this decoder: by width (4 x / 2 x the model channels) nothing is at 4 x C0, and by
+        up-block index (diffusers' rule) up block 0 has no concatenation, so b1 / s1 would touch nothing. diffusers'
+        own enable_freeu on this model changes nothing at all (its K up blocks never read the factors). Following
+        the paper's idea, the first two decoder stages where the backbone meets the skips: stage 1 (b1, s1) at up
+        block 1's concatenation (quarter resolution, 2C0 + 2C0 channels), stage 2 (b2, s2) at up block 2's (half
+        resolution, C0 + C0), the full-resolution block untouched. mapping="official" (the default) means this
+        rule here; mapping="diffusers" is an error rather than a silent no-op."""
+        if freeu.mapping == "diffusers":
+            raise ValueError("FreeU mapping='diffusers' on the latent upscaler's K-UNet: diffusers' enable_freeu "
+                             "does nothing on this model (its K up blocks never read the factors), so there is no "
+                             "diffusers behaviour to reproduce. Use mapping='official' for minunet's K-UNet FreeU "
+                             "(stage 1 at up block 1's concatenation, stage 2 at up block 2's).")
+        return [freeu.at({1: 1, 2: 2}.get(i)) for i in range(len(self.up_blocks))]

@@ -154,3 +154,64 @@ def test_bad_conditioning_shapes(pair):
         ours(x, t, ctx, timestep_cond=cond[:, 1:])
     with pytest.raises(ValueError, match="t has 3 values for a batch of 2"):
         ours(x, torch.zeros(3), ctx, timestep_cond=cond)
+
+
+# ---- FreeU: minunet's own definition on this model (diffusers' enable_freeu is a silent no-op here) ----
+
+FACTORS = dict(s1=0.9, s2=0.2, b1=1.3, b2=1.4)
+
+
+@torch.no_grad()
+def test_freeu_changes_ours_not_diffusers_and_disabling_restores(pair):
+    ours, ref = pair
+    x, t, ctx, cond = k_inputs(TINY_K)
+    plain = ours(x, t, ctx, timestep_cond=cond)
+    ours.enable_freeu(**FACTORS)
+    try:
+        changed = ours(x, t, ctx, timestep_cond=cond)
+    finally:
+        ours.disable_freeu()
+    assert (changed - plain).abs().max() > 1e-2 * plain.abs().max()
+    torch.testing.assert_close(ours(x, t, ctx, timestep_cond=cond), plain, rtol=0, atol=0)
+    # diffusers: the factors are set on every up block and read by none (the README's claim, kept checked)
+    theirs = ref(x, t, ctx, timestep_cond=cond).sample
+    ref.enable_freeu(**FACTORS)
+    try:
+        assert all(getattr(b, "b1", None) == 1.3 for b in ref.up_blocks)
+        torch.testing.assert_close(ref(x, t, ctx, timestep_cond=cond).sample, theirs, rtol=0, atol=0)
+    finally:
+        ref.disable_freeu()
+
+
+@torch.no_grad()
+def test_freeu_acts_at_up_blocks_1_and_2_only(pair):
+    """The first resnet of up block 1 gets FreeU's stage-1 input, up block 2's the stage-2 input, up block 3's
+    the plain concatenation (each against the very (backbone, skip) pair its block received)."""
+    from minunet.freeu import Stage, freeu_concat
+
+    ours, _ = pair
+    got = {}
+    hooks = [ours.up_blocks[i].register_forward_pre_hook(lambda m, a, i=i: got.__setitem__(("block", i), a[:2]))
+             for i in range(4)]
+    hooks += [ours.up_blocks[i].resnets[0].register_forward_pre_hook(
+        lambda m, a, i=i: got.__setitem__(("resnet", i), a[0])) for i in range(4)]
+    ours.enable_freeu(**FACTORS, version=2)
+    try:
+        assert ours.freeu_plan == [None, Stage(1.3, 0.9, 2), Stage(1.4, 0.2, 2), None]
+        ours(*k_inputs(TINY_K)[:3], timestep_cond=k_inputs(TINY_K)[3])
+    finally:
+        ours.disable_freeu()
+        for h in hooks:
+            h.remove()
+    assert got["block", 0][1] is None  # up block 0 concatenates nothing
+    for i, (b, s) in ((1, (1.3, 0.9)), (2, (1.4, 0.2))):
+        h, skip = got["block", i]
+        torch.testing.assert_close(got["resnet", i], freeu_concat(h, skip, b=b, s=s, version=2), rtol=0, atol=0)
+    torch.testing.assert_close(got["resnet", 3], torch.cat(got["block", 3], dim=1), rtol=0, atol=0)
+
+
+def test_freeu_diffusers_mapping_is_an_error(pair):
+    ours, _ = pair
+    with pytest.raises(ValueError, match="diffusers' enable_freeu does nothing on this model"):
+        ours.enable_freeu(**FACTORS, mapping="diffusers")
+    assert ours.freeu is None and ours.freeu_plan is None
