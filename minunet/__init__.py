@@ -6,13 +6,15 @@ from .io import CheckpointError
 from .loading import config_from_shapes, load_unet, original_state_dict
 from .schedulers import SAMPLERS, AlphaSteps, Schedule, SigmaSteps, sample_ddim, sample_euler, sample_euler_ancestral
 from .unet import UNet
+from .upscaler import SD_X2_LATENT_UPSCALER, KUNet, KUNetConfig
 from .vae import SD as VAE_SD
 from .vae import SDXL as VAE_SDXL
 from .vae import VAE, DiagonalGaussian, VAEConfig, load_vae
 
 # the text encoders and the pipeline import transformers (seconds): loaded on first use
 _LAZY = {"Pipeline": "pipeline", "PipelineOutput": "pipeline", "TextConditioner": "text", "TextEmbeddings": "text",
-         "load_text_conditioner": "text", "tiny_text_config": "text"}
+         "load_text_conditioner": "text", "tiny_text_config": "text",
+         "UpscalePipeline": "upscale_pipeline", "UpscaleOutput": "upscale_pipeline"}
 
 
 def __getattr__(name):
@@ -28,4 +30,5 @@ __all__ = [
     "Pipeline", "PipelineOutput", "SAMPLERS", "AlphaSteps", "Schedule", "SigmaSteps", "sample_ddim", "sample_euler",
     "sample_euler_ancestral", "TextConditioner", "TextEmbeddings", "load_text_conditioner", "tiny_text_config",
     "VAE_SD", "VAE_SDXL", "VAE", "DiagonalGaussian", "VAEConfig", "load_vae",
+    "KUNet", "KUNetConfig", "SD_X2_LATENT_UPSCALER", "UpscalePipeline", "UpscaleOutput",
 ]
