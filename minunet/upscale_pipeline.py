@@ -17,7 +17,8 @@ says 50 / 7.5, its code says 75 / 9.0). What one call does, as diffusers does it
   zeros, pooled] (the noise level's Fourier embedding at 0: cos = 1, sin = 0).
 - sigmas: log-linear from sigma_max to sigma_min, N + 1 values (N steps, the last ending at sigma_min ~ 0.029);
   start: randn(B, 4, 2h, 2w) (the second draw) * sigma_max.
-- each step: Karras preconditioning with sigma_data = 1 (KarrasDenoiser), guidance on the denoised x0, an Euler step.
+- each step: Karras preconditioning with sigma_data = 1 (KarrasDenoiser), guidance on the denoised x0, an Euler
+  step: the sampling path's Euler loop (minunet.schedulers SAMPLERS["euler"]) over this denoiser.
 - decode latents / scaling factor.
 Deliberate differences: a PIL image whose sides the fixed kernels cannot take is an error (diffusers resizes it
 down to a multiple of 8 and then fails in the UNet for most sizes); a 3- or 5-channel latent tensor is an error;
@@ -34,7 +35,8 @@ from .images import from_pil, to_pil
 from .io import CheckpointError, looks_like_repo_id
 from .loading import load_unet
 from .noise import check_generators, randn
-from .schedulers import Schedule
+from .schedulers import Schedule, cfg_combine
+from .schedulers.samplers import SAMPLERS
 from .text import CLIP_L_PAD, as_batch, load_encoder_folder, load_tokenizer, tokenize
 from .upscaler import KUNet, KUNetConfig
 from .vae import load_vae
@@ -48,8 +50,10 @@ class UpscaleOutput:
 
 
 class KarrasDenoiser:
-    """The upscaler's denoiser in Euler / VE coordinates (x = x0 + sigma * eps): Karras et al. 2022 preconditioning
-    with sigma_data = 1, and classifier-free guidance on the denoised x0 (as diffusers' pipeline).
+    """The upscaler's denoiser in Euler / VE coordinates (x = x0 + sigma * eps), with the call signature of
+    minunet.schedulers.Denoiser (denoiser(x, sigma) -> x0): Karras et al. 2022 preconditioning with sigma_data = 1,
+    and classifier-free guidance on the denoised x0 (as diffusers' pipeline; the SD Denoiser guides the raw output
+    instead, which is the same up to rounding for x0 affine in it).
 
         x0 = x / (sigma^2 + 1) + sigma / sqrt(sigma^2 + 1) * F(x / sqrt(sigma^2 + 1) ++ image_cond, log(sigma) / 4)
 
@@ -59,7 +63,7 @@ class KarrasDenoiser:
         self.model_fn, self.image_cond, self.guidance_scale = model_fn, image_cond, guidance_scale
         self.cfg = guidance_scale > 1.0
 
-    def denoise(self, x, sigma):
+    def __call__(self, x, sigma):
         x = torch.cat([x, x]) if self.cfg else x  # rows [negative, positive]
         scale = (sigma**2 + 1) ** 0.5
         x_in = torch.cat([x / scale, self.image_cond.to(x)], dim=1)
@@ -67,22 +71,7 @@ class KarrasDenoiser:
         x0 = 1 / (sigma**2 + 1) * x + sigma / scale * out
         if not self.cfg:
             return x0
-        uncond, text = x0.chunk(2)
-        return uncond + self.guidance_scale * (text - uncond)
-
-    __call__ = denoise
-
-
-def sample_euler(denoiser, x, sigmas, callback=None):
-    """Euler steps from sigmas[0] to sigmas[-1] (Karras et al. 2022, Algorithm 2 without churn); callback(i, sigma,
-    x) after each step."""
-    for i in range(len(sigmas) - 1):
-        sigma, sigma_next = sigmas[i], sigmas[i + 1]
-        d = (x - denoiser.denoise(x, sigma)) / sigma  # dx / dsigma
-        x = x + d * (sigma_next - sigma)
-        if callback is not None:
-            callback(i, sigma, x)
-    return x
+        return cfg_combine(*x0.chunk(2), self.guidance_scale)
 
 
 class UpscalePipeline:
@@ -175,7 +164,7 @@ class UpscalePipeline:
             return self.unet_fn(x_in.to(self.unet.dtype), t, context, timestep_cond=timestep_cond)
 
         denoiser = KarrasDenoiser(model_fn, image_cond.to(self.unet.dtype), guidance_scale)
-        x = _run(denoiser, x, steps.sigmas.to(x.device), callback, progress)
+        x = _run(denoiser, x, steps, callback, progress)
         if output_type == "latent":
             return UpscaleOutput(images=x)
         decoded = self.vae.decode(x / self.vae.scaling_factor)
@@ -239,15 +228,15 @@ def schedule_from_config(config):
     return Schedule.from_config(config)
 
 
-def _run(denoiser, x, sigmas, callback, progress):
+def _run(denoiser, x, steps, callback, progress):
+    """The Euler loop with a progress bar; callback(i, t, latents) after step i may return latents to use."""
     from tqdm import tqdm
 
-    with tqdm(total=len(sigmas) - 1, disable=not progress, desc="upscaling", leave=False) as bar:
-        def step(i, sigma, x):
+    with tqdm(total=len(steps.timesteps), disable=not progress, desc="upscaling", leave=False) as bar:
+        def step(i, t, x):
             bar.update(1)
-            if callback is not None:
-                callback(i, sigma, x)
-        return sample_euler(denoiser, x, sigmas, step)
+            return None if callback is None else callback(i, t, x)
+        return SAMPLERS["euler"].loop(denoiser, x, steps, callback=step)
 
 
 def _fetch(repo_id, variant, revision):

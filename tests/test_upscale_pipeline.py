@@ -102,10 +102,14 @@ def test_progress_bar_and_callback(upscalers, capsys):
     ours, _ = upscalers
     seen = []
     ours("x", low_res_latents(1), num_inference_steps=3, guidance_scale=0, output_type="latent",
-         callback=lambda i, sigma, x: seen.append((i, float(sigma), x.shape)))
+         callback=lambda i, t, x: seen.append((i, float(t), x.shape)))
     assert [i for i, _, _ in seen] == [0, 1, 2] and seen[0][2] == (1, 4, 16, 24)
-    assert seen[0][1] > seen[1][1] > seen[2][1]
+    assert seen[0][1] == 999.0 and seen[1][1] > seen[2][1] == 0.0  # the schedule's timesteps, as diffusers passes
     assert "upscaling" in capsys.readouterr().err
+    # a tensor the callback returns replaces the latents (the sampling path's rule)
+    out = ours("x", low_res_latents(1), num_inference_steps=2, guidance_scale=0, output_type="latent", progress=False,
+               callback=lambda i, t, x: torch.full_like(x, 0.5) if i == 1 else None).images
+    assert (out == 0.5).all()
 
 
 @pytest.mark.parametrize("image, message", [
