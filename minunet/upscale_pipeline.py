@@ -100,7 +100,7 @@ class UpscalePipeline:
         text = load_encoder_folder(folder / "text_encoder", False, dtype=dtype, device=device, variant=variant)
         tokenizer = load_tokenizer(folder / "tokenizer", CLIP_L_PAD)
         sched = json.loads((folder / "scheduler" / "scheduler_config.json").read_text())
-        return cls(unet, vae, text, tokenizer, schedule_from_config(sched))
+        return cls(unet, vae, text, tokenizer, Schedule.from_config(sched))
 
     @classmethod
     def tiny(cls, seed=0):
@@ -119,7 +119,7 @@ class UpscalePipeline:
                                      context_dim=64, time_cond_dim=2 * NOISE_LEVEL_FEATURES + 64))
             vae = VAE(VAEConfig(block_out_channels=(32, 32, 32, 32), layers_per_block=1, sample_size=128))
         sched = json.loads((CONFIGS / "sd-x2-latent-upscaler" / "scheduler" / "scheduler_config.json").read_text())
-        return cls(unet.eval(), vae.eval(), text.eval(), load_tokenizer(None, CLIP_L_PAD), schedule_from_config(sched))
+        return cls(unet.eval(), vae.eval(), text.eval(), load_tokenizer(None, CLIP_L_PAD), Schedule.from_config(sched))
 
     def enable_freeu(self, *args, **kwargs):
         """minunet's FreeU on the K-UNet (see KUNet._freeu_plan); diffusers' enable_freeu does nothing here."""
@@ -218,14 +218,6 @@ class UpscalePipeline:
         if tuple(latents.shape) != shape:
             raise ValueError(f"latents have shape {tuple(latents.shape)}, expected {shape} (2x the image latents)")
         return latents.to(self.device, torch.float32)
-
-
-def schedule_from_config(config):
-    """The scheduler config's noise schedule; diffusers' Euler reads prediction_type "original_sample" as "sample"
-    (the upscaler's denoiser does its own preconditioning and only uses the sigmas)."""
-    if config.get("prediction_type") == "original_sample":
-        config = {**config, "prediction_type": "sample"}
-    return Schedule.from_config(config)
 
 
 def _run(denoiser, x, steps, callback, progress):

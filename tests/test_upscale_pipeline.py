@@ -139,3 +139,25 @@ def test_bad_steps(upscalers, steps):
     ours, _ = upscalers
     with pytest.raises(ValueError, match=f"num_inference_steps={steps!r} must be an integer >= 1"):
         ours("x", low_res_latents(1), num_inference_steps=steps)
+
+
+def test_official_schedule():
+    """The official scheduler config: log-linear sigmas (N + 1, from sigma_max to sigma_min, never 0) and its
+    prediction_type "original_sample" read as "sample" (diffusers' older name; the denoiser only uses the sigmas)."""
+    import json
+
+    from diffusers import EulerDiscreteScheduler
+
+    from minunet import Schedule
+    from minunet.weights import CONFIGS
+
+    folder = CONFIGS / "sd-x2-latent-upscaler" / "scheduler"
+    schedule = Schedule.from_config(json.loads((folder / "scheduler_config.json").read_text()))
+    assert schedule.prediction_type == "sample" and schedule.interpolation_type == "log_linear"
+    steps = schedule.steps(20, "euler")
+    theirs = EulerDiscreteScheduler.from_pretrained(folder)
+    theirs.set_timesteps(20)
+    assert len(steps.sigmas) == 21 and len(theirs.sigmas) == 22 and float(theirs.sigmas[-1]) == 0.0
+    torch.testing.assert_close(steps.sigmas, theirs.sigmas[:-1], rtol=0, atol=0)
+    assert abs(float(steps.sigmas[0]) - 14.6146) < 1e-3 and abs(float(steps.sigmas[-1]) - 0.0292) < 1e-4
+    assert float(steps.init_noise_sigma) == float(theirs.init_noise_sigma)
