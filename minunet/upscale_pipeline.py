@@ -79,7 +79,6 @@ class UpscalePipeline:
         if not isinstance(unet, KUNet):
             raise TypeError(f"UpscalePipeline needs the latent upscaler's KUNet, got {type(unet).__name__}")
         self.unet, self.vae, self.text_encoder, self.tokenizer, self.schedule = unet, vae, text_encoder, tokenizer, schedule
-        self.unet_fn = unet
 
     # ---- construction ----------------------------------------------------------------------------------------
     @classmethod
@@ -108,15 +107,16 @@ class UpscalePipeline:
         anywhere in seconds and makes noise, not pictures. Its VAE has Pipeline.tiny()'s structure (x8)."""
         from transformers import CLIPTextModel
 
-        from .text import randomize_, tiny_text_config
+        from .random_init import randomize_
+        from .text import tiny_text_config
         from .vae import VAE, VAEConfig
         from .weights import CONFIGS
 
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(seed)
-            text = randomize_(CLIPTextModel(tiny_text_config("sd1", width=64)), torch.Generator().manual_seed(seed))
-            unet = KUNet(KUNetConfig(block_out_channels=(32, 32, 64, 64), layers_per_block=2, head_size=16,
-                                     context_dim=64, time_cond_dim=2 * NOISE_LEVEL_FEATURES + 64))
+            text = randomize_(CLIPTextModel(tiny_text_config("sd1", width=64)), seed)
+            unet = randomize_(KUNet(KUNetConfig(block_out_channels=(32, 32, 64, 64), layers_per_block=2, head_size=16,
+                                                context_dim=64, time_cond_dim=2 * NOISE_LEVEL_FEATURES + 64)), seed)
             vae = VAE(VAEConfig(block_out_channels=(32, 32, 32, 32), layers_per_block=1, sample_size=128))
         sched = json.loads((CONFIGS / "sd-x2-latent-upscaler" / "scheduler" / "scheduler_config.json").read_text())
         return cls(unet.eval(), vae.eval(), text.eval(), load_tokenizer(None, CLIP_L_PAD), Schedule.from_config(sched))
@@ -128,8 +128,10 @@ class UpscalePipeline:
     def disable_freeu(self):
         self.unet.disable_freeu()
 
-    def compile(self):
-        self.unet_fn = torch.compile(self.unet)
+    def compile(self, **options):
+        """torch.compile the K-UNet; the same as `up.unet = torch.compile(up.unet, **options)` (the pipeline calls
+        whatever `up.unet` is at call time)."""
+        self.unet = torch.compile(self.unet, **options)
         return self
 
     @property
@@ -161,7 +163,7 @@ class UpscalePipeline:
         x = self._start(latents, shape, generator) * steps.init_noise_sigma
 
         def model_fn(x_in, t):
-            return self.unet_fn(x_in.to(self.unet.dtype), t, context, timestep_cond=timestep_cond)
+            return self.unet(x_in.to(self.unet.dtype), t, context, timestep_cond=timestep_cond)
 
         denoiser = KarrasDenoiser(model_fn, image_cond.to(self.unet.dtype), guidance_scale)
         x = _run(denoiser, x, steps, callback, progress)
