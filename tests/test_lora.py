@@ -180,7 +180,9 @@ def merged_reference(cfg, state, lora, scale):
         w = state[path + ".weight"]
         delta = (up.flatten(1) @ down.flatten(1)).reshape(w.shape) * (scale * alpha / down.shape[0])
         state[path + ".weight"] = w + delta
-    return diffusers_unet(cfg, state)
+    merged = UNet(cfg)
+    merged.load_state_dict(state)
+    return diffusers_unet(merged)
 
 
 @pytest.mark.parametrize("name", ["sd15", "sdxl"])

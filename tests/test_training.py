@@ -46,7 +46,7 @@ def our_grads(model, cfg):
 def pair(request):
     cfg = TINY[request.param]
     ours = randomize_(UNet(cfg), seed=hash(request.param) % 1000).train()
-    return request.param, cfg, ours, diffusers_unet(cfg, ours.state_dict()).train()
+    return request.param, cfg, ours, diffusers_unet(ours).train()
 
 
 def compare_grads(got, expected, where=""):
@@ -113,7 +113,7 @@ def test_gradients_with_freeu_equal_diffusers():
     through its FFT filter, with and without checkpointing."""
     cfg = TINY["sd15"]
     ours = randomize_(UNet(cfg), seed=4).train()
-    ref = diffusers_unet(cfg, ours.state_dict()).train()
+    ref = diffusers_unet(ours).train()
     ref.enable_freeu(s1=0.9, s2=0.2, b1=1.2, b2=1.4)
     ours.enable_freeu(0.9, 0.2, 1.2, 1.4, mapping="diffusers", version=1)
     x, t, ctx, kw, leaves = leaf_inputs(cfg, h=16, w=12)
