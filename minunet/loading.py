@@ -3,7 +3,6 @@
 Models are built on the meta device (no memory) and the file's memory-mapped tensors are assigned into them,
 so a load costs one copy of the weights at most (none when dtype and device already match the file).
 """
-import json
 import re
 from pathlib import Path
 
@@ -11,7 +10,7 @@ import torch
 
 from .config import PRESETS, UNetConfig
 from .io import (CheckpointError, hub_download, load_folder_weights, load_into, load_safetensors, looks_like_repo_id,
-                 read_header, refuse_pickle)
+                 read_header, read_json, refuse_pickle)
 from .keymaps.unet import PREFIX, unet_key_map
 from .unet import UNet
 
@@ -48,7 +47,7 @@ def _load_diffusers_folder(path, dtype, device, variant):
     config_file = path / "config.json"
     if not config_file.is_file():
         raise CheckpointError(f"{path}: no config.json (nor unet/config.json): not a diffusers UNet folder")
-    config = UNetConfig.from_diffusers(json.loads(config_file.read_text()), source=str(config_file))
+    config = UNetConfig.from_diffusers(read_json(config_file, "UNet config"), source=str(config_file))
     state, file = load_folder_weights(path, "diffusion_pytorch_model", variant)
     with torch.device("meta"):
         model = UNet(config)

@@ -5,7 +5,6 @@
 AutoencoderKL.decode. `load_vae` reads every official layout (see its docstring).
 """
 import dataclasses
-import json
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -14,7 +13,8 @@ import torch
 from torch import nn
 
 from .blocks.vae_blocks import Decoder, Encoder
-from .io import CheckpointError, hub_download, load_into, load_safetensors, looks_like_repo_id, refuse_pickle
+from . import checks
+from .io import CheckpointError, hub_download, load_into, load_safetensors, looks_like_repo_id, read_json, refuse_pickle
 from .keymaps import vae as keymap
 from .noise import randn
 
@@ -35,6 +35,24 @@ class VAEConfig:
     use_quant_conv: bool = True
     use_post_quant_conv: bool = True
 
+    def __post_init__(self):
+        """Types and ranges: positive widths and channels, groups dividing every width, a finite positive
+        scaling factor (0 or NaN would make every image black)."""
+        if not isinstance(self.block_out_channels, (list, tuple)):
+            raise TypeError(f"VAEConfig: block_out_channels must be a list, got {self.block_out_channels!r}")
+        object.__setattr__(self, "block_out_channels", checks.int_tuple("VAEConfig: block_out_channels",
+                                                                       self.block_out_channels, 1))
+        for f in ("in_channels", "out_channels", "layers_per_block", "latent_channels", "norm_num_groups",
+                  "sample_size"):
+            checks.integer(f"VAEConfig: {f}", getattr(self, f), 1)
+        for c in self.block_out_channels:
+            checks.divisible("VAEConfig: block_out_channels entry", c, self.norm_num_groups, "norm_num_groups")
+        checks.number("VAEConfig: scaling_factor", self.scaling_factor, 0, low_open=True)
+        if self.shift_factor is not None:
+            checks.number("VAEConfig: shift_factor", self.shift_factor)
+        for f in ("force_upcast", "use_quant_conv", "use_post_quant_conv"):
+            checks.flag(f"VAEConfig: {f}", getattr(self, f))
+
     @property
     def downscale(self):  # image pixels per latent pixel
         return 2 ** (len(self.block_out_channels) - 1)
@@ -47,9 +65,20 @@ class VAEConfig:
                 "down_block_types": ["DownEncoderBlock2D"] * n, "up_block_types": ["UpDecoderBlock2D"] * n}
 
     @classmethod
-    def from_diffusers(cls, d):
-        """Translate an AutoencoderKL `config.json` dict; raise on anything this VAE does not implement."""
+    def from_diffusers(cls, d, source="VAE config.json"):
+        """Translate an AutoencoderKL `config.json` dict; raise a CheckpointError naming the file and the field
+        for anything this VAE does not implement and for wrong types or ranges."""
+        try:
+            return cls._from_diffusers(d, source)
+        except CheckpointError:
+            raise
+        except (TypeError, ValueError) as e:
+            raise CheckpointError(f"{source}: VAE config not supported: {e}") from None
+
+    @classmethod
+    def _from_diffusers(cls, d, source):
         d = {**DIFFUSERS_DEFAULTS, **d}
+        checks.int_tuple("block_out_channels", d["block_out_channels"], 1)
         unknown = set(d) - set(DIFFUSERS_DEFAULTS) - METADATA
         n = len(d["block_out_channels"])
         problems = [f"unknown fields {sorted(unknown)}"] if unknown else []
@@ -67,9 +96,9 @@ class VAEConfig:
                 problems.append(f"sample_size={size!r} (only square sizes are implemented)")
             size = size[0]
         if problems:
-            raise CheckpointError("VAE config.json not supported: " + "; ".join(problems))
+            raise CheckpointError(f"{source}: VAE config not supported: " + "; ".join(problems))
         kw = {f.name: d[f.name] for f in dataclasses.fields(cls) if f.name in d}
-        return cls(**{**kw, "block_out_channels": tuple(d["block_out_channels"]), "sample_size": int(size)})
+        return cls(**{**kw, "block_out_channels": tuple(d["block_out_channels"]), "sample_size": size})
 
 
 # What diffusers' AutoencoderKL assumes for a field its config.json leaves out (e.g. SD 1.5 has no scaling_factor).
@@ -239,7 +268,7 @@ def load_vae(source, *, config=None, dtype=None, device=None) -> VAE:
     (a standalone original file cannot tell: pass config=SDXL for the SDXL VAE)."""
     weights, cfg_json = _locate(source)
     if config is None and cfg_json is not None:
-        config = VAEConfig.from_diffusers(json.loads(cfg_json.read_text()))
+        config = VAEConfig.from_diffusers(read_json(cfg_json, "VAE config"), source=cfg_json)
     return vae_from_state_dict(load_safetensors(weights), config=config, source=weights, dtype=dtype, device=device)
 
 
