@@ -5,6 +5,7 @@
 AutoencoderKL.decode. `load_vae` reads every official layout (see its docstring).
 """
 import dataclasses
+import warnings
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -264,17 +265,42 @@ def load_vae(source, *, config=None, dtype=None, device=None) -> VAE:
     - a diffusers-layout .safetensors file (config.json next to it is used if present);
     - a Hub repo id (config.json and weights from `vae/`, else from the root).
     Configuration: `config` if given, else config.json, else read off the tensor shapes, with the SDXL preset's
-    scaling factor when a whole checkpoint has SDXL text encoders (`conditioner.*`) and the SD preset's otherwise
-    (a standalone original file cannot tell: pass config=SDXL for the SDXL VAE)."""
+    scaling factor when a whole checkpoint has SDXL text encoders (`conditioner.*`) or the SDXL UNet
+    (`label_emb`), and the SD preset's otherwise. A standalone file has no such keys: an official one is
+    recognised by size + SHA-256, any other gets SD's with a warning (pass config=VAE_SDXL for an SDXL VAE)."""
     weights, cfg_json = _locate(source)
     if config is None and cfg_json is not None:
         config = VAEConfig.from_diffusers(read_json(cfg_json, "VAE config"), source=cfg_json)
-    return vae_from_state_dict(load_safetensors(weights), config=config, source=weights, dtype=dtype, device=device)
+    sd = load_safetensors(weights)
+    base = None
+    if config is None and not any(k.startswith(keymap.PREFIX) for k in sd):  # standalone: shapes cannot tell
+        base = standalone_preset(weights)
+    return vae_from_state_dict(sd, config=config, source=weights, dtype=dtype, device=device, base=base)
 
 
-def vae_from_state_dict(sd, *, config=None, source="state dict", dtype=None, device=None) -> VAE:
-    """A VAE from a state dict in any layout load_vae reads (tensors may be on the meta device, for checks)."""
-    sd, layout, base = to_diffusers_layout(sd, source)
+def standalone_preset(path):
+    """SD or SDXL preset for a VAE file without config.json: an official file is recognised by size + SHA-256
+    (minunet.weights LFS_POINTERS.tsv); any other gets SD's, with a warning that says how to pass SDXL's."""
+    from .inspect import official_files, sha256
+
+    known = [p for p, _ in official_files().get(Path(path).stat().st_size, []) if p.endswith(".safetensors")]
+    if known:
+        digest = sha256(path, progress=False)
+        match = next((p for p, h in official_files()[Path(path).stat().st_size] if h == digest), None)
+        if match is not None and "vae" in match:
+            return SDXL if match.startswith(("stable-diffusion-xl", "sdxl")) else SD
+    warnings.warn(f"{path}: a VAE file without config.json that is not a known official file: assuming the SD 1.x / "
+                  f"2.x VAE's scaling_factor {SD.scaling_factor}. For an SDXL VAE pass config=minunet.VAE_SDXL "
+                  f"(scaling_factor {SDXL.scaling_factor}), or config=dataclasses.replace(minunet.VAE_SD, "
+                  "scaling_factor=...) for another.", stacklevel=3)
+    return SD
+
+
+def vae_from_state_dict(sd, *, config=None, source="state dict", dtype=None, device=None, base=None) -> VAE:
+    """A VAE from a state dict in any layout load_vae reads (tensors may be on the meta device, for checks).
+    `base` (a VAEConfig) gives the fields shapes cannot tell, instead of what the keys suggest."""
+    sd, layout, detected = to_diffusers_layout(sd, source)
+    base = base if base is not None else detected
     if config is None:
         config = config_from_shapes(sd, base, source)
     if layout == "original":
@@ -319,7 +345,9 @@ def to_diffusers_layout(sd, source):
     Whole checkpoints lose their prefix and non-VAE keys; diffusers' old attention names are renamed."""
     keys = list(sd)
     if any(k.startswith(keymap.PREFIX) for k in keys):
-        base = SDXL if any(k.startswith("conditioner.") for k in keys) else SD
+        # SDXL: its text encoders (`conditioner.*`) or its UNet's micro-conditioning embedding (`label_emb`)
+        xl = any(k.startswith(("conditioner.", "model.diffusion_model.label_emb.")) for k in keys)
+        base = SDXL if xl else SD
         return keymap.split_whole_checkpoint(sd, source), "original", base
     if any(k.startswith(("encoder.down.", "decoder.up.")) for k in keys):
         return sd, "original", SD
