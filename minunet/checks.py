@@ -181,3 +181,21 @@ def steps(value):
 def _short(value):
     text = repr(value)
     return f"{text[:60]}{'...' if len(text) > 60 else ''} ({type(value).__name__})"
+
+
+# ---- outputs -------------------------------------------------------------------------------------------------
+
+class NonFiniteError(RuntimeError):
+    """A model produced NaN or Inf (A1111's NansException): a black image is never returned instead."""
+
+
+def finite_output(x, component, dtype):
+    """Raise NonFiniteError naming `component` when x holds NaN / Inf; half precision gets the usual advice."""
+    if torch.isfinite(x).all():
+        return x
+    bad = int((~torch.isfinite(x)).sum())
+    advice = (f" It runs in {str(dtype).removeprefix('torch.')}, which overflows in some models: load it with "
+              "dtype=torch.float32" + (" or keep the VAE's force_upcast=True" if component == "VAE" else "") + "."
+              if dtype in (torch.float16, torch.bfloat16) else
+              " Its weights may hold NaN / Inf: check them with `minunet inspect --check-values FILE`.")
+    raise NonFiniteError(f"the {component} produced {bad} NaN / Inf values out of {x.numel()}.{advice}")

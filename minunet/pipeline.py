@@ -8,7 +8,6 @@ random draws happen in diffusers' order (initial noise; in img2img the VAE sampl
 gives the same image as diffusers. One deliberate difference: `clip_skip` applies to the negative prompt too
 (see minunet.text).
 """
-import json
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -16,7 +15,7 @@ from pathlib import Path
 import torch
 
 from .images import from_pil, to_pil
-from .io import CheckpointError, looks_like_repo_id
+from .io import CheckpointError, hub_offline, looks_like_repo_id, read_json
 from .loading import family, load_unet, load_unet_single_file
 from .noise import check_generators, randn
 from .schedulers import Schedule, sample_ddim, sample_euler, sample_euler_ancestral
@@ -62,9 +61,10 @@ class Pipeline:
         unet = load_unet(folder / "unet", dtype=dtype, device=device, variant=variant)
         vae = load_vae(folder / "vae", dtype=dtype, device=device)
         text = TextConditioner.from_pretrained(folder, dtype=dtype, device=device)
-        sched = json.loads((folder / "scheduler" / "scheduler_config.json").read_text())
-        size = json.loads((folder / "unet" / "config.json").read_text()).get("sample_size")
-        pipe = cls(unet, vae, text, Schedule.from_config(sched),
+        sched_file = folder / "scheduler" / "scheduler_config.json"
+        schedule = schedule_from_file(sched_file)
+        size = read_json(folder / "unet" / "config.json", "UNet config").get("sample_size")
+        pipe = cls(unet, vae, text, schedule,
                    default_size=size * vae.config.downscale if isinstance(size, int) else None)
         return pipe.compile() if compile else pipe
 
@@ -77,7 +77,7 @@ class Pipeline:
         text = TextConditioner.from_single_file(path, dtype=dtype, device=device)
         fam = family(unet.config)
         repo, size = FAMILY_DEFAULTS[fam]
-        sched = json.loads((CONFIGS / repo / "scheduler" / "scheduler_config.json").read_text())
+        sched = read_json(CONFIGS / repo / "scheduler" / "scheduler_config.json", "scheduler config")
         if fam == "sd2":
             prediction_type = prediction_type or _sd2_prediction_type(unet)
             size = 768 if prediction_type == "v_prediction" else 512
@@ -102,7 +102,7 @@ class Pipeline:
             unet = UNet(UNetConfig(block_out_channels=(32, 64), attention_levels=(True, False), transformer_depth=(1, 0),
                                    num_heads=(2, 2), context_dim=text.context_dim)).eval()
             vae = VAE(VAEConfig(block_out_channels=(32, 32, 32, 32), layers_per_block=1, sample_size=128)).eval()
-        sched = json.loads((CONFIGS / "stable-diffusion-v1-5" / "scheduler" / "scheduler_config.json").read_text())
+        sched = read_json(CONFIGS / "stable-diffusion-v1-5" / "scheduler" / "scheduler_config.json", "scheduler config")
         return cls(unet, vae, text, Schedule.from_config(sched), default_size=128)  # 16 x 16 latents
 
     def compile(self):
@@ -294,10 +294,21 @@ def _fetch_pipeline(repo_id, variant):
 
     weights = f"*.{variant}.safetensors" if variant else "*.safetensors"
     try:
-        return Path(snapshot_download(repo_id, allow_patterns=["*.json", "*.txt", weights]))
+        return Path(snapshot_download(repo_id, allow_patterns=["*.json", "*.txt", weights],
+                                      local_files_only=hub_offline()))
     except Exception as e:
         raise CheckpointError(f"{repo_id}: could not fetch from the Hugging Face Hub ({type(e).__name__}). Without "
                               "network, pass a local diffusers folder or a .safetensors file instead.") from None
+
+
+def schedule_from_file(path):
+    """A Schedule from a scheduler_config.json; a bad field is a CheckpointError naming the file and the field."""
+    try:
+        return Schedule.from_config(read_json(path, "scheduler config"))
+    except CheckpointError:
+        raise
+    except (TypeError, ValueError) as e:
+        raise CheckpointError(f"{path}: {e}") from None
 
 
 def _sd2_prediction_type(unet):

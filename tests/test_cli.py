@@ -78,5 +78,5 @@ def test_no_network_says_how_to_use_a_local_file(monkeypatch, capsys):
     import huggingface_hub.constants
 
     monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", True)
-    assert main(["generate", "x", "--model", "sd15"]) == 2
+    assert main(["generate", "x", "--model", "sd15"]) == 1  # a model error, not a usage error
     assert "pass its local path" in capsys.readouterr().err
