@@ -146,8 +146,9 @@ def load_safetensors(path, keys=None):
     return out
 
 
-def check_state_dict(module, state_dict, source):
-    """Strict check of names and shapes, with messages that list what is missing, extra or misshapen."""
+def check_state_dict(module, state_dict, source, file_keys=None):
+    """Strict check of names and shapes, with messages that list what is missing, extra or misshapen.
+    `file_keys` ({module key: key in the file}) names a misshapen tensor as the file does too."""
     expected = {k: tuple(v.shape) for k, v in module.state_dict().items()}
     missing = sorted(set(expected) - set(state_dict))
     unexpected = sorted(set(state_dict) - set(expected))
@@ -159,17 +160,21 @@ def check_state_dict(module, state_dict, source):
                         + (" ..." if len(unexpected) > 20 else ""))
     for k in sorted(set(expected) & set(state_dict)):
         if tuple(state_dict[k].shape) != expected[k]:
-            problems.append(f"wrong shape for '{k}': expected {list(expected[k])}, found {list(state_dict[k].shape)}")
+            where = f" (file key '{file_keys[k]}')" if file_keys is not None and k in file_keys else ""
+            problems.append(f"wrong shape for '{k}'{where}: expected {list(expected[k])}, "
+                            f"found {list(state_dict[k].shape)}")
     if problems:
         raise CheckpointError(f"{source}: does not fit {type(module).__name__} -- " + "; ".join(problems[:30]))
 
 
-def load_into(module, state_dict, source, dtype=None, device=None):
+def load_into(module, state_dict, source, dtype=None, device=None, file_keys=None):
     """Check strictly (names, shapes, floating dtypes), then assign the tensors into a meta-built module, all in
     one dtype: `dtype` if given, else the one most of the file's tensors have (a stray F16 / F64 tensor in an F32
     file is cast, so the model never holds mixed dtypes). Tensors are converted only where dtype/device differ."""
-    check_state_dict(module, state_dict, source)
-    target = dtype if dtype is not None else common_dtype(state_dict, source)
+    check_state_dict(module, state_dict, source, file_keys)
+    named = state_dict if file_keys is None else {file_keys.get(k, k): v for k, v in state_dict.items()}
+    found = common_dtype(named, source)  # floating tensors only, whatever the target
+    target = dtype if dtype is not None else found
     params = {}
     for k, v in state_dict.items():
         cast = target if v.dtype != target else None

@@ -74,7 +74,8 @@ def load_unet_single_file(path, *, dtype=None, device=None, config=None) -> UNet
                               f"{describe(config)}: {', '.join(unknown[:15])}")
     tensors = load_safetensors(path, keys=set(keys))
     state = {mapping[k[len(PREFIX):]]: v for k, v in tensors.items()}
-    return load_into(model, state, path, dtype, device).eval()
+    file_keys = {mapping[k[len(PREFIX):]]: k for k in tensors}
+    return load_into(model, state, path, dtype, device, file_keys=file_keys).eval()
 
 
 def _count(shapes, pattern):

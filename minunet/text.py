@@ -333,12 +333,17 @@ def clip_config(d, source):
                   "max_position_embeddings"):
             if f in d:
                 checks.integer(f, d[f], 1)
-        config = CLIPTextConfig.from_dict(d)
-        checks.divisible("hidden_size", config.hidden_size, config.num_attention_heads, "num_attention_heads")
-        checks.number("layer_norm_eps", config.layer_norm_eps, 0, low_open=True)
+        if "hidden_size" in d and "num_attention_heads" in d:
+            checks.divisible("hidden_size", d["hidden_size"], d["num_attention_heads"], "num_attention_heads")
+        if "layer_norm_eps" in d:
+            checks.number("layer_norm_eps", d["layer_norm_eps"], 0, low_open=True)
     except (TypeError, ValueError) as e:
         raise CheckpointError(f"{source}: text encoder config not supported: {e}") from None
-    return config
+    try:
+        return CLIPTextConfig.from_dict(d)
+    except Exception as e:  # transformers' own validation errors have their own types
+        raise CheckpointError(f"{source}: text encoder config not supported ({type(e).__name__}: "
+                              f"{str(e).strip().splitlines()[-1]})") from None
 
 
 def tiny_text_config(family, index=0, *, width=64, layers=2, head_size=32):
