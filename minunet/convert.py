@@ -45,11 +45,13 @@ def read_pickle(src):
     """torch.load(weights_only=True): tensors and plain containers only; anything else is refused unrun."""
     try:
         return torch.load(src, map_location="cpu", weights_only=True)
-    except pickle.UnpicklingError as e:  # the restricted unpickler met a global it does not allow
-        reason = next((line for line in str(e).splitlines() if "GLOBAL" in line or "Unsupported" in line),
-                      str(e).splitlines()[0] if str(e) else "")
-        raise CheckpointError(f"{src}: refused: this pickle needs more than tensors and plain containers, so it "
-                              f"could run code ({reason.strip()}); nothing from it was run or written") from None
+    except pickle.UnpicklingError as e:
+        lines = str(e).splitlines()
+        reason = next((line for line in lines if "GLOBAL" in line or "global" in line), None)
+        if reason is not None:  # the restricted unpickler met a class / function it does not allow
+            raise CheckpointError(f"{src}: refused: this pickle needs more than tensors and plain containers, so it "
+                                  f"could run code ({reason.strip()}); nothing from it was run or written") from None
+        raise CheckpointError(f"{src}: not a readable PyTorch checkpoint ({lines[0] if lines else e!r})") from None
     except Exception as e:  # not a pickle, truncated zip, ...
         raise CheckpointError(f"{src}: not a readable PyTorch checkpoint ({type(e).__name__}: "
                               f"{str(e).splitlines()[0] if str(e) else ''})") from None
