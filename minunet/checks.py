@@ -7,6 +7,8 @@ from pathlib import Path
 
 import torch
 
+from .noise import check_generators
+
 
 def _is_int(value):
     return isinstance(value, int) and not isinstance(value, bool)
@@ -72,8 +74,8 @@ def size(name, value, multiple, minimum):
         return None
     integer(name, value)
     if value < minimum or value % multiple:
-        raise ValueError(f"{name} must be a multiple of {multiple} and at least {minimum} (the UNet halves the "
-                         f"latents at each level), got {value}")
+        raise ValueError(f"{name}={value} must be a positive multiple of {multiple}, at least {minimum} (the UNet "
+                         "halves the latents at each level)")
     return value
 
 
@@ -199,3 +201,62 @@ def finite_output(x, component, dtype):
               if dtype in (torch.float16, torch.bfloat16) else
               " Its weights may hold NaN / Inf: check them with `minunet inspect --check-values FILE`.")
     raise NonFiniteError(f"the {component} produced {bad} NaN / Inf values out of {x.numel()}.{advice}")
+
+
+# ---- all of Pipeline.__call__'s arguments ----------------------------------------------------------------------
+
+def pipeline_arguments(pipe, a):
+    """Check the arguments of Pipeline.__call__ (`a`: its locals() at the top) before anything runs -> the image
+    in a form the pipeline takes (a path is opened, an array becomes a tensor)."""
+    for name in ("prompt", "negative_prompt", "prompt_2", "negative_prompt_2"):
+        prompt(name, a[name], optional=name != "prompt")
+    levels = 2 ** (len(pipe.unet.config.block_out_channels) - 1)  # the UNet halves the latents levels - 1 times
+    for name in ("height", "width"):
+        size(name, a[name], pipe.vae_scale, pipe.vae_scale * levels)
+    steps(a["num_inference_steps"])
+    integer("num_images_per_prompt", a["num_images_per_prompt"], 1)
+    if a["guidance_scale"] is not None:
+        number("guidance_scale", a["guidance_scale"])
+    number("guidance_rescale", a["guidance_rescale"], 0, 1)
+    number("eta", a["eta"], 0)
+    for name in ("aesthetic_score", "negative_aesthetic_score"):
+        number(name, a[name])
+    for name in ("original_size", "target_size", "crops_coords_top_left"):
+        if a[name] is not None:
+            pair(name, a[name], minimum=0 if name == "crops_coords_top_left" else 1)
+    gen = generator(a["generator"])
+    callback(a["callback"])
+    img = image(a["image"])
+    strength(a["strength"], img is not None)
+    batch = (1 if isinstance(a["prompt"], str) else len(a["prompt"])) * a["num_images_per_prompt"]
+    check_generators(gen, batch)
+    if a["latents"] is not None:
+        h = a["height"] if a["height"] is not None else pipe.default_size
+        w = a["width"] if a["width"] is not None else pipe.default_size
+        if img is not None:
+            raise ValueError("latents= and image= were both given: latents start a text-to-image run, image an "
+                             "img2img / refiner run; pass one")
+        latents(a["latents"], (batch, pipe.unet.config.out_channels, h // pipe.vae_scale, w // pipe.vae_scale))
+    return img
+
+
+def pair(name, value, minimum=0):
+    """Two ints >= minimum, e.g. original_size=(1024, 1024)."""
+    if not isinstance(value, (list, tuple)) or len(value) != 2:
+        raise ValueError(f"{name} must be a pair (height, width) or (top, left) of ints, got {_short(value)}")
+    return tuple(integer(f"{name}[{i}]", v, minimum) for i, v in enumerate(value))
+
+
+class first_call_finite:
+    """model_fn wrapped so that its first output is checked for NaN / Inf (finite_output): a model with a NaN
+    weight stops at the first step with a named error instead of sampling on to a black image."""
+
+    def __init__(self, fn, component, dtype):
+        self.fn, self.component, self.dtype, self.checked = fn, component, dtype, False
+
+    def __call__(self, *args, **kwargs):
+        out = self.fn(*args, **kwargs)
+        if not self.checked:
+            finite_output(out, self.component, self.dtype)
+            self.checked = True
+        return out

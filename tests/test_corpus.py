@@ -367,3 +367,102 @@ def test_a_good_shard_index_loads(base, tmp_path):
         json.dumps({"weight_map": {k: "shard-1.safetensors" for k in keys}}))
     ref = load_unet(base["folder"] / "unet")
     assert all(torch.equal(a, b) for a, b in zip(load_unet(folder).state_dict().values(), ref.state_dict().values()))
+
+
+# ---- pipeline arguments and non-finite outputs -----------------------------------------------------------------
+
+@pytest.fixture(scope="module")
+def tiny():
+    from minunet import Pipeline
+
+    return Pipeline.tiny()
+
+
+def argument_defects(tmp_path):
+    """{defect: (keyword arguments, the argument the error must name)} for Pipeline.tiny() (128 px, 2 levels)."""
+    nan, inf = float("nan"), float("inf")
+    return {
+        "float height": ({"height": 64.0}, "height"), "string width": ({"width": "64"}, "width"),
+        "height 0": ({"height": 0}, "height"), "height 8 (too small for the levels)": ({"height": 8}, "height"),
+        "height not a multiple of 8": ({"height": 60}, "height"), "empty prompt list": ({"prompt": []}, "prompt"),
+        "prompt an int": ({"prompt": 3}, "prompt"), "prompt list with an int": ({"prompt": ["a", 1]}, "prompt"),
+        "negative prompt an int": ({"negative_prompt": 5}, "negative_prompt"),
+        "generator an int": ({"generator": 3}, "generator"), "generator a string": ({"generator": "cuda"}, "generator"),
+        "generator list with a non-generator": ({"generator": [torch.Generator(), 3]}, "generator[1]"),
+        "generator list of the wrong length": ({"generator": [torch.Generator()] * 3}, "generators"),
+        "latents of the wrong rank": ({"latents": torch.zeros(4, 16, 16)}, "latents"),
+        "latents with the wrong channels": ({"latents": torch.zeros(1, 3, 16, 16)}, "latents"),
+        "latents with the wrong batch": ({"latents": torch.zeros(2, 4, 16, 16)}, "latents"),
+        "latents contradicting height": ({"latents": torch.zeros(1, 4, 16, 16), "height": 64}, "latents"),
+        "NaN latents": ({"latents": torch.full((1, 4, 16, 16), nan)}, "latents"),
+        "integer latents": ({"latents": torch.zeros(1, 4, 16, 16, dtype=torch.int64)}, "latents"),
+        "1-channel image": ({"image": torch.rand(1, 1, 64, 64)}, "image"),
+        "image outside [0, 1]": ({"image": torch.rand(1, 3, 64, 64) + 1}, "image"),
+        "image a missing path": ({"image": str(tmp_path / "cat.png")}, "cat.png"),
+        "image a number": ({"image": 7}, "image"), "callback an int": ({"callback": 5}, "callback"),
+        "strength without an image": ({"strength": 0.5}, "strength"),
+        "strength 0 with an image": ({"strength": 0.0, "image": torch.rand(1, 3, 64, 64)}, "strength"),
+        "guidance NaN": ({"guidance_scale": nan}, "guidance_scale"),
+        "guidance inf": ({"guidance_scale": inf}, "guidance_scale"),
+        "guidance -inf": ({"guidance_scale": -inf}, "guidance_scale"),
+        "guidance a string": ({"guidance_scale": "7"}, "guidance_scale"),
+        "guidance_rescale NaN": ({"guidance_rescale": nan}, "guidance_rescale"),
+        "guidance_rescale negative": ({"guidance_rescale": -0.5}, "guidance_rescale"),
+        "eta NaN": ({"eta": nan, "sampler": "ddim"}, "eta"), "eta negative": ({"eta": -1.0, "sampler": "ddim"}, "eta"),
+        "steps 0": ({"num_inference_steps": 0}, "num_inference_steps"),
+        "steps a float": ({"num_inference_steps": 2.5}, "num_inference_steps"),
+        "images per prompt 0": ({"num_images_per_prompt": 0}, "num_images_per_prompt"),
+        "unknown sampler": ({"sampler": "heun"}, "sampler"),
+        "unknown output type": ({"output_type": "jpeg"}, "output_type"),
+        "denoising_start without an image": ({"denoising_start": 0.5}, "denoising_start"),
+        "denoising_end NaN": ({"denoising_end": nan}, "denoising_end"),
+        "clip_skip too large": ({"clip_skip": 5}, "clip_skip"),
+    }
+
+
+def test_pipeline_argument_defects(tiny, tmp_path):
+    results = []
+    for defect, (kw, frag) in argument_defects(tmp_path).items():
+        kw = {"prompt": "x", "num_inference_steps": 1, "progress": False, **kw}
+        results.append((defect, outcome(lambda: tiny(**kw), frag)))
+    tally("pipeline arguments", results)
+
+
+def test_an_image_path_is_opened(tiny, tmp_path):
+    from PIL import Image
+
+    path = tmp_path / "cat.png"
+    Image.new("RGB", (64, 48), "red").save(path)
+    out = tiny("x", image=str(path), num_inference_steps=2, strength=0.5, progress=False).images[0]
+    assert out.size == (64, 48)
+
+
+@pytest.mark.parametrize("component, module, dtype, advice", [
+    ("UNet", "unet", None, "inspect --check-values"), ("VAE", "vae", None, "inspect --check-values"),
+    ("text encoder", "text", None, "inspect --check-values"), ("UNet", "unet", torch.bfloat16, "dtype=torch.float32")])
+def test_one_nan_weight_is_a_named_error_at_the_first_step(component, module, dtype, advice):
+    from minunet import Pipeline
+
+    pipe = Pipeline.tiny()
+    if dtype is not None:
+        for m in (pipe.unet, pipe.vae, pipe.text):
+            m.to(dtype)
+    used = {"vae": "decoder.", "text": "layers.0."}.get(module, "")  # a weight every generation uses
+    weight = next(p for n, p in getattr(pipe, module).named_parameters()
+                  if used in n and n.endswith("weight") and p.ndim > 1)
+    with torch.no_grad():
+        weight.view(-1)[0] = float("nan")
+    steps = []
+    with pytest.raises(NonFiniteError, match=rf"the {component} produced .*NaN.*{advice}"):
+        pipe("x", num_inference_steps=3, callback=lambda i, t, x: steps.append(i), progress=False)
+    assert steps == ([] if module != "vae" else [0, 1, 2])  # UNet / text: stopped before step 0 finished
+
+
+def test_cli_nan_model_exits_1_and_writes_nothing(base, tmp_path, capsys):
+    state = st.load_file(base["whole"])
+    key = "model.diffusion_model.out.2.bias"
+    state[key] = torch.full_like(state[key], float("nan"))
+    path, out = tmp_path / "nan.safetensors", tmp_path / "out.png"
+    st.save_file(state, path)
+    assert main(["generate", "x", "--model", str(path), "--steps", "2", "--size", "64x64", "--out", str(out)]) == 1
+    assert "the UNet produced" in capsys.readouterr().err and not out.exists()
