@@ -161,8 +161,8 @@ def check_state_dict(module, state_dict, source, file_keys=None):
     for k in sorted(set(expected) & set(state_dict)):
         if tuple(state_dict[k].shape) != expected[k]:
             where = f" (file key '{file_keys[k]}')" if file_keys is not None and k in file_keys else ""
-            problems.append(f"wrong shape for '{k}'{where}: expected {list(expected[k])}, "
-                            f"found {list(state_dict[k].shape)}")
+            problems.append(f"wrong shape for '{k}': expected {list(expected[k])}, "
+                            f"found {list(state_dict[k].shape)}{where}")
     if problems:
         raise CheckpointError(f"{source}: does not fit {type(module).__name__} -- " + "; ".join(problems[:30]))
 

@@ -91,7 +91,7 @@ def test_inspect_reports_unknown_keys(tmp_path, capsys):
     (["generate", "x", "--model", "tiny", "--freeu", "nonsense"], "--freeu nonsense"),
     (["generate", "x", "--model", "tiny", "--compare-freeu"], "--compare-freeu needs --freeu"),
     (["generate", "x", "--model", "tiny", "--steps", "1", "--clip-skip", "2"], "clip_skip=2 is too large"),
-    (["generate", "x", "--model", "tiny", "--steps", "0"], "num_steps=0 must be an integer from 1"),
+    (["generate", "x", "--model", "tiny", "--steps", "0"], "num_inference_steps must be an int >= 1, got 0"),
 ])
 def test_errors(argv, message, capsys):
     assert main(argv) == 2
