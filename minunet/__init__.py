@@ -1,5 +1,5 @@
 """minunet: a minimal, readable Stable Diffusion UNet (SD 1.x, 2.x, SDXL) that matches diffusers."""
-from .config import PRESETS, SD15, SD21, SDXL, SDXL_REFINER, UNetConfig
+from .config import FAMILIES, PRESETS, SD15, SD21, SDXL, SDXL_REFINER, UNetConfig, family
 from .freeu import FreeU, fourier_filter, list_presets
 from .images import from_pil, to_pil
 from .checks import NonFiniteError
@@ -8,13 +8,15 @@ from .loading import config_from_shapes, load_unet, original_state_dict
 from .schedulers import (SAMPLERS, AlphaSteps, Schedule, SigmaSteps, sample_ddim, sample_dpmpp_2m, sample_euler,
                          sample_euler_ancestral)
 from .unet import UNet
+from .upscaler import SD_X2_LATENT_UPSCALER, KUNet, KUNetConfig
 from .vae import SD as VAE_SD
 from .vae import SDXL as VAE_SDXL
 from .vae import VAE, DiagonalGaussian, VAEConfig, load_vae
 
 # the text encoders and the pipeline import transformers (seconds): loaded on first use
 _LAZY = {"Pipeline": "pipeline", "PipelineOutput": "pipeline", "TextConditioner": "text", "TextEmbeddings": "text",
-         "load_text_conditioner": "text", "tiny_text_config": "text"}
+         "load_text_conditioner": "text", "tiny_text_config": "text",
+         "UpscalePipeline": "upscale_pipeline", "UpscaleOutput": "upscale_pipeline"}
 
 
 def __getattr__(name):
@@ -25,9 +27,11 @@ def __getattr__(name):
 
 
 __all__ = [
-    "PRESETS", "SD15", "SD21", "SDXL", "SDXL_REFINER", "UNetConfig", "UNet", "load_unet", "config_from_shapes",
+    "FAMILIES", "family", "PRESETS", "SD15", "SD21", "SDXL", "SDXL_REFINER", "UNetConfig", "UNet", "load_unet", "config_from_shapes",
     "original_state_dict", "CheckpointError", "NonFiniteError", "FreeU", "fourier_filter", "list_presets", "from_pil", "to_pil",
     "Pipeline", "PipelineOutput", "SAMPLERS", "AlphaSteps", "Schedule", "SigmaSteps", "sample_ddim", "sample_euler",
-    "sample_euler_ancestral", "sample_dpmpp_2m", "TextConditioner", "TextEmbeddings", "load_text_conditioner", "tiny_text_config",
+    "sample_euler_ancestral", "sample_dpmpp_2m", "TextConditioner", "TextEmbeddings", "load_text_conditioner",
+    "tiny_text_config",
     "VAE_SD", "VAE_SDXL", "VAE", "DiagonalGaussian", "VAEConfig", "load_vae",
+    "KUNet", "KUNetConfig", "SD_X2_LATENT_UPSCALER", "UpscalePipeline", "UpscaleOutput",
 ]

@@ -112,6 +112,8 @@ class Schedule:
                                 f"{type(kwargs['trained_betas']).__name__}")
             kwargs["trained_betas"] = tuple(kwargs["trained_betas"])
         kwargs["use_karras_sigmas"] = bool(kwargs.get("use_karras_sigmas"))  # configs may say null
+        if kwargs.get("prediction_type") == "original_sample":  # diffusers' older name of "sample" (x2 upscaler)
+            kwargs["prediction_type"] = "sample"
         return cls(**kwargs)
 
     # ---- training schedule (float32, as diffusers) ----
