@@ -2,6 +2,7 @@
 from .config import FAMILIES, PRESETS, SD15, SD21, SDXL, SDXL_REFINER, UNetConfig, family
 from .freeu import FreeU, fourier_filter, list_presets
 from .images import from_pil, to_pil
+from .checks import NonFiniteError
 from .io import CheckpointError
 from .loading import config_from_shapes, load_unet, original_state_dict
 from .lora import Lora, load_lora, new_lora
@@ -28,7 +29,7 @@ def __getattr__(name):
 
 __all__ = [
     "FAMILIES", "family", "PRESETS", "SD15", "SD21", "SDXL", "SDXL_REFINER", "UNetConfig", "UNet", "load_unet", "config_from_shapes",
-    "original_state_dict", "CheckpointError", "FreeU", "fourier_filter", "list_presets", "from_pil", "to_pil",
+    "original_state_dict", "CheckpointError", "NonFiniteError", "FreeU", "fourier_filter", "list_presets", "from_pil", "to_pil",
     "Pipeline", "PipelineOutput", "SAMPLERS", "AlphaSteps", "Schedule", "SigmaSteps", "sample_ddim", "sample_euler",
     "sample_euler_ancestral", "sample_dpmpp_2m", "TextConditioner", "TextEmbeddings", "load_text_conditioner",
     "tiny_text_config",

@@ -54,7 +54,26 @@ def cmd_inspect(args):
     if not path.exists():
         raise UsageError(f"inspect: {path}: no such file")
     report = inspect_file(path, check_hash=not args.no_hash)
+    if args.check_values:
+        from .inspect import nonfinite_tensors
+        report["nonfinite"] = nonfinite_tensors(path)
     print(json.dumps(report, indent=1) if args.json else format_report(report))
+
+
+def cmd_convert(args):
+    import torch
+
+    from .convert import convert
+    out = Path(args.output)
+    if out.suffix != ".safetensors":
+        raise UsageError(f"convert: the output {out} must end in .safetensors")
+    if not Path(args.input).is_file():
+        raise UsageError(f"convert: {args.input}: no such file")
+    dtype = None if args.dtype is None else getattr(torch, args.dtype)
+    info = convert(args.input, out, dtype=dtype)
+    print(f"wrote {out}: {info['tensors']} tensors, {info['bytes']:,} bytes, verified by reading it back"
+          + (f"; {info['shared_copied']} tensors that shared memory written as copies" if info["shared_copied"] else "")
+          + (f"; dropped non-tensor entries {info['dropped'][:10]}" if info["dropped"] else ""))
 
 
 def cmd_download(args):
@@ -85,7 +104,10 @@ def load_pipeline(model, dtype=None, device=None):
 
     if model == "tiny":
         print("minunet: --model tiny is a small RANDOM-weight model: it makes noise, not pictures.")
-        return Pipeline.tiny()
+        pipe = Pipeline.tiny()
+        for module in (pipe.unet, pipe.vae, pipe.text):  # --dtype / --device as for any other model
+            module.to(device=device, dtype=dtype)
+        return pipe
     if model in OFFICIAL:
         from .io import hub_download
         repo, filename, _ = OFFICIAL[model]
@@ -131,10 +153,48 @@ def parse_freeu(text, mapping, version):
     return dataclasses.replace(preset, **changes) if changes else preset
 
 
+def check_generate_args(args):
+    """Command-line values the pipeline would take but cannot use: caught before any model loads."""
+    import math
+
+    from PIL import Image
+
+    if not 0 <= args.seed < 2**64:
+        raise UsageError(f"--seed {args.seed}: must be an integer from 0 to 2**64 - 1")
+    if args.cfg is not None and not math.isfinite(args.cfg):
+        raise UsageError(f"--cfg {args.cfg}: the guidance scale must be a finite number")
+    out = Path(args.out)
+    if out.is_dir():
+        raise UsageError(f"--out {out}: is a directory; give a file name, e.g. {out / 'minunet.png'}")
+    Image.init()
+    if out.suffix.lower() not in Image.registered_extensions():
+        raise UsageError(f"--out {out}: unknown image extension '{out.suffix}' (use .png, .jpg, .webp, ...)")
+    args.device = parse_device(args.device)
+
+
+def parse_device(text):
+    """None, or a torch device that exists on this machine (a bad name is a usage error, a missing one a runtime
+    error: exit 1)."""
+    import torch
+
+    if text is None:
+        return None
+    try:
+        device = torch.device(text)
+    except (RuntimeError, ValueError):
+        raise UsageError(f"--device {text}: not a device name (cpu, cuda, cuda:1, mps, ...)") from None
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise RuntimeError(f"--device {text}: CUDA is not available on this machine (use --device cpu)")
+    if device.type == "mps" and not torch.backends.mps.is_available():
+        raise RuntimeError(f"--device {text}: MPS is not available on this machine (use --device cpu)")
+    return device
+
+
 def cmd_generate(args):
     import torch
 
     size = parse_size(args.size) if args.size else None
+    check_generate_args(args)
     freeu = parse_freeu(args.freeu, args.freeu_mapping, args.freeu_version)
     if args.compare_freeu and freeu is None:
         raise UsageError("--compare-freeu needs --freeu PRESET or b1,b2,s1,s2")
@@ -158,6 +218,8 @@ def run_pipeline(pipe, args, height, width, freeu):
     """One generation with the command line's settings (same seed each call), FreeU on or off."""
     import torch
 
+    from .io import CheckpointError
+
     if freeu is not None:
         pipe.enable_freeu(freeu)
     else:
@@ -166,7 +228,9 @@ def run_pipeline(pipe, args, height, width, freeu):
         return pipe(args.prompt, negative_prompt=args.negative, height=height, width=width, sampler=args.sampler,
                     num_inference_steps=args.steps, guidance_scale=args.cfg, clip_skip=args.clip_skip,
                     generator=torch.Generator().manual_seed(args.seed)).images[0]
-    except ValueError as e:  # bad --steps, --clip-skip, ...: the pipeline's message, without a traceback
+    except CheckpointError:  # the model, not the command line
+        raise
+    except (ValueError, TypeError) as e:  # bad --steps, --clip-skip, ...: the pipeline's argument checks
         raise UsageError(str(e)) from None
 
 
@@ -306,7 +370,14 @@ def build_parser():
     p.add_argument("--demo", action="store_true", help="inspect a tiny random file written on the fly")
     p.add_argument("--no-hash", action="store_true", help="skip the SHA-256 of a file whose size is an official one")
     p.add_argument("--json", action="store_true")
+    p.add_argument("--check-values", action="store_true", help="scan every tensor and list those with NaN or Inf")
     p.set_defaults(func=cmd_inspect)
+    p = sub.add_parser("convert", help="a pickled .ckpt/.bin/.pt/.pth -> .safetensors (tensors only, verified)")
+    p.add_argument("input", help="the pickled checkpoint (read with torch.load(weights_only=True): no code runs)")
+    p.add_argument("output", help="the .safetensors file to write")
+    p.add_argument("--dtype", default=None, choices=["float32", "float16", "bfloat16"],
+                   help="cast the floating tensors (default: keep them)")
+    p.set_defaults(func=cmd_convert)
     p = sub.add_parser("download", help="fetch an official checkpoint and verify its SHA-256")
     p.add_argument("name", help=", ".join(OFFICIAL))
     p.set_defaults(func=cmd_download)
@@ -316,9 +387,13 @@ def build_parser():
 def main(argv=None):
     args = build_parser().parse_args(argv)
     from .io import CheckpointError
+    from .checks import NonFiniteError
     try:
         args.func(args)
-    except (UsageError, CheckpointError) as e:
+    except UsageError as e:  # the command line: exit 2, as argparse's own errors
         print(f"minunet: error: {e}", file=sys.stderr)
         return 2
+    except (CheckpointError, NonFiniteError, RuntimeError, OSError) as e:  # the model, the machine: exit 1
+        print(f"minunet: error: {e}", file=sys.stderr)
+        return 1
     return 0

@@ -1,6 +1,9 @@
 """UNetConfig: the few numbers that pick out every official SD UNet, with presets and a diffusers translator."""
 from dataclasses import asdict, dataclass
 
+from . import checks
+from .io import CheckpointError
+
 
 @dataclass(frozen=True)
 class UNetConfig:
@@ -24,7 +27,10 @@ class UNetConfig:
         # canonical form: tuples, and depth 0 at levels without attention (their depth means nothing)
         fix = object.__setattr__
         for f in ("block_out_channels", "attention_levels", "transformer_depth", "num_heads"):
+            if not isinstance(getattr(self, f), (list, tuple)):
+                raise TypeError(f"UNetConfig: {f} must be a list (one entry per level), got {getattr(self, f)!r}")
             fix(self, f, tuple(getattr(self, f)))
+        self._check_fields()
         fix(self, "transformer_depth", tuple(d if a else 0 for d, a in zip(self.transformer_depth, self.attention_levels)))
         n = len(self.block_out_channels)
         if not (len(self.attention_levels) == len(self.transformer_depth) == len(self.num_heads) == n):
@@ -34,6 +40,26 @@ class UNetConfig:
             if c % h or c % self.norm_num_groups:
                 raise ValueError(f"UNetConfig: width {c} is not divisible by its {h} heads and "
                                  f"{self.norm_num_groups} norm groups")
+
+    def _check_fields(self):
+        """Types and ranges of every field (names as the dataclass's)."""
+        n = len(self.block_out_channels)
+        for f in ("in_channels", "out_channels", "layers_per_block", "context_dim", "addition_time_embed_dim",
+                  "norm_num_groups"):
+            checks.integer(f"UNetConfig: {f}", getattr(self, f), 1)
+        checks.integer("UNetConfig: transformer_depth_mid", self.transformer_depth_mid, 0)
+        checks.int_tuple("UNetConfig: block_out_channels", self.block_out_channels, 1)
+        checks.int_tuple("UNetConfig: num_heads", self.num_heads, 1, n)
+        checks.int_tuple("UNetConfig: transformer_depth", self.transformer_depth, 0, n)
+        if len(self.attention_levels) != n:
+            raise ValueError(f"UNetConfig: attention_levels has {len(self.attention_levels)} entries for {n} levels")
+        for i, a in enumerate(self.attention_levels):
+            checks.flag(f"UNetConfig: attention_levels[{i}]", a)
+        checks.flag("UNetConfig: use_linear_projection", self.use_linear_projection)
+        checks.flag("UNetConfig: upcast_attention", self.upcast_attention)
+        if self.adm_in_channels is not None:
+            checks.integer("UNetConfig: adm_in_channels", self.adm_in_channels, 1)
+        checks.number("UNetConfig: norm_eps", self.norm_eps, 0, low_open=True)
 
     @property
     def time_embed_dim(self):
@@ -61,7 +87,17 @@ class UNetConfig:
 
     @classmethod
     def from_diffusers(cls, cfg, source="config.json"):
-        """Translate a diffusers UNet2DConditionModel config; raise on any field or value minunet does not do."""
+        """Translate a diffusers UNet2DConditionModel config; raise a CheckpointError naming the file and the field
+        for any field or value minunet does not do, and for wrong types and ranges."""
+        try:
+            return cls._from_diffusers(cfg, source)
+        except CheckpointError:
+            raise
+        except (TypeError, ValueError) as e:
+            raise CheckpointError(f"{source}: unsupported UNet configuration: {e}") from None
+
+    @classmethod
+    def _from_diffusers(cls, cfg, source):
         problems = []
         for key, value in cfg.items():
             if key.startswith("_") or key in _TRANSLATED or key in _IGNORED:
@@ -73,9 +109,15 @@ class UNetConfig:
         if problems:
             raise ValueError(f"{source}: unsupported UNet configuration: " + "; ".join(problems))
 
-        n = len(cfg.get("block_out_channels", (320, 640, 1280, 1280)))
+        widths = checks.int_tuple("block_out_channels", cfg.get("block_out_channels", (320, 640, 1280, 1280)))
+        n = len(widths)
         def per_level(v):
             return tuple(v) if isinstance(v, (list, tuple)) else (v,) * n
+
+        for f in ("down_block_types", "up_block_types"):
+            if f in cfg and not (isinstance(cfg[f], (list, tuple)) and len(cfg[f]) == n):
+                raise ValueError(f"'{f}' must be a list of {n} block types (one per block_out_channels), "
+                                 f"got {cfg[f]!r}")
 
         down = cfg.get("down_block_types", ["CrossAttnDownBlock2D"] * 3 + ["DownBlock2D"])
         up = cfg.get("up_block_types", ["UpBlock2D"] + ["CrossAttnUpBlock2D"] * 3)
@@ -85,18 +127,20 @@ class UNetConfig:
         levels = tuple(t == "CrossAttnDownBlock2D" for t in down)
         if list(up) != ["CrossAttnUpBlock2D" if a else "UpBlock2D" for a in reversed(levels)]:
             raise ValueError(f"{source}: up_block_types {up} do not mirror down_block_types {down}")
-        heads = cfg.get("num_attention_heads") or cfg.get("attention_head_dim", 8)  # diffusers' misnomer: heads
+        heads = cfg.get("num_attention_heads")
+        if heads is None:
+            heads = cfg.get("attention_head_dim", 8)  # diffusers' misnomer: it is the number of heads
         depth = per_level(cfg.get("transformer_layers_per_block", 1))
         if any(isinstance(d, (list, tuple)) for d in depth):
             raise ValueError(f"{source}: per-resnet transformer depths are not supported")
         add = cfg.get("addition_embed_type")
         return cls(
             in_channels=cfg.get("in_channels", 4), out_channels=cfg.get("out_channels", 4),
-            block_out_channels=tuple(cfg.get("block_out_channels", (320, 640, 1280, 1280))),
+            block_out_channels=widths,
             layers_per_block=cfg.get("layers_per_block", 2), attention_levels=levels,
             transformer_depth=depth, transformer_depth_mid=depth[-1], num_heads=per_level(heads),
             context_dim=cfg.get("cross_attention_dim", 1280), use_linear_projection=bool(cfg.get("use_linear_projection")),
-            upcast_attention=bool(cfg.get("upcast_attention")),
+            upcast_attention=bool(cfg.get("upcast_attention")),  # configs may say null
             adm_in_channels=cfg.get("projection_class_embeddings_input_dim") if add == "text_time" else None,
             addition_time_embed_dim=cfg.get("addition_time_embed_dim") or 256,
             norm_num_groups=cfg.get("norm_num_groups", 32), norm_eps=cfg.get("norm_eps", 1e-5),

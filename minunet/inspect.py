@@ -111,6 +111,30 @@ def _official(path, size, check_hash):
     return {"official": None}
 
 
+def nonfinite_tensors(path, progress=True):
+    """Scan every floating tensor of a .safetensors file -> [(name, NaN count, Inf count, numel)] of those with any
+    non-finite value (a model with such weights generates black images)."""
+    import torch
+    from tqdm import tqdm
+
+    from .io import load_safetensors
+
+    found = []
+    tensors = load_safetensors(path)
+    for key, t in tqdm(sorted(tensors.items()), desc="checking values", disable=not progress, leave=False):
+        if not t.is_floating_point() or t.numel() == 0:
+            continue
+        flat = t.reshape(-1)
+        nan = inf = 0
+        for chunk in flat.split(1 << 24):  # bounded temporary memory on huge tensors
+            chunk = chunk.float() if chunk.dtype in (torch.float8_e4m3fn, torch.float8_e5m2) else chunk
+            nan += int(torch.isnan(chunk).sum())
+            inf += int(torch.isinf(chunk).sum())
+        if nan or inf:
+            found.append((key, nan, inf, t.numel()))
+    return found
+
+
 def _numel(shape):
     n = 1
     for d in shape:
@@ -130,6 +154,10 @@ def format_report(report):
             lines.append(f"         key coverage: {k['mapped']}/{k['model']} model tensors mapped"
                          + (f"; unknown {k['unknown']}" if k["unknown"] else "")
                          + (f"; missing {k['missing']}" if k["missing"] else ""))
+    if "nonfinite" in report:
+        bad = report["nonfinite"]
+        lines.append(f"  values: {len(bad)} tensors with NaN or Inf" + (":" if bad else " (all finite)"))
+        lines += [f"    {k}: {nan} NaN, {inf} Inf of {n}" for k, nan, inf, n in bad]
     if "sha256" in report:
         lines.append(f"  sha256 {report['sha256']}")
     lines.append("  official file: " + (report["official"] or "no (size/SHA-256 match no known official file)"))

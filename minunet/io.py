@@ -29,14 +29,17 @@ def refuse_pickle(path):
     if path.suffix.lower() in PICKLE_SUFFIXES:
         raise CheckpointError(
             f"{path}: '{path.suffix}' files are Python pickles, which can run arbitrary code when loaded; "
-            "minunet only reads .safetensors. Convert it once in an environment you trust, e.g. "
-            "`python -c \"import torch, safetensors.torch as st; sd = torch.load('in.ckpt', weights_only=True); "
-            "sd = sd.get('state_dict', sd); st.save_file({k: v.contiguous() for k, v in sd.items() "
-            "if isinstance(v, torch.Tensor)}, 'out.safetensors')\"`")
+            "minunet's loaders only read .safetensors. Convert it once with `minunet convert "
+            f"{path} {path.with_suffix('.safetensors')}` (PyTorch's restricted unpickler: tensors only, no code).")
 
 
 def read_header(path):
-    """Parse and validate a safetensors header -> (entries, data_start, file_size)."""
+    """Parse and validate a safetensors header -> (entries, data_start, file_size).
+
+    The safetensors library validates the header first (its Rust parser: offsets non-negative, ordered,
+    contiguous, non-overlapping and covering the data section exactly; shapes non-negative ints whose product
+    times the dtype size is the byte length; metadata str -> str; bounded size), then we read it into Python
+    with duplicate keys refused and keep only dtypes PyTorch can hold."""
     path = Path(path)
     refuse_pickle(path)
     if not path.is_file():
@@ -50,29 +53,73 @@ def read_header(path):
         if n > min(size - 8, 100_000_000):
             raise CheckpointError(f"{path}: not a safetensors file (header length {n} does not fit in {size} bytes; "
                                   "a pickle, a truncated download or another format?)")
-        try:
-            header = json.loads(f.read(n))
-        except (UnicodeDecodeError, json.JSONDecodeError) as e:
-            raise CheckpointError(f"{path}: not a safetensors file (header is not JSON: {e})") from None
-    if not isinstance(header, dict):
-        raise CheckpointError(f"{path}: not a safetensors file (header is not a JSON object)")
+        raw = f.read(n)
+    _validate_with_safetensors(path, raw, size - 8 - n)
+    try:
+        header = json.loads(raw, object_pairs_hook=_unique_keys)
+    except ValueError as e:  # a duplicate key (the library keeps one of them silently)
+        raise CheckpointError(f"{path}: invalid safetensors header: {e}") from None
     header.pop("__metadata__", None)
-    data_start, data_len = 8 + n, size - 8 - n
     for key, e in header.items():
-        if not isinstance(e, dict) or e.get("dtype") not in DTYPES or "data_offsets" not in e:
-            raise CheckpointError(f"{path}: malformed header entry for '{key}': {e!r}")
-        begin, end = e["data_offsets"]
-        numel = 1
-        for d in e["shape"]:
-            numel *= d
-        nbytes = numel * torch.empty((), dtype=DTYPES[e["dtype"]]).element_size()
-        if end > data_len:
-            raise CheckpointError(f"{path}: truncated: tensor '{key}' ends at byte {data_start + end} "
-                                  f"but the file has {size} bytes (an interrupted download?)")
-        if end - begin != nbytes:
-            raise CheckpointError(f"{path}: tensor '{key}' of shape {e['shape']} {e['dtype']} needs {nbytes} bytes, "
-                                  f"the header gives {end - begin}")
-    return header, data_start, size
+        if e["dtype"] not in DTYPES:
+            raise CheckpointError(f"{path}: tensor '{key}' has dtype {e['dtype']}, which minunet does not read "
+                                  f"(supported: {', '.join(DTYPES)})")
+    return header, 8 + n, size
+
+
+def _unique_keys(pairs):
+    keys = [k for k, _ in pairs]
+    if len(set(keys)) != len(keys):
+        dup = sorted({k for k in keys if keys.count(k) > 1})
+        raise ValueError(f"duplicate keys {dup[:5]}")
+    return dict(pairs)
+
+
+def _validate_with_safetensors(path, raw, data_len):
+    from safetensors import SafetensorError, safe_open
+
+    try:
+        with safe_open(str(path), framework="pt"):
+            pass
+    except SafetensorError as e:
+        truncated = _truncation(raw, data_len)
+        if truncated is not None:
+            raise CheckpointError(f"{path}: truncated: {truncated}") from None
+        reason = str(e).removeprefix("Error while deserializing header: ")
+        raise CheckpointError(f"{path}: invalid safetensors file: {reason}") from None
+
+
+def _truncation(raw, data_len):
+    """Which tensor runs past the end of a file whose header is sound but whose data is short, else None."""
+    try:
+        ends = {k: e["data_offsets"][1] for k, e in json.loads(raw).items() if k != "__metadata__"}
+        key = max(ends, key=ends.get)
+        if isinstance(ends[key], int) and ends[key] > data_len:
+            start = 8 + len(raw)
+            return (f"tensor '{key}' ends at byte {start + ends[key]} but the file has {start + data_len} bytes "
+                    "(an interrupted download?)")
+    except (ValueError, TypeError, KeyError, IndexError, AttributeError, RecursionError):
+        pass
+    return None
+
+
+def read_json(path, what="config"):
+    """A JSON object from a config file, or one CheckpointError naming the file (missing, not UTF-8, not JSON,
+    not an object). Every config minunet reads goes through here."""
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"{path}: no such {what} file")
+    try:
+        value = json.loads(path.read_bytes().decode("utf-8"))
+    except UnicodeDecodeError as e:
+        raise CheckpointError(f"{path}: {what} is not UTF-8 text ({e})") from None
+    except RecursionError:
+        raise CheckpointError(f"{path}: {what} is nested too deeply to be a config") from None
+    except ValueError as e:  # json.JSONDecodeError, or an integer of more than 4300 digits
+        raise CheckpointError(f"{path}: {what} is not valid JSON ({e})") from None
+    if not isinstance(value, dict):
+        raise CheckpointError(f"{path}: {what} must be a JSON object {{...}}, found a {type(value).__name__}")
+    return value
 
 
 def load_safetensors(path, keys=None):
@@ -99,8 +146,9 @@ def load_safetensors(path, keys=None):
     return out
 
 
-def check_state_dict(module, state_dict, source):
-    """Strict check of names and shapes, with messages that list what is missing, extra or misshapen."""
+def check_state_dict(module, state_dict, source, file_keys=None):
+    """Strict check of names and shapes, with messages that list what is missing, extra or misshapen.
+    `file_keys` ({module key: key in the file}) names a misshapen tensor as the file does too."""
     expected = {k: tuple(v.shape) for k, v in module.state_dict().items()}
     missing = sorted(set(expected) - set(state_dict))
     unexpected = sorted(set(state_dict) - set(expected))
@@ -112,45 +160,112 @@ def check_state_dict(module, state_dict, source):
                         + (" ..." if len(unexpected) > 20 else ""))
     for k in sorted(set(expected) & set(state_dict)):
         if tuple(state_dict[k].shape) != expected[k]:
-            problems.append(f"wrong shape for '{k}': expected {list(expected[k])}, found {list(state_dict[k].shape)}")
+            where = f" (file key '{file_keys[k]}')" if file_keys is not None and k in file_keys else ""
+            problems.append(f"wrong shape for '{k}': expected {list(expected[k])}, "
+                            f"found {list(state_dict[k].shape)}{where}")
     if problems:
         raise CheckpointError(f"{source}: does not fit {type(module).__name__} -- " + "; ".join(problems[:30]))
 
 
-def load_into(module, state_dict, source, dtype=None, device=None):
-    """Check strictly, then assign the tensors (converted only where dtype/device differ) into a meta-built module."""
-    check_state_dict(module, state_dict, source)
+def load_into(module, state_dict, source, dtype=None, device=None, file_keys=None):
+    """Check strictly (names, shapes, floating dtypes), then assign the tensors into a meta-built module, all in
+    one dtype: `dtype` if given, else the one most of the file's tensors have (a stray F16 / F64 tensor in an F32
+    file is cast, so the model never holds mixed dtypes). Tensors are converted only where dtype/device differ."""
+    check_state_dict(module, state_dict, source, file_keys)
+    named = state_dict if file_keys is None else {file_keys.get(k, k): v for k, v in state_dict.items()}
+    found = common_dtype(named, source)  # floating tensors only, whatever the target
+    target = dtype if dtype is not None else found
     params = {}
     for k, v in state_dict.items():
-        target = dtype if (dtype is not None and v.is_floating_point()) else None
-        params[k] = v.to(device=device, dtype=target) if (target is not None or device is not None) else v
+        cast = target if v.dtype != target else None
+        params[k] = v.to(device=device, dtype=cast) if (cast is not None or device is not None) else v
     module.load_state_dict(params, strict=True, assign=True)
     return module
 
 
+# float8 is a storage format (PyTorch has no float8 convolutions): such weights compute in float16, which holds
+# every float8 value (e4m3 and e5m2) exactly
+COMPUTE_DTYPE = {torch.float8_e4m3fn: torch.float16, torch.float8_e5m2: torch.float16}
+
+
+def common_dtype(state_dict, source):
+    """The floating dtype most tensors have (ties: the wider); a non-float tensor is an error naming it."""
+    counts = {}
+    for k, v in state_dict.items():
+        if not v.is_floating_point():
+            raise CheckpointError(f"{source}: tensor '{k}' has dtype {str(v.dtype).removeprefix('torch.')}; model "
+                                  "weights must be floating point (F32, F16, BF16, F64 or F8)")
+        counts[v.dtype] = counts.get(v.dtype, 0) + 1
+    if not counts:
+        return torch.float32
+    best = max(counts, key=lambda d: (counts[d], torch.finfo(d).bits))
+    return COMPUTE_DTYPE.get(best, best)
+
+
+OFFLINE_HINT = ("Download the file elsewhere and pass its local path (a .safetensors file or a diffusers folder) "
+                "instead of a repo id.")
+
+
+def hub_offline():
+    """True when HF_HUB_OFFLINE is set or the Hub's host cannot be reached within 3 s (checked once per process),
+    so that an offline machine gets its answer at once instead of after ~25 s of HTTP retries."""
+    global _OFFLINE
+    if _OFFLINE is None:
+        import socket
+        from urllib.parse import urlparse
+
+        from huggingface_hub import constants
+        url = urlparse(constants.ENDPOINT)
+        try:
+            if constants.HF_HUB_OFFLINE:
+                raise OSError("HF_HUB_OFFLINE is set")
+            socket.create_connection((url.hostname, url.port or 443), timeout=3).close()
+            _OFFLINE = False
+        except OSError:
+            _OFFLINE = True
+    return _OFFLINE
+
+
+_OFFLINE = None
+
+
 def hub_download(repo_id, filenames, subfolder=None):
-    """Fetch only the named files of a Hub repo into the usual cache; offline, say how to pass a local file."""
+    """Fetch only the named files of a Hub repo into the usual cache; offline, use the cache or say how to pass
+    a local file."""
     from huggingface_hub import hf_hub_download
     from huggingface_hub.errors import EntryNotFoundError, LocalEntryNotFoundError
 
-    last = None
+    offline, last = hub_offline(), None
     for name in filenames:
         try:
-            return Path(hf_hub_download(repo_id, name, subfolder=subfolder))
+            return Path(hf_hub_download(repo_id, name, subfolder=subfolder, local_files_only=offline))
         except EntryNotFoundError as e:
             if isinstance(e, LocalEntryNotFoundError):  # offline and not cached: a subclass, not "no such file"
-                raise CheckpointError(
-                    f"{repo_id}: '{name}' is not in the local Hugging Face cache and the Hub cannot be reached "
-                    "(offline). Download the file elsewhere and pass its local path (a .safetensors file or a "
-                    "diffusers folder) instead of a repo id.") from None
+                if offline and name != filenames[-1]:
+                    continue  # another name may be cached
+                raise CheckpointError(f"{repo_id}: '{name}' is not in the local Hugging Face cache and the Hub "
+                                      f"cannot be reached (offline). {OFFLINE_HINT}") from None
             last = e
             continue
-        except Exception as e:  # offline, no such repo, gated, ...
+        except Exception as e:  # no such repo, gated, ...
             raise CheckpointError(
                 f"{repo_id}: could not fetch '{name}' from the Hugging Face Hub ({type(e).__name__}: "
-                f"{str(e).splitlines()[0] if str(e) else ''}). Without network, download the file elsewhere and pass "
-                "its local path (a .safetensors file or a diffusers folder) instead of a repo id.") from None
+                f"{str(e).splitlines()[0] if str(e) else ''}). Without network: {OFFLINE_HINT}") from None
     raise CheckpointError(f"{repo_id}: none of {filenames} found in subfolder {subfolder!r} on the Hub ({last})")
+
+
+def shard_files(index):
+    """The shard file names of a `*.safetensors.index.json`, checked: a weight_map of str -> plain file names."""
+    info = read_json(index, "shard index")
+    weight_map = info.get("weight_map")
+    if not isinstance(weight_map, dict) or not weight_map:
+        raise CheckpointError(f"{index}: field 'weight_map' must be a non-empty object {{tensor: shard file}}, "
+                              f"found {type(weight_map).__name__}")
+    for key, shard in weight_map.items():
+        if not isinstance(shard, str) or Path(shard).name != shard or not shard.endswith(".safetensors"):
+            raise CheckpointError(f"{index}: field 'weight_map' maps '{key}' to {shard!r}; expected the file name "
+                                  "of a .safetensors shard in the same folder")
+    return sorted(set(weight_map.values()))
 
 
 def looks_like_repo_id(source):
@@ -167,8 +282,18 @@ def load_folder_weights(folder, stem, variant=None):
     if file.is_file():
         return load_safetensors(file), file
     if index.is_file():  # sharded: {"weight_map": {key: shard file}}
-        shards = sorted(set(json.loads(index.read_text())["weight_map"].values()))
-        return {k: v for s in shards for k, v in load_safetensors(folder / s).items()}, index
+        shards = shard_files(index)
+        state = {}
+        for shard in shards:
+            for k, v in load_safetensors(folder / shard).items():
+                if k in state:
+                    raise CheckpointError(f"{index}: tensor '{k}' is in two shards (one of them {shard})")
+                state[k] = v
+        mapped = set(read_json(index, "shard index")["weight_map"])
+        if mapped != set(state):
+            raise CheckpointError(f"{index}: weight_map names {len(mapped)} tensors, the shards hold {len(state)} "
+                                  f"(differing: {sorted(mapped ^ set(state))[:10]})")
+        return state, index
     found = sorted(p.name for p in folder.iterdir()) if folder.is_dir() else []
     pickles = [n for n in found if Path(n).suffix in PICKLE_SUFFIXES]
     if pickles:

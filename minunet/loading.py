@@ -3,7 +3,6 @@
 Models are built on the meta device (no memory) and the file's memory-mapped tensors are assigned into them,
 so a load costs one copy of the weights at most (none when dtype and device already match the file).
 """
-import json
 import re
 from pathlib import Path
 
@@ -11,7 +10,7 @@ import torch
 
 from .config import UNetConfig, describe, family, preset_name  # noqa: F401 (family, preset_name: re-exported)
 from .io import (CheckpointError, hub_download, load_folder_weights, load_into, load_safetensors, looks_like_repo_id,
-                 read_header, refuse_pickle)
+                 read_header, read_json, refuse_pickle)
 from .keymaps.unet import PREFIX, unet_key_map
 from .unet import UNet
 from .upscaler import KUNet, KUNetConfig, is_kunet_config
@@ -42,7 +41,7 @@ def _load_diffusers_folder(path, dtype, device, variant):
     config_file = path / "config.json"
     if not config_file.is_file():
         raise CheckpointError(f"{path}: no config.json (nor unet/config.json): not a diffusers UNet folder")
-    raw = json.loads(config_file.read_text())
+    raw = read_json(config_file, "UNet config")
     if is_kunet_config(raw):  # the x2 latent upscaler's K-UNet (minunet/upscaler.py)
         model_class, config = KUNet, KUNetConfig.from_diffusers(raw, source=str(config_file))
     else:
@@ -73,7 +72,8 @@ def load_unet_single_file(path, *, dtype=None, device=None, config=None) -> UNet
                               f"{describe(config)}: {', '.join(unknown[:15])}")
     tensors = load_safetensors(path, keys=set(keys))
     state = {mapping[k[len(PREFIX):]]: v for k, v in tensors.items()}
-    return load_into(model, state, path, dtype, device).eval()
+    file_keys = {mapping[k[len(PREFIX):]]: k for k in tensors}
+    return load_into(model, state, path, dtype, device, file_keys=file_keys).eval()
 
 
 def _count(shapes, pattern):

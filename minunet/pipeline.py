@@ -8,15 +8,15 @@ random draws happen in diffusers' order (initial noise; in img2img the VAE sampl
 gives the same image as diffusers. One deliberate difference: `clip_skip` applies to the negative prompt too
 (see minunet.text).
 """
-import json
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 
+from . import checks
 from .images import from_pil, to_pil
-from .io import CheckpointError, looks_like_repo_id
+from .io import CheckpointError, hub_offline, looks_like_repo_id, read_json
 from .loading import family, load_unet, load_unet_single_file
 from .noise import check_generators, randn
 from .schedulers import SAMPLERS, Schedule, guided, sample
@@ -60,9 +60,10 @@ class Pipeline:
         unet = load_unet(folder / "unet", dtype=dtype, device=device, variant=variant)
         vae = load_vae(folder / "vae", dtype=dtype, device=device)
         text = TextConditioner.from_pretrained(folder, dtype=dtype, device=device)
-        sched = json.loads((folder / "scheduler" / "scheduler_config.json").read_text())
-        size = json.loads((folder / "unet" / "config.json").read_text()).get("sample_size")
-        pipe = cls(unet, vae, text, Schedule.from_config(sched),
+        sched_file = folder / "scheduler" / "scheduler_config.json"
+        schedule = schedule_from_file(sched_file)
+        size = read_json(folder / "unet" / "config.json", "UNet config").get("sample_size")
+        pipe = cls(unet, vae, text, schedule,
                    default_size=size * vae.config.downscale if isinstance(size, int) else None)
         return pipe.compile() if compile else pipe
 
@@ -75,7 +76,7 @@ class Pipeline:
         text = TextConditioner.from_single_file(path, dtype=dtype, device=device)
         fam = family(unet.config)
         repo, size = FAMILY_DEFAULTS[fam]
-        sched = json.loads((CONFIGS / repo / "scheduler" / "scheduler_config.json").read_text())
+        sched = read_json(CONFIGS / repo / "scheduler" / "scheduler_config.json", "scheduler config")
         if fam == "sd2":
             prediction_type = prediction_type or _sd2_prediction_type(unet)
             size = 768 if prediction_type == "v_prediction" else 512
@@ -100,7 +101,7 @@ class Pipeline:
             unet = UNet(UNetConfig(block_out_channels=(32, 64), attention_levels=(True, False), transformer_depth=(1, 0),
                                    num_heads=(2, 2), context_dim=text.context_dim)).eval()
             vae = VAE(VAEConfig(block_out_channels=(32, 32, 32, 32), layers_per_block=1, sample_size=128)).eval()
-        sched = json.loads((CONFIGS / "stable-diffusion-v1-5" / "scheduler" / "scheduler_config.json").read_text())
+        sched = read_json(CONFIGS / "stable-diffusion-v1-5" / "scheduler" / "scheduler_config.json", "scheduler config")
         return cls(unet, vae, text, Schedule.from_config(sched), default_size=128)  # 16 x 16 latents
 
     def compile(self, **options):
@@ -162,6 +163,7 @@ class Pipeline:
                  negative_aesthetic_score=2.5, guidance_rescale=0.0, clip_skip=None, output_type="pil", callback=None,
                  progress=True):
         """Prompt (and, for img2img / the refiner, an image or latents) -> images; see the module docstring."""
+        image = checks.pipeline_arguments(self, locals())  # one named ValueError / TypeError per bad argument
         if sampler not in SAMPLERS:
             raise ValueError(f"sampler '{sampler}' is not one of {tuple(SAMPLERS)}")
         if output_type not in ("pil", "pt", "latent"):
@@ -175,12 +177,14 @@ class Pipeline:
         context, added = self._conditioning(prompt, negative_prompt, prompt_2, negative_prompt_2, num_images_per_prompt,
                                             clip_skip, cfg, (height, width), original_size, crops_coords_top_left,
                                             target_size, aesthetic_score, negative_aesthetic_score)
+        checks.finite_output(context, "text encoder", self.text.encoders[-1].dtype)
         # 2. where the run starts: noise, or an image's latents (img2img, refiner)
         batch = context.shape[0] // (2 if cfg else 1)
         shape = (batch, self.unet.config.out_channels, height // self.vae_scale, width // self.vae_scale)
         start = self._start(shape, image, latents, strength, denoising_start, denoising_end, generator)
         # 3. the denoising loop: the UNet (with classifier-free guidance) inside the sampler
         model_fn = self.model_fn(context, added, guidance_scale if cfg else None, guidance_rescale)
+        model_fn = checks.first_call_finite(model_fn, "UNet", self.unet.dtype)  # NaN at step 1: a named error
         x = self._sample(sampler, model_fn, num_inference_steps, start, eta, generator, callback, progress)
         # 4. latents -> images
         return PipelineOutput(images=x if output_type == "latent" else self._decode(x, output_type))
@@ -237,6 +241,7 @@ class Pipeline:
     def _decode(self, latents, output_type):
         with self._running(self.vae):
             decoded = self.vae.decode(latents.to(self.device) / self.vae.scaling_factor)
+        checks.finite_output(decoded, "VAE", self.vae.dtype)  # a NaN image would be saved black
         if output_type == "pt":
             return (decoded.float() * 0.5 + 0.5).clamp(0, 1)
         return to_pil(decoded)
@@ -321,10 +326,21 @@ def _fetch_pipeline(repo_id, variant):
 
     weights = f"*.{variant}.safetensors" if variant else "*.safetensors"
     try:
-        return Path(snapshot_download(repo_id, allow_patterns=["*.json", "*.txt", weights]))
+        return Path(snapshot_download(repo_id, allow_patterns=["*.json", "*.txt", weights],
+                                      local_files_only=hub_offline()))
     except Exception as e:
         raise CheckpointError(f"{repo_id}: could not fetch from the Hugging Face Hub ({type(e).__name__}). Without "
                               "network, pass a local diffusers folder or a .safetensors file instead.") from None
+
+
+def schedule_from_file(path):
+    """A Schedule from a scheduler_config.json; a bad field is a CheckpointError naming the file and the field."""
+    try:
+        return Schedule.from_config(read_json(path, "scheduler config"))
+    except CheckpointError:
+        raise
+    except (TypeError, ValueError) as e:
+        raise CheckpointError(f"{path}: {e}") from None
 
 
 def _sd2_prediction_type(unet):

@@ -51,7 +51,9 @@ import torch
 from torch import nn
 from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection, CLIPTokenizer
 
-from .io import CheckpointError, load_folder_weights, load_into, load_safetensors, read_header, refuse_pickle
+from . import checks
+from .io import (CheckpointError, load_folder_weights, load_into, load_safetensors, read_header, read_json,
+                 refuse_pickle)
 from .random_init import randomize_
 from .keymaps.text import TEXT_ROOT, convert, count_layers, detect_family, embedder_rows, \
     original_shape, target_shapes
@@ -111,13 +113,19 @@ class TextEmbeddings(NamedTuple):
 class TextConditioner(nn.Module):
     """The tokenizers and text encoders of one pipeline, and `encode` (see the module docstring)."""
 
-    def __init__(self, family, encoders, tokenizers, *, force_zeros_for_empty_prompt=None):
+    def __init__(self, family, encoders, tokenizers, *, force_zeros_for_empty_prompt=None, source=None):
         super().__init__()
         if family not in SPECS:
             raise ValueError(f"unknown text family {family!r}; expected one of {FAMILIES}")
         if not len(encoders) == len(tokenizers) == len(SPECS[family]):
             raise ValueError(f"{family} has {len(SPECS[family])} text encoders; got {len(encoders)} encoders and "
                              f"{len(tokenizers)} tokenizers")
+        for i, (encoder, tokenizer) in enumerate(zip(encoders, tokenizers)):
+            rows = encoder.config.vocab_size
+            if len(tokenizer) > rows:  # a token id >= rows would be an IndexError at the first prompt
+                where = f"{source}: " if source is not None else ""
+                raise CheckpointError(f"{where}{SPECS[family][i].subfolder}: the token embedding has {rows} rows "
+                                      f"but the tokenizer has {len(tokenizer)} tokens; expected at least one row per token")
         self.family = family
         self.specs = SPECS[family]
         self.encoders = nn.ModuleList(encoders)
@@ -144,14 +152,14 @@ class TextConditioner(nn.Module):
         if not folder.is_dir():
             raise CheckpointError(f"{folder}: not a folder (a single .safetensors file goes to from_single_file)")
         index = folder / "model_index.json"
-        info = json.loads(index.read_text()) if index.is_file() else {}
+        info = read_json(index, "model_index") if index.is_file() else {}
         family = folder_family(folder, info)
         encoders = [load_encoder_folder(folder / s.subfolder, s.projection, dtype=dtype, device=device,
                                         variant=variant) for s in SPECS[family]]
         tokenizers = [load_tokenizer(folder / s.tokenizer, s.pad_token) for s in SPECS[family]]
         # diffusers' SDXL pipelines default to True when model_index.json does not say
         force = info.get("force_zeros_for_empty_prompt", family.startswith("sdxl"))
-        return cls(family, encoders, tokenizers, force_zeros_for_empty_prompt=force)
+        return cls(family, encoders, tokenizers, force_zeros_for_empty_prompt=force, source=folder)
 
     @classmethod
     def from_single_file(cls, path, *, dtype=None, device=None, configs=None):
@@ -185,7 +193,7 @@ class TextConditioner(nn.Module):
             state = {t: v for r in rows for t, v in zip(r.targets, convert(r, tensors[emb.prefix + r.original]))}
             encoders.append(assign(model, state, path, dtype, device))
         tokenizers = [load_tokenizer(None, s.pad_token) for s in SPECS[family]]
-        return cls(family, encoders, tokenizers)
+        return cls(family, encoders, tokenizers, source=path)
 
     @classmethod
     def tiny(cls, family="sd1", seed=0, *, widths=None, layers=2, dtype=None, device=None):
@@ -298,11 +306,22 @@ def tokenize(tokenizer, texts, length=77):
     return ids
 
 
+TOKENIZER_JSON = ("vocab.json", "tokenizer.json", "tokenizer_config.json", "special_tokens_map.json")
+
+
 def load_tokenizer(folder=None, pad_token="<|endoftext|>"):
     """The folder's CLIP tokenizer if it holds vocabulary files, else the shipped CLIP BPE files (TOKENIZER)
-    with this pad token and 77 positions; nothing is fetched."""
+    with this pad token and 77 positions; nothing is fetched. A folder's JSON files are checked first, and
+    anything transformers then refuses is one CheckpointError naming the folder."""
     if folder is not None and any((Path(folder) / f).is_file() for f in ("vocab.json", "tokenizer.json")):
-        return CLIPTokenizer.from_pretrained(str(folder), local_files_only=True)
+        for name in TOKENIZER_JSON:
+            if (Path(folder) / name).is_file():
+                read_json(Path(folder) / name, "tokenizer file")
+        try:
+            return CLIPTokenizer.from_pretrained(str(folder), local_files_only=True)
+        except Exception as e:  # transformers raises anything from KeyError to OSError on a broken folder
+            raise CheckpointError(f"{folder}: not a usable CLIP tokenizer ({type(e).__name__}: "
+                                  f"{str(e).splitlines()[0] if str(e) else ''})") from None
     return CLIPTokenizer.from_pretrained(str(TOKENIZER), pad_token=pad_token, model_max_length=77,
                                          local_files_only=True)
 
@@ -315,6 +334,26 @@ def shipped_config(family, index=0):
 
 def spec_config(spec):
     return CLIPTextConfig.from_json_file(str(CONFIGS / spec.config / "config.json"))
+
+
+def clip_config(d, source):
+    """A CLIPTextConfig from a config.json dict, with its sizes checked (names the file and the field)."""
+    try:
+        for f in ("vocab_size", "hidden_size", "intermediate_size", "num_hidden_layers", "num_attention_heads",
+                  "max_position_embeddings"):
+            if f in d:
+                checks.integer(f, d[f], 1)
+        if "hidden_size" in d and "num_attention_heads" in d:
+            checks.divisible("hidden_size", d["hidden_size"], d["num_attention_heads"], "num_attention_heads")
+        if "layer_norm_eps" in d:
+            checks.number("layer_norm_eps", d["layer_norm_eps"], 0, low_open=True)
+    except (TypeError, ValueError) as e:
+        raise CheckpointError(f"{source}: text encoder config not supported: {e}") from None
+    try:
+        return CLIPTextConfig.from_dict(d)
+    except Exception as e:  # transformers' own validation errors have their own types
+        raise CheckpointError(f"{source}: text encoder config not supported ({type(e).__name__}: "
+                              f"{str(e).strip().splitlines()[-1]})") from None
 
 
 def tiny_text_config(family, index=0, *, width=64, layers=2, head_size=32):
@@ -430,7 +469,7 @@ def folder_family(folder, info):
     if two:
         return "sdxl-refiner"
     if one:
-        act = json.loads((folder / "text_encoder" / "config.json").read_text()).get("hidden_act")
+        act = read_json(folder / "text_encoder" / "config.json", "text encoder config").get("hidden_act")
         return "sd2" if act == "gelu" else "sd1"
     raise CheckpointError(f"{folder}: no text_encoder/config.json nor text_encoder_2/config.json: not a diffusers "
                           "pipeline folder with text encoders")
@@ -442,5 +481,5 @@ def load_encoder_folder(sub, projection, *, dtype=None, device=None, variant=Non
         raise CheckpointError(f"{sub}: no config.json")
     state, file = load_folder_weights(sub, "model", variant)
     state = {file_name(k): v for k, v in state.items() if file_name(k) not in FOLDER_IGNORED}
-    config = CLIPTextConfig.from_json_file(str(sub / "config.json"))
+    config = clip_config(read_json(sub / "config.json", "text encoder config"), sub / "config.json")
     return assign(build(config, projection), state, file, dtype, device)

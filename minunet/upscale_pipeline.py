@@ -24,7 +24,6 @@ Deliberate differences: a PIL image whose sides the fixed kernels cannot take is
 down to a multiple of 8 and then fails in the UNet for most sizes); a 3- or 5-channel latent tensor is an error;
 latents are drawn and carried in float32 whatever the model dtype (as minunet's Pipeline).
 """
-import json
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -32,7 +31,7 @@ import torch
 import torch.nn.functional as F
 
 from .images import from_pil, to_pil
-from .io import CheckpointError, looks_like_repo_id
+from .io import CheckpointError, looks_like_repo_id, read_json
 from .loading import load_unet
 from .noise import check_generators, randn
 from .schedulers import Schedule, cfg_combine
@@ -98,7 +97,7 @@ class UpscalePipeline:
         vae = load_vae(folder / "vae", dtype=dtype, device=device)
         text = load_encoder_folder(folder / "text_encoder", False, dtype=dtype, device=device, variant=variant)
         tokenizer = load_tokenizer(folder / "tokenizer", CLIP_L_PAD)
-        sched = json.loads((folder / "scheduler" / "scheduler_config.json").read_text())
+        sched = read_json(folder / "scheduler" / "scheduler_config.json", "scheduler config")
         return cls(unet, vae, text, tokenizer, Schedule.from_config(sched))
 
     @classmethod
@@ -118,7 +117,7 @@ class UpscalePipeline:
             unet = randomize_(KUNet(KUNetConfig(block_out_channels=(32, 32, 64, 64), layers_per_block=2, head_size=16,
                                                 context_dim=64, time_cond_dim=2 * NOISE_LEVEL_FEATURES + 64)), seed)
             vae = VAE(VAEConfig(block_out_channels=(32, 32, 32, 32), layers_per_block=1, sample_size=128))
-        sched = json.loads((CONFIGS / "sd-x2-latent-upscaler" / "scheduler" / "scheduler_config.json").read_text())
+        sched = read_json(CONFIGS / "sd-x2-latent-upscaler" / "scheduler" / "scheduler_config.json", "scheduler config")
         return cls(unet.eval(), vae.eval(), text.eval(), load_tokenizer(None, CLIP_L_PAD), Schedule.from_config(sched))
 
     def enable_freeu(self, *args, **kwargs):

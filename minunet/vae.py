@@ -5,7 +5,7 @@
 AutoencoderKL.decode. `load_vae` reads every official layout (see its docstring).
 """
 import dataclasses
-import json
+import warnings
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -14,7 +14,8 @@ import torch
 from torch import nn
 
 from .blocks.vae_blocks import Decoder, Encoder
-from .io import CheckpointError, hub_download, load_into, load_safetensors, looks_like_repo_id, refuse_pickle
+from . import checks
+from .io import CheckpointError, hub_download, load_into, load_safetensors, looks_like_repo_id, read_json, refuse_pickle
 from .keymaps import vae as keymap
 from .noise import randn
 
@@ -35,6 +36,24 @@ class VAEConfig:
     use_quant_conv: bool = True
     use_post_quant_conv: bool = True
 
+    def __post_init__(self):
+        """Types and ranges: positive widths and channels, groups dividing every width, a finite positive
+        scaling factor (0 or NaN would make every image black)."""
+        if not isinstance(self.block_out_channels, (list, tuple)):
+            raise TypeError(f"VAEConfig: block_out_channels must be a list, got {self.block_out_channels!r}")
+        object.__setattr__(self, "block_out_channels", checks.int_tuple("VAEConfig: block_out_channels",
+                                                                       self.block_out_channels, 1))
+        for f in ("in_channels", "out_channels", "layers_per_block", "latent_channels", "norm_num_groups",
+                  "sample_size"):
+            checks.integer(f"VAEConfig: {f}", getattr(self, f), 1)
+        for c in self.block_out_channels:
+            checks.divisible("VAEConfig: block_out_channels entry", c, self.norm_num_groups, "norm_num_groups")
+        checks.number("VAEConfig: scaling_factor", self.scaling_factor, 0, low_open=True)
+        if self.shift_factor is not None:
+            checks.number("VAEConfig: shift_factor", self.shift_factor)
+        for f in ("force_upcast", "use_quant_conv", "use_post_quant_conv"):
+            checks.flag(f"VAEConfig: {f}", getattr(self, f))
+
     @property
     def downscale(self):  # image pixels per latent pixel
         return 2 ** (len(self.block_out_channels) - 1)
@@ -47,9 +66,20 @@ class VAEConfig:
                 "down_block_types": ["DownEncoderBlock2D"] * n, "up_block_types": ["UpDecoderBlock2D"] * n}
 
     @classmethod
-    def from_diffusers(cls, d):
-        """Translate an AutoencoderKL `config.json` dict; raise on anything this VAE does not implement."""
+    def from_diffusers(cls, d, source="VAE config.json"):
+        """Translate an AutoencoderKL `config.json` dict; raise a CheckpointError naming the file and the field
+        for anything this VAE does not implement and for wrong types or ranges."""
+        try:
+            return cls._from_diffusers(d, source)
+        except CheckpointError:
+            raise
+        except (TypeError, ValueError) as e:
+            raise CheckpointError(f"{source}: VAE config not supported: {e}") from None
+
+    @classmethod
+    def _from_diffusers(cls, d, source):
         d = {**DIFFUSERS_DEFAULTS, **d}
+        checks.int_tuple("block_out_channels", d["block_out_channels"], 1)
         unknown = set(d) - set(DIFFUSERS_DEFAULTS) - METADATA
         n = len(d["block_out_channels"])
         problems = [f"unknown fields {sorted(unknown)}"] if unknown else []
@@ -67,9 +97,9 @@ class VAEConfig:
                 problems.append(f"sample_size={size!r} (only square sizes are implemented)")
             size = size[0]
         if problems:
-            raise CheckpointError("VAE config.json not supported: " + "; ".join(problems))
+            raise CheckpointError(f"{source}: VAE config not supported: " + "; ".join(problems))
         kw = {f.name: d[f.name] for f in dataclasses.fields(cls) if f.name in d}
-        return cls(**{**kw, "block_out_channels": tuple(d["block_out_channels"]), "sample_size": int(size)})
+        return cls(**{**kw, "block_out_channels": tuple(d["block_out_channels"]), "sample_size": size})
 
 
 # What diffusers' AutoencoderKL assumes for a field its config.json leaves out (e.g. SD 1.5 has no scaling_factor).
@@ -235,17 +265,42 @@ def load_vae(source, *, config=None, dtype=None, device=None) -> VAE:
     - a diffusers-layout .safetensors file (config.json next to it is used if present);
     - a Hub repo id (config.json and weights from `vae/`, else from the root).
     Configuration: `config` if given, else config.json, else read off the tensor shapes, with the SDXL preset's
-    scaling factor when a whole checkpoint has SDXL text encoders (`conditioner.*`) and the SD preset's otherwise
-    (a standalone original file cannot tell: pass config=SDXL for the SDXL VAE)."""
+    scaling factor when a whole checkpoint has SDXL text encoders (`conditioner.*`) or the SDXL UNet
+    (`label_emb`), and the SD preset's otherwise. A standalone file has no such keys: an official one is
+    recognised by size + SHA-256, any other gets SD's with a warning (pass config=VAE_SDXL for an SDXL VAE)."""
     weights, cfg_json = _locate(source)
     if config is None and cfg_json is not None:
-        config = VAEConfig.from_diffusers(json.loads(cfg_json.read_text()))
-    return vae_from_state_dict(load_safetensors(weights), config=config, source=weights, dtype=dtype, device=device)
+        config = VAEConfig.from_diffusers(read_json(cfg_json, "VAE config"), source=cfg_json)
+    sd = load_safetensors(weights)
+    base = None
+    if config is None and not any(k.startswith(keymap.PREFIX) for k in sd):  # standalone: shapes cannot tell
+        base = standalone_preset(weights)
+    return vae_from_state_dict(sd, config=config, source=weights, dtype=dtype, device=device, base=base)
 
 
-def vae_from_state_dict(sd, *, config=None, source="state dict", dtype=None, device=None) -> VAE:
-    """A VAE from a state dict in any layout load_vae reads (tensors may be on the meta device, for checks)."""
-    sd, layout, base = to_diffusers_layout(sd, source)
+def standalone_preset(path):
+    """SD or SDXL preset for a VAE file without config.json: an official file is recognised by size + SHA-256
+    (minunet.weights LFS_POINTERS.tsv); any other gets SD's, with a warning that says how to pass SDXL's."""
+    from .inspect import official_files, sha256
+
+    known = [p for p, _ in official_files().get(Path(path).stat().st_size, []) if p.endswith(".safetensors")]
+    if known:
+        digest = sha256(path, progress=False)
+        match = next((p for p, h in official_files()[Path(path).stat().st_size] if h == digest), None)
+        if match is not None and "vae" in match:
+            return SDXL if match.startswith(("stable-diffusion-xl", "sdxl")) else SD
+    warnings.warn(f"{path}: a VAE file without config.json that is not a known official file: assuming the SD 1.x / "
+                  f"2.x VAE's scaling_factor {SD.scaling_factor}. For an SDXL VAE pass config=minunet.VAE_SDXL "
+                  f"(scaling_factor {SDXL.scaling_factor}), or config=dataclasses.replace(minunet.VAE_SD, "
+                  "scaling_factor=...) for another.", stacklevel=3)
+    return SD
+
+
+def vae_from_state_dict(sd, *, config=None, source="state dict", dtype=None, device=None, base=None) -> VAE:
+    """A VAE from a state dict in any layout load_vae reads (tensors may be on the meta device, for checks).
+    `base` (a VAEConfig) gives the fields shapes cannot tell, instead of what the keys suggest."""
+    sd, layout, detected = to_diffusers_layout(sd, source)
+    base = base if base is not None else detected
     if config is None:
         config = config_from_shapes(sd, base, source)
     if layout == "original":
@@ -290,7 +345,9 @@ def to_diffusers_layout(sd, source):
     Whole checkpoints lose their prefix and non-VAE keys; diffusers' old attention names are renamed."""
     keys = list(sd)
     if any(k.startswith(keymap.PREFIX) for k in keys):
-        base = SDXL if any(k.startswith("conditioner.") for k in keys) else SD
+        # SDXL: its text encoders (`conditioner.*`) or its UNet's micro-conditioning embedding (`label_emb`)
+        xl = any(k.startswith(("conditioner.", "model.diffusion_model.label_emb.")) for k in keys)
+        base = SDXL if xl else SD
         return keymap.split_whole_checkpoint(sd, source), "original", base
     if any(k.startswith(("encoder.down.", "decoder.up.")) for k in keys):
         return sd, "original", SD

@@ -91,7 +91,7 @@ def test_inspect_reports_unknown_keys(tmp_path, capsys):
     (["generate", "x", "--model", "tiny", "--freeu", "nonsense"], "--freeu nonsense"),
     (["generate", "x", "--model", "tiny", "--compare-freeu"], "--compare-freeu needs --freeu"),
     (["generate", "x", "--model", "tiny", "--steps", "1", "--clip-skip", "2"], "clip_skip=2 is too large"),
-    (["generate", "x", "--model", "tiny", "--steps", "0"], "num_steps=0 must be an integer from 1"),
+    (["generate", "x", "--model", "tiny", "--steps", "0"], "num_inference_steps must be an int >= 1, got 0"),
 ])
 def test_errors(argv, message, capsys):
     assert main(argv) == 2
@@ -102,7 +102,7 @@ def test_no_network_says_how_to_use_a_local_file(monkeypatch, capsys):
     import huggingface_hub.constants
 
     monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", True)
-    assert main(["generate", "x", "--model", "sd15"]) == 2
+    assert main(["generate", "x", "--model", "sd15"]) == 1  # a model error, not a usage error
     assert "pass its local path" in capsys.readouterr().err
 
 
@@ -140,6 +140,6 @@ def test_upscale_official_offline_says_how_to_use_a_folder(monkeypatch, capsys):
     import huggingface_hub.constants
 
     monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", True)
-    assert main(["generate", "x", "--model", "tiny", "--steps", "1", "--upscale", "x2"]) == 2
+    assert main(["generate", "x", "--model", "tiny", "--steps", "1", "--upscale", "x2"]) == 1  # a model error
     err = capsys.readouterr().err
     assert "stabilityai/sd-x2-latent-upscaler: could not fetch" in err and "pass a local diffusers folder" in err

@@ -29,9 +29,11 @@ return its output in any float dtype). Random draws match diffusers': one torch.
 its scheduler draws one, made on the generator's device and moved to x's, so one torch.Generator seeds both
 alike; a list of generators, one per sample, draws each sample's noise from its own (minunet.noise.randn).
 """
+import math
 from dataclasses import dataclass
 from typing import Callable
 
+from .. import checks
 from ..noise import randn
 
 
@@ -137,8 +139,11 @@ def sample(sampler, model_fn, noise, schedule, num_steps, *, init_latents=None, 
     unknown = set(options) - set(spec.options)
     if unknown:
         raise TypeError(f"sampler {sampler!r} takes no option {sorted(unknown)} (its options: {spec.options})")
-    if options.get("eta", 0.0) < 0:
-        raise ValueError(f"eta={options['eta']} must be >= 0")
+    eta = options.get("eta", 0.0)
+    if isinstance(eta, bool) or not isinstance(eta, (int, float)) or not math.isfinite(eta) or eta < 0:
+        raise ValueError(f"eta={eta!r} must be >= 0 and finite")  # NaN passes a plain `eta < 0` test
+    checks.generator(generator)
+    checks.callback(callback)
     steps = schedule.steps(num_steps, sampler, strength=strength, denoising_start=denoising_start,
                            denoising_end=denoising_end)
     x = steps.start(noise, init_latents, strength, denoising_start)

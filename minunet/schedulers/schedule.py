@@ -72,6 +72,7 @@ class Schedule:
     clip_sample_range: float = 1.0
 
     def __post_init__(self):
+        self._check_numbers()
         _choice("prediction_type", self.prediction_type, PREDICTION_TYPES)
         _choice("timestep_spacing", self.timestep_spacing, (None,) + SPACINGS)
         _choice("interpolation_type", self.interpolation_type, ("linear", "log_linear"))
@@ -83,6 +84,20 @@ class Schedule:
         if self.num_train_timesteps < 1:
             raise ValueError(f"scheduler config: num_train_timesteps={self.num_train_timesteps} must be >= 1")
 
+    def _check_numbers(self):
+        """Types and ranges: betas in (0, 1) (a NaN or negative beta gives NaN images), integer counts."""
+        from .. import checks
+
+        checks.integer("scheduler config: num_train_timesteps", self.num_train_timesteps, 1)
+        checks.integer("scheduler config: steps_offset", self.steps_offset, 0)
+        for f in ("beta_start", "beta_end"):
+            checks.number(f"scheduler config: {f}", getattr(self, f), 0, 1, low_open=True, high_open=True)
+        for i, b in enumerate(self.trained_betas or ()):
+            checks.number(f"scheduler config: trained_betas[{i}]", b, 0, 1, low_open=True, high_open=True)
+        checks.number("scheduler config: clip_sample_range", self.clip_sample_range, 0, low_open=True)
+        for f in ("use_karras_sigmas", "rescale_betas_zero_snr", "set_alpha_to_one", "clip_sample"):
+            checks.flag(f"scheduler config: {f}", getattr(self, f))
+
     @classmethod
     def from_config(cls, config: dict) -> "Schedule":
         """Translate a diffusers scheduler_config.json dict; keys this module does not use are ignored."""
@@ -92,7 +107,10 @@ class Schedule:
         known = {f.name for f in fields(cls)}
         kwargs = {k: v for k, v in config.items() if k in known}
         if kwargs.get("trained_betas") is not None:
-            kwargs["trained_betas"] = tuple(float(b) for b in kwargs["trained_betas"])
+            if not isinstance(kwargs["trained_betas"], (list, tuple)):
+                raise TypeError(f"scheduler config: trained_betas must be a list of numbers, got "
+                                f"{type(kwargs['trained_betas']).__name__}")
+            kwargs["trained_betas"] = tuple(kwargs["trained_betas"])
         kwargs["use_karras_sigmas"] = bool(kwargs.get("use_karras_sigmas"))  # configs may say null
         if kwargs.get("prediction_type") == "original_sample":  # diffusers' older name of "sample" (x2 upscaler)
             kwargs["prediction_type"] = "sample"
