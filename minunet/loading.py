@@ -12,6 +12,7 @@ import torch
 from .config import PRESETS, UNetConfig
 from .io import (CheckpointError, hub_download, load_folder_weights, load_into, load_safetensors, looks_like_repo_id,
                  read_header, refuse_pickle)
+from . import video
 from .keymaps.unet import PREFIX, unet_key_map
 from .unet import UNet
 
@@ -26,6 +27,7 @@ SCHEDULE_BUFFERS = {"betas", "alphas_cumprod", "alphas_cumprod_prev", "sqrt_alph
 def load_unet(source, *, dtype=None, device=None, variant=None, config=None) -> UNet:
     """Load a UNet from a diffusers folder (model folder or its unet/), an original .safetensors file,
     or a Hugging Face Hub repo id. `variant="fp16"` picks diffusion_pytorch_model.fp16.safetensors.
+    A video UNet (UNet3DConditionModel config, or a ModelScope-layout file) gives a minunet.video.VideoUNet.
     `config` (a UNetConfig) overrides what a single file's shapes say (heads and upcast are not in shapes)."""
     source = str(source)
     refuse_pickle(source)
@@ -48,7 +50,10 @@ def _load_diffusers_folder(path, dtype, device, variant):
     config_file = path / "config.json"
     if not config_file.is_file():
         raise CheckpointError(f"{path}: no config.json (nor unet/config.json): not a diffusers UNet folder")
-    config = UNetConfig.from_diffusers(json.loads(config_file.read_text()), source=str(config_file))
+    raw = json.loads(config_file.read_text())
+    if video.is_video_config(raw):  # UNet3DConditionModel (ModelScope text-to-video, zeroscope)
+        return video.load_video_unet_folder(path, raw, dtype=dtype, device=device, variant=variant)
+    config = UNetConfig.from_diffusers(raw, source=str(config_file))
     state, file = load_folder_weights(path, "diffusion_pytorch_model", variant)
     with torch.device("meta"):
         model = UNet(config)
@@ -58,6 +63,8 @@ def _load_diffusers_folder(path, dtype, device, variant):
 def load_unet_single_file(path, *, dtype=None, device=None, config=None) -> UNet:
     """The UNet of an original checkpoint (`model.diffusion_model.*`); config read from the shapes unless given."""
     header, _, _ = read_header(path)
+    if video.is_video_checkpoint(header):  # ModelScope layout (`temopral_conv` in every ResBlock)
+        return video.load_video_unet_single_file(path, dtype=dtype, device=device, config=config)
     keys = [k for k in header if k.startswith(PREFIX)]
     if not keys:
         prefixes = sorted({k.split(".")[0] for k in header})

@@ -17,9 +17,11 @@ The temporal modules' GroupNorms run on (B, C, F, H, W), so frames share their s
 projection everywhere; heads = width / head_size (diffusers' `attention_head_dim` is the head size here).
 Module names are diffusers', so a diffusers `unet/` loads strictly; keymaps/video.py maps the ModelScope layout.
 """
+import re
+from dataclasses import asdict, dataclass
+
 import torch
 import torch.nn.functional as F
-from dataclasses import asdict, dataclass
 from einops import rearrange
 from torch import nn
 
@@ -28,6 +30,8 @@ from .blocks.resnet import TimestepEmbedding, timestep_embedding
 from .blocks.unet_blocks import DownBlock, MidBlock, UpBlock
 from .config import UNetConfig
 from .freeu import FreeU
+from .io import CheckpointError, load_folder_weights, load_into, load_safetensors, read_header
+from .keymaps.video import MARKER, OPTIONAL_PREFIX, to_minunet, to_original, video_key_map
 
 IN_HEADS = 8  # transformer_in has 8 heads of head_size whatever the width (diffusers and ModelScope hard-code it)
 
@@ -287,3 +291,78 @@ class VideoUNet(nn.Module):
             h = block(h, block_skips, temb, context, frames, size, freeu=self.freeu)
         h = self.conv_out(F.silu(self.conv_norm_out(h)))
         return rearrange(h, "(b f) c h w -> b c f h w", f=frames)
+
+
+# ---- loading (load_unet dispatches here for video configs and ModelScope files) ---------------------------------
+
+def is_video_config(raw):
+    """A diffusers config.json of a UNet3DConditionModel (by class name, or by its block types)."""
+    blocks = list(raw.get("down_block_types") or []) + list(raw.get("up_block_types") or [])
+    return raw.get("_class_name") == "UNet3DConditionModel" or any(str(b).endswith("3D") for b in blocks)
+
+
+def is_video_checkpoint(keys):
+    return any(f".{MARKER}." in k for k in keys)
+
+
+def video_config_from_shapes(shapes, source="state dict"):
+    """A VideoUNetConfig read off ModelScope-layout shapes (keys without prefix): widths from the ResBlocks, the
+    head size from transformer_in (8 heads), context width from a cross-attention, 32 norm groups."""
+    def need(key):
+        if key not in shapes:
+            raise CheckpointError(f"{source}: not a ModelScope video UNet: expected '{key}', not found")
+        return shapes[key]
+
+    conv_in = need("input_blocks.0.0.weight")
+    n = _count(shapes, r"input_blocks\.(\d+)\.op\.weight") + 1
+    n_in = _count(shapes, r"input_blocks\.(\d+)\.")
+    if n_in % n:
+        raise CheckpointError(f"{source}: unsupported video UNet ({n_in} input blocks for {n} levels)")
+    L = n_in // n - 1
+    first = [1 + i * (L + 1) for i in range(n)]
+    return VideoUNetConfig(
+        in_channels=conv_in[1], out_channels=need("out.2.weight")[0],
+        block_out_channels=tuple(need(f"input_blocks.{k}.0.out_layers.3.weight")[0] for k in first),
+        layers_per_block=L, attention_levels=tuple(f"input_blocks.{k}.1.proj_in.weight" in shapes for k in first),
+        head_size=need("input_blocks.0.1.proj_in.weight")[0] // IN_HEADS,
+        context_dim=need("middle_block.1.transformer_blocks.0.attn2.to_k.weight")[1])
+
+
+def _count(shapes, pattern):
+    return len({m.group(1) for k in shapes if (m := re.match(pattern, k))})
+
+
+def load_video_unet_single_file(path, *, dtype=None, device=None, config=None) -> VideoUNet:
+    """A ModelScope-layout .safetensors (keys bare, or under `model.diffusion_model.`; other top-level components
+    next to a prefixed UNet are skipped). Convert the published pickle first (see the README)."""
+    header, _, _ = read_header(path)
+    prefix = OPTIONAL_PREFIX if any(k.startswith(OPTIONAL_PREFIX) for k in header) else ""
+    keys = [k for k in header if k.startswith(prefix)]
+    shapes = {k[len(prefix):]: header[k]["shape"] for k in keys}
+    config = config or video_config_from_shapes(shapes, path)
+    with torch.device("meta"):
+        model = VideoUNet(config)
+    mapping = video_key_map(list(model.state_dict()), config)
+    unknown = sorted(k for k in shapes if k not in mapping)
+    if unknown:
+        raise CheckpointError(f"{path}: {len(unknown)} unknown video UNet keys for widths "
+                              f"{list(config.block_out_channels)}: {', '.join(unknown[:15])}")
+    state = {mapping[k[len(prefix):]]: to_minunet(v, mapping[k[len(prefix):]])
+             for k, v in load_safetensors(path, keys=set(keys)).items()}
+    return load_into(model, state, path, dtype, device).eval()
+
+
+def load_video_unet_folder(path, raw, *, dtype=None, device=None, variant=None) -> VideoUNet:
+    """A diffusers UNet3DConditionModel folder (its parsed config.json `raw`) -> VideoUNet, loaded strictly."""
+    config = VideoUNetConfig.from_diffusers(raw, source=str(path / "config.json"))
+    state, file = load_folder_weights(path, "diffusion_pytorch_model", variant)
+    with torch.device("meta"):
+        model = VideoUNet(config)
+    return load_into(model, state, file, dtype, device).eval()
+
+
+def original_state_dict(model: VideoUNet, prefix=""):
+    """The model's tensors under their ModelScope names (Conv1d shapes where the original has them)."""
+    state = model.state_dict()
+    return {prefix + orig: to_original(state[ours], ours)
+            for orig, ours in video_key_map(list(state), model.config).items()}
