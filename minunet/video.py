@@ -29,7 +29,7 @@ from .blocks.attention import BasicTransformerBlock
 from .blocks.resnet import TimestepEmbedding, timestep_embedding
 from .blocks.unet_blocks import DownBlock, MidBlock, UpBlock
 from .config import UNetConfig
-from .freeu import FreeU
+from .freeu import FreeUMixin, decoder_input
 from .io import CheckpointError, load_folder_weights, load_into, load_safetensors, read_header
 from .keymaps.video import MARKER, OPTIONAL_PREFIX, to_minunet, to_original, video_key_map
 
@@ -221,19 +221,16 @@ class VideoUpBlock(UpBlock, _Temporal):
         self.add_temporal(cfg, cfg.block_out_channels[::-1][i])
 
     def forward(self, x, skips, temb, context, frames, upsample_size=None, freeu=None):
+        """freeu: None, or one Stage | None per resnet; FreeU acts per frame (the 2-D filter on each of B*F images)."""
         for j, resnet in enumerate(self.resnets):
-            skip = skips.pop()
-            if freeu is None:
-                x = torch.cat([x, skip], dim=1)  # (B*F, C + C_skip, H, W)
-            else:  # FreeU per frame: the 2-D filter on each of the B*F images (minunet/freeu.py)
-                x = freeu.concat(x, skip, self.index, self.model_channels)
+            x = decoder_input(x, skips.pop(), None if freeu is None else freeu[j])  # (B*F, C + C_skip, H, W)
             x = self.layer(j, resnet(x, temb), context, frames)
         if self.upsamplers is not None:
             x = self.upsamplers[0](x, upsample_size)
         return x
 
 
-class VideoUNet(nn.Module):
+class VideoUNet(FreeUMixin, nn.Module):
     def __init__(self, config: VideoUNetConfig):
         super().__init__()
         self.config = cfg = config
@@ -246,7 +243,7 @@ class VideoUNet(nn.Module):
         self.up_blocks = nn.ModuleList([VideoUpBlock(cfg, i) for i in range(n)])
         self.conv_norm_out = nn.GroupNorm(cfg.norm_num_groups, c0, eps=cfg.norm_eps)
         self.conv_out = nn.Conv2d(c0, cfg.out_channels, 3, padding=1)
-        self.freeu = None
+        self.freeu = None  # FreeU settings (or None); setting them works out freeu_plan (minunet/freeu.py)
 
     @property
     def dtype(self):
@@ -256,19 +253,11 @@ class VideoUNet(nn.Module):
     def device(self):
         return self.conv_in.weight.device
 
-    def enable_freeu(self, s1, s2=None, b1=None, b2=None, *, mapping="official", version=1):
-        """As UNet.enable_freeu: FreeU on the decoder inputs, per frame."""
-        if isinstance(s1, FreeU):
-            if (s2, b1, b2) != (None, None, None):
-                raise TypeError("enable_freeu: pass either a FreeU or the factors s1, s2, b1, b2, not both")
-            self.freeu = s1
-        else:
-            self.freeu = FreeU(s1=s1, s2=s2, b1=b1, b2=b2, mapping=mapping, version=version)
-        return self
-
-    def disable_freeu(self):
-        self.freeu = None
-        return self
+    def decoder_widths(self):
+        """Backbone channels entering each decoder resnet, [up block][resnet]: what FreeU's stage rule reads. The
+        official video port keys on them as the image port does (1280 -> stage 1, 640 -> stage 2 at full size)."""
+        image = self.config.image_config()
+        return [[backbone for backbone, _ in UpBlock.widths(image, i)] for i in range(len(self.up_blocks))]
 
     def forward(self, x, t, context):
         """x (B, in, F, H, W), t scalar or (B,), context (B, T, context_dim) -> raw prediction (B, out, F, H, W)."""
@@ -284,11 +273,12 @@ class VideoUNet(nn.Module):
             h, s = block(h, temb, context, frames)
             skips += s
         h = self.mid_block(h, temb, context, frames)
-        for block in self.up_blocks:
+        for i, block in enumerate(self.up_blocks):
             n = len(block.resnets)
             block_skips, skips = skips[-n:], skips[:-n]
             size = skips[-1].shape[2:] if skips else None             # upsample to the next skip's size (odd sizes)
-            h = block(h, block_skips, temb, context, frames, size, freeu=self.freeu)
+            freeu = None if self.freeu_plan is None else self.freeu_plan[i]  # per resnet: Stage | None
+            h = block(h, block_skips, temb, context, frames, size, freeu=freeu)
         h = self.conv_out(F.silu(self.conv_norm_out(h)))
         return rearrange(h, "(b f) c h w -> b c f h w", f=frames)
 

@@ -184,6 +184,23 @@ def test_freeu_official_mapping_matches_reference(pair, version):
     assert (expected - ours(x, t, ctx)).abs().max() > 1e-3
 
 
+def test_full_size_plans_are_the_notes_table():
+    """ms-1.7b geometry: which decoder resnets get stage 1 / 2 under each mapping (../notes/video.md's table)."""
+    with torch.device("meta"):
+        model = VideoUNet(MS_1_7B)
+    assert model.decoder_widths() == [[1280] * 3, [1280] * 3, [1280, 640, 640], [640, 320, 320]]
+
+    def stages(freeu):
+        model.enable_freeu(freeu)
+        return [[None if st is None else (st.b, st.s) for st in block] for block in model.freeu_plan]
+    one, two = (1.2, 0.9), (1.4, 0.2)
+    assert stages(FreeU.preset("video")) == [[one] * 3, [one] * 3, [one, two, two], [two, None, None]]
+    diffusers = FreeU(b1=1.2, b2=1.4, s1=0.9, s2=0.2, mapping="diffusers")
+    assert stages(diffusers) == [[one] * 3, [two] * 3, [None] * 3, [None] * 3]
+    model.disable_freeu()
+    assert model.freeu is None and model.freeu_plan is None
+
+
 def test_video_preset():
     f = FreeU.preset("video")
     assert (f.b1, f.b2, f.s1, f.s2, f.mapping) == (1.2, 1.4, 0.9, 0.2, "official")
