@@ -9,10 +9,13 @@ from .unet import UNet
 from .vae import SD as VAE_SD
 from .vae import SDXL as VAE_SDXL
 from .vae import VAE, DiagonalGaussian, VAEConfig, load_vae
+from .video import MS_1_7B, VideoUNet, VideoUNetConfig
+from .video_io import export_video
 
 # the text encoders and the pipeline import transformers (seconds): loaded on first use
 _LAZY = {"Pipeline": "pipeline", "PipelineOutput": "pipeline", "TextConditioner": "text", "TextEmbeddings": "text",
-         "load_text_conditioner": "text", "tiny_text_config": "text"}
+         "load_text_conditioner": "text", "tiny_text_config": "text",
+         "VideoPipeline": "video_pipeline", "VideoPipelineOutput": "video_pipeline"}
 
 
 def __getattr__(name):
@@ -28,4 +31,5 @@ __all__ = [
     "Pipeline", "PipelineOutput", "SAMPLERS", "AlphaSteps", "Schedule", "SigmaSteps", "sample_ddim", "sample_euler",
     "sample_euler_ancestral", "TextConditioner", "TextEmbeddings", "load_text_conditioner", "tiny_text_config",
     "VAE_SD", "VAE_SDXL", "VAE", "DiagonalGaussian", "VAEConfig", "load_vae",
+    "VideoUNet", "VideoUNetConfig", "MS_1_7B", "export_video", "VideoPipeline", "VideoPipelineOutput",
 ]
