@@ -82,7 +82,7 @@ class VideoPipeline:
             torch.manual_seed(seed)
             text = TextConditioner.tiny("sd2", seed=seed)
             unet = VideoUNet(VideoUNetConfig(block_out_channels=(32, 64), attention_levels=(True, False),
-                                             head_size=16, context_dim=text.context_dim)).eval()
+                                             layers_per_block=1, head_size=16, context_dim=text.context_dim)).eval()
             vae = VAE(VAEConfig(block_out_channels=(32, 32, 32, 32), layers_per_block=1, sample_size=64)).eval()
         sched = json.loads((CONFIGS / "text-to-video-ms-1.7b" / "scheduler" / "scheduler_config.json").read_text())
         return cls(unet, vae, text, Schedule.from_config(sched), default_size=(64, 64))  # 8 x 8 latents
