@@ -19,13 +19,11 @@ from .images import from_pil, to_pil
 from .io import CheckpointError, looks_like_repo_id
 from .loading import family, load_unet, load_unet_single_file
 from .noise import check_generators, randn
-from .schedulers import Schedule, sample_ddim, sample_euler, sample_euler_ancestral
+from .schedulers import SAMPLERS, Schedule, guided, sample
 from .text import TextConditioner
 from .vae import load_vae
 from .weights import CONFIGS
 
-SAMPLERS = {"euler": ("euler", sample_euler), "euler_a": ("euler_ancestral", sample_euler_ancestral),
-            "ddim": ("ddim", sample_ddim)}
 # a single file carries no scheduler config or default size: the official ones for its family
 FAMILY_DEFAULTS = {"sd1": ("stable-diffusion-v1-5", 512), "sd2": ("stable-diffusion-2-1", 768),
                    "sdxl": ("stable-diffusion-xl-base-1.0", 1024), "sdxl-refiner": ("stable-diffusion-xl-refiner-1.0", 1024)}
@@ -45,7 +43,6 @@ class Pipeline:
         self.vae_scale = vae.config.downscale
         self.default_size = default_size or FAMILY_DEFAULTS[self.family][1]
         self.offload_device = None  # set by enable_model_cpu_offload
-        self.unet_fn = unet
 
     # ---- construction ----------------------------------------------------------------------------------------
     @classmethod
@@ -105,8 +102,10 @@ class Pipeline:
         sched = json.loads((CONFIGS / "stable-diffusion-v1-5" / "scheduler" / "scheduler_config.json").read_text())
         return cls(unet, vae, text, Schedule.from_config(sched), default_size=128)  # 16 x 16 latents
 
-    def compile(self):
-        self.unet_fn = torch.compile(self.unet)
+    def compile(self, **options):
+        """torch.compile the UNet; the same as `pipe.unet = torch.compile(pipe.unet, **options)`, which also works
+        (the pipeline calls whatever `pipe.unet` is at call time)."""
+        self.unet = torch.compile(self.unet, **options)
         return self
 
     def enable_freeu(self, *args, **kwargs):
@@ -143,75 +142,85 @@ class Pipeline:
                  original_size=None, crops_coords_top_left=(0, 0), target_size=None, aesthetic_score=6.0,
                  negative_aesthetic_score=2.5, guidance_rescale=0.0, clip_skip=None, output_type="pil", callback=None,
                  progress=True):
+        """Prompt (and, for img2img / the refiner, an image or latents) -> images; see the module docstring."""
         if sampler not in SAMPLERS:
-            raise ValueError(f"sampler '{sampler}' is not one of {sorted(SAMPLERS)}")
+            raise ValueError(f"sampler '{sampler}' is not one of {tuple(SAMPLERS)}")
         if output_type not in ("pil", "pt", "latent"):
             raise ValueError(f"output_type '{output_type}' is not one of 'pil', 'pt', 'latent'")
-        name, sample = SAMPLERS[sampler]
         xl = self.family in ("sdxl", "sdxl-refiner")
-        if guidance_scale is None:  # diffusers' defaults: 7.5 for SD 1.x / 2.x, 5.0 for SDXL
-            guidance_scale = 5.0 if xl else 7.5
-        if strength is None:  # img2img: 0.8 for SD 1.x / 2.x, 0.3 for SDXL
-            strength = 0.3 if xl else 0.8
+        guidance_scale = (5.0 if xl else 7.5) if guidance_scale is None else guidance_scale  # diffusers' defaults
+        strength = (0.3 if xl else 0.8) if strength is None else strength  # img2img only
         height, width = self._size(height, width, image)
         cfg = guidance_scale > 1.0
+        # 1. text -> context (and SDXL's pooled text + size ids)
+        context, added = self._conditioning(prompt, negative_prompt, prompt_2, negative_prompt_2, num_images_per_prompt,
+                                            clip_skip, cfg, (height, width), original_size, crops_coords_top_left,
+                                            target_size, aesthetic_score, negative_aesthetic_score)
+        # 2. where the run starts: noise, or an image's latents (img2img, refiner)
+        batch = context.shape[0] // (2 if cfg else 1)
+        shape = (batch, self.unet.config.out_channels, height // self.vae_scale, width // self.vae_scale)
+        start = self._start(shape, image, latents, strength, denoising_start, denoising_end, generator)
+        # 3. the denoising loop: the UNet (with classifier-free guidance) inside the sampler
+        model_fn = self.model_fn(context, added, guidance_scale if cfg else None, guidance_rescale)
+        x = self._sample(sampler, model_fn, num_inference_steps, start, eta, generator, callback, progress)
+        # 4. latents -> images
+        return PipelineOutput(images=x if output_type == "latent" else self._decode(x, output_type))
+
+    def model_fn(self, context, added, guidance_scale=None, guidance_rescale=0.0):
+        """The sampler's model_fn(x_in, t) -> raw UNet output, with classifier-free guidance when guidance_scale is
+        given (context and the added conditioning then hold [negative; positive]). `self.unet` is read at each call,
+        so `pipe.unet = torch.compile(pipe.unet, ...)` takes effect."""
+        def unet_fn(x_in, t):
+            return self.unet(x_in.to(self.unet.dtype), t, context, **added).float()
+        return unet_fn if guidance_scale is None else guided(unet_fn, guidance_scale, guidance_rescale)
+
+    def _conditioning(self, prompt, negative_prompt, prompt_2, negative_prompt_2, num_images_per_prompt, clip_skip,
+                      cfg, size, original_size, crops, target_size, aesthetic, neg_aesthetic):
+        """Text encoders -> (context, UNet keyword arguments); with CFG both are [negative; positive]."""
         with self._running(self.text):
-            cond = self.text.encode(prompt, negative_prompt, prompt_2, negative_prompt_2, guidance=cfg,
-                                    num_images_per_prompt=num_images_per_prompt, clip_skip=clip_skip)
-        context, pooled, neg_context, neg_pooled = cond
-        batch = context.shape[0]
-        added = self._added_conditioning(pooled, neg_pooled, height, width, original_size, crops_coords_top_left,
-                                         target_size, aesthetic_score, negative_aesthetic_score, cfg)
+            context, pooled, neg_context, neg_pooled = self.text.encode(
+                prompt, negative_prompt, prompt_2, negative_prompt_2, guidance=cfg,
+                num_images_per_prompt=num_images_per_prompt, clip_skip=clip_skip)
+        added = self._added_conditioning(pooled, neg_pooled, *size, original_size, crops, target_size, aesthetic,
+                                         neg_aesthetic, cfg)
         if cfg:
             context = torch.cat([neg_context, context])
-        dev = self.device
-        context = context.to(dev, self.unet.dtype)
-        shape = (batch, self.unet.config.out_channels, height // self.vae_scale, width // self.vae_scale)
+        return context.to(self.device, self.unet.dtype), added
 
-        img2img = image is not None
-        window = dict(denoising_end=denoising_end)
+    def _start(self, shape, image, latents, strength, denoising_start, denoising_end, generator):
+        """What the sampler starts from: dict(noise=, init_latents=, and the window arguments of Schedule.steps)."""
+        window = {"denoising_end": denoising_end}
         init = None
-        if img2img:
-            init = self._image_latents(image, generator, batch)
-            if denoising_start is not None:
+        if image is not None:
+            init = self._image_latents(image, generator, shape[0])
+            if denoising_start is not None:  # the refiner: continue where the base stopped
                 window["denoising_start"] = denoising_start
-            else:
+            else:  # img2img: noise the image to the strength's step
                 window["strength"] = strength
         elif denoising_start is not None:
             raise ValueError("denoising_start needs image= (the latents from the base model)")
         if latents is not None:
-            noise = latents.to(dev, torch.float32)
-        elif init is not None and "denoising_start" in window:
+            noise = latents.to(self.device, torch.float32)
+        elif denoising_start is not None:
             noise = None  # the refiner continues the base's latents and draws no starting noise
         else:
-            noise = randn(shape, generator, dev)
+            noise = randn(shape, generator, self.device)
+        return dict(noise=noise, init_latents=init, **{k: v for k, v in window.items() if v is not None})
 
-        def model_fn(x, t):
-            x_in = torch.cat([x, x]) if cfg else x
-            out = self.unet_fn(x_in.to(self.unet.dtype), t, context, **added).float()
-            if not cfg:
-                return out
-            uncond, text = out.chunk(2)
-            guided = uncond + guidance_scale * (text - uncond)
-            if guidance_rescale > 0:  # Lin et al. 2023, eq. 15-16: match the std of the text-conditioned output
-                dims = list(range(1, text.ndim))
-                rescaled = guided * (text.std(dim=dims, keepdim=True) / guided.std(dim=dims, keepdim=True))
-                guided = guidance_rescale * rescaled + (1 - guidance_rescale) * guided
-            return guided
-
-        total = len(self.schedule.timesteps(num_inference_steps, name, **{k: v for k, v in window.items()
-                                                                          if v is not None}))
+    def _sample(self, sampler, model_fn, num_steps, start, eta, generator, callback, progress):
+        window = {k: v for k, v in start.items() if k not in ("noise", "init_latents")}
+        total = len(self.schedule.timesteps(num_steps, sampler, **window))
+        options = {"eta": eta} if "eta" in SAMPLERS[sampler].options else {}
         with self._running(self.unet), _progress(total, progress, callback) as step_callback:
-            kw = dict(eta=eta) if name == "ddim" else {}
-            x = sample(model_fn, noise, self.schedule, num_inference_steps, init_latents=init, generator=generator,
-                       callback=step_callback, **{k: v for k, v in window.items() if v is not None}, **kw)
-        if output_type == "latent":
-            return PipelineOutput(images=x)
+            return sample(sampler, model_fn, start["noise"], self.schedule, num_steps, init_latents=start["init_latents"],
+                          generator=generator, callback=step_callback, **window, **options)
+
+    def _decode(self, latents, output_type):
         with self._running(self.vae):
-            decoded = self.vae.decode(x.to(dev) / self.vae.scaling_factor)
+            decoded = self.vae.decode(latents.to(self.device) / self.vae.scaling_factor)
         if output_type == "pt":
-            return PipelineOutput(images=(decoded.float() * 0.5 + 0.5).clamp(0, 1))
-        return PipelineOutput(images=to_pil(decoded))
+            return (decoded.float() * 0.5 + 0.5).clamp(0, 1)
+        return to_pil(decoded)
 
     # ---- pieces ----------------------------------------------------------------------------------------------
     def _size(self, height, width, image):
@@ -284,8 +293,7 @@ def _progress(total, enabled, callback):
     with tqdm(total=total, disable=not enabled, desc="sampling", leave=False) as bar:
         def step(i, t, x):
             bar.update(1)
-            if callback is not None:
-                callback(i, t, x)
+            return None if callback is None else callback(i, t, x)  # a returned tensor replaces the latents
         yield step
 
 
