@@ -311,7 +311,7 @@ def build_parser():
     p.add_argument("--frames", type=int, default=16)
     p.add_argument("--size", default=None, help="WIDTHxHEIGHT, multiples of 8 (default: the model's; zeroscope: 576x320)")
     p.add_argument("--fps", type=float, default=8)
-    p.add_argument("--sampler", default="ddim", choices=["ddim", "euler", "euler_a"])
+    p.add_argument("--sampler", default="ddim", choices=list(SAMPLERS))
     p.add_argument("--steps", type=int, default=50)
     p.add_argument("--cfg", type=float, default=9.0)
     p.add_argument("--seed", type=int, default=0)

@@ -23,8 +23,8 @@ from .images import to_pil
 from .io import CheckpointError, looks_like_repo_id
 from .loading import load_unet
 from .noise import randn
-from .pipeline import SAMPLERS, _fetch_pipeline, _progress
-from .schedulers import Schedule
+from .pipeline import _fetch_pipeline, _progress
+from .schedulers import SAMPLERS, Schedule, guided, sample
 from .text import TextConditioner
 from .vae import load_vae
 from .video import VideoUNet
@@ -110,15 +110,15 @@ class VideoPipeline:
         noise = latents.to(self.device, torch.float32) if latents is not None else randn(shape, generator, self.device)
         if tuple(noise.shape) != shape:
             raise ValueError(f"latents have shape {tuple(noise.shape)}, expected {shape}")
-        x = self._sample(noise, context, guidance_scale, cfg, num_inference_steps, sampler, eta, generator,
-                         callback, progress)
+        model_fn = self.model_fn(context, num_frames, guidance_scale if cfg else None)
+        x = self._sample(sampler, model_fn, noise, num_inference_steps, eta, generator, callback, progress)
         if output_type == "latent":
             return VideoPipelineOutput(frames=x)
         return VideoPipelineOutput(frames=self._postprocess(self.decode(x, decode_chunk_size), output_type))
 
     def _check(self, height, width, num_frames, output_type, sampler, chunk):
         if sampler not in SAMPLERS:
-            raise ValueError(f"sampler '{sampler}' is not one of {sorted(SAMPLERS)}")
+            raise ValueError(f"sampler '{sampler}' is not one of {tuple(SAMPLERS)}")
         if output_type not in OUTPUT_TYPES:
             raise ValueError(f"output_type '{output_type}' is not one of {', '.join(OUTPUT_TYPES)}")
         for name, v in (("num_frames", num_frames), ("decode_chunk_size", chunk)):
@@ -137,26 +137,28 @@ class VideoPipeline:
             context = torch.cat([negative, context])
         return context.to(self.device, self.unet.dtype)
 
-    def _sample(self, noise, context, guidance_scale, cfg, steps, sampler, eta, generator, callback, progress):
-        """Sampler over the folded latents (B*F, C, h, w); the UNet sees them unfolded. -> (B, C, F, h, w)."""
+    def model_fn(self, context, frames, guidance_scale=None):
+        """The sampler's model_fn(x_in, t) on frames folded into the batch, (N*F, C, h, w) -> raw UNet output of the
+        same shape; the UNet sees (N, C, F, h, w). With guidance_scale, N = 2B: [negative; positive]."""
+        def unet_fn(x_in, t):
+            out = self.unet(unfold(x_in, frames).to(self.unet.dtype), t, context).float()
+            return fold(out)
+        return unet_fn if guidance_scale is None else guided(unet_fn, guidance_scale)
+
+    def _sample(self, sampler, model_fn, noise, num_steps, eta, generator, callback, progress):
+        """The sampler steps on (B*F, C, h, w), as diffusers' scheduler does (so its random draws are diffusers');
+        callback(i, t, latents) sees (B, C, F, h, w), and a tensor it returns replaces them. -> (B, C, F, h, w)."""
         frames = noise.shape[2]
-        name, sample = SAMPLERS[sampler]
 
-        def model_fn(x, t):
-            v = rearrange(x, "(b f) c h w -> b c f h w", f=frames)
-            v = torch.cat([v, v]) if cfg else v
-            out = self.unet(v.to(self.unet.dtype), t, context).float()
-            if cfg:
-                uncond, text = out.chunk(2)
-                out = uncond + guidance_scale * (text - uncond)
-            return rearrange(out, "b c f h w -> (b f) c h w")
-
-        folded = rearrange(noise, "b c f h w -> (b f) c h w")
-        total = len(self.schedule.timesteps(steps, name))
-        with _progress(total, progress, callback) as step_callback:
-            kw = dict(eta=eta) if name == "ddim" else {}
-            x = sample(model_fn, folded, self.schedule, steps, generator=generator, callback=step_callback, **kw)
-        return rearrange(x, "(b f) c h w -> b c f h w", f=frames)
+        def unfolded(i, t, x):
+            out = None if callback is None else callback(i, t, unfold(x, frames))
+            return None if out is None else fold(out)
+        total = len(self.schedule.timesteps(num_steps, sampler))
+        options = {"eta": eta} if "eta" in SAMPLERS[sampler].options else {}
+        with _progress(total, progress, unfolded) as step_callback:
+            x = sample(sampler, model_fn, fold(noise), self.schedule, num_steps, generator=generator,
+                       callback=step_callback, **options)
+        return unfold(x, frames)
 
     @torch.no_grad()
     def decode(self, latents, chunk_size=8):
@@ -164,7 +166,7 @@ class VideoPipeline:
         is decoded on its own (no op mixes the batch), so the chunking changes the peak memory, not the result (up
         to the float round-off of batch-size-dependent conv kernels)."""
         frames = latents.shape[2]
-        z = rearrange(latents, "b c f h w -> (b f) c h w").to(self.vae.decoder.conv_in.weight.device)
+        z = fold(latents).to(self.vae.decoder.conv_in.weight.device)
         z = z * (1 / self.vae.scaling_factor)  # diffusers' order of operations
         images = torch.cat([self.vae.decode(part).float() for part in z.split(chunk_size)])
         return rearrange(images, "(b f) c h w -> b f c h w", f=frames)
@@ -177,3 +179,12 @@ class VideoPipeline:
         if output_type == "pt":
             return pt
         return np.ascontiguousarray(pt.cpu().permute(0, 1, 3, 4, 2).numpy())  # "np": (B, F, H, W, 3)
+
+
+def fold(x):
+    """(B, C, F, h, w) -> (B*F, C, h, w), row b * F + f: frames folded into the batch."""
+    return rearrange(x, "b c f h w -> (b f) c h w")
+
+
+def unfold(x, frames):
+    return rearrange(x, "(b f) c h w -> b c f h w", f=frames)

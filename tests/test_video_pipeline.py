@@ -68,7 +68,8 @@ KW = dict(prompt=["a red fox in the snow", "a lighthouse"], negative_prompt=["bl
           num_inference_steps=3, height=16, width=24)
 
 
-@pytest.mark.parametrize("sampler, scheduler", [("ddim", "DDIMScheduler")])
+@pytest.mark.parametrize("sampler, scheduler", [("ddim", "DDIMScheduler"), ("dpmpp_2m", "DPMSolverMultistepScheduler"),
+                                                ("euler_a", "EulerAncestralDiscreteScheduler")])
 def test_matches_diffusers(tiny, sampler, scheduler):
     folder, ours = tiny
     theirs = diffusers_pipe(folder, scheduler)
@@ -76,7 +77,7 @@ def test_matches_diffusers(tiny, sampler, scheduler):
           lambda **o: theirs(**KW, **o, generator=gen()))
 
 
-@pytest.mark.parametrize("sampler, scheduler", [("ddim", "DDIMScheduler")])
+@pytest.mark.parametrize("sampler, scheduler", [("ddim", "DDIMScheduler"), ("dpmpp_2m", "DPMSolverMultistepScheduler")])
 def test_with_freeu_matches_diffusers_enable_freeu(tiny, sampler, scheduler):
     folder, ours = tiny
     theirs = diffusers_pipe(folder, scheduler)
@@ -136,6 +137,19 @@ def test_errors(tiny, kw, message):
     _, ours = tiny
     with pytest.raises(ValueError, match=message):
         ours("x", **kw)
+
+
+def test_callback_sees_and_replaces_unfolded_latents(tiny):
+    _, ours = tiny
+    seen = []
+
+    def callback(i, t, x):
+        seen.append(tuple(x.shape))
+        return torch.zeros_like(x) if i == 1 else None   # the last step's output replaced
+    out = ours("a fox", num_frames=3, num_inference_steps=2, height=16, width=24, generator=gen(),
+               output_type="latent", callback=callback, progress=False).frames
+    assert seen == [(1, 4, 3, 8, 12)] * 2
+    assert out.abs().max() == 0
 
 
 def test_tiny_runs_and_is_seeded():
