@@ -160,16 +160,9 @@ class VideoPipeline:
                        callback=step_callback, **options)
         return unfold(x, frames)
 
-    @torch.no_grad()
     def decode(self, latents, chunk_size=8):
-        """(B, 4, F, h, w) latents -> (B, F, 3, H, W) images in [-1, 1], `chunk_size` frames per VAE call. Each frame
-        is decoded on its own (no op mixes the batch), so the chunking changes the peak memory, not the result (up
-        to the float round-off of batch-size-dependent conv kernels)."""
-        frames = latents.shape[2]
-        z = fold(latents).to(self.vae.decoder.conv_in.weight.device)
-        z = z * (1 / self.vae.scaling_factor)  # diffusers' order of operations
-        images = torch.cat([self.vae.decode(part).float() for part in z.split(chunk_size)])
-        return rearrange(images, "(b f) c h w -> b f c h w", f=frames)
+        """(B, 4, F, h, w) latents -> (B, F, 3, H, W) images in [-1, 1] (decode_frames)."""
+        return decode_frames(self.vae, latents, chunk_size)
 
     @staticmethod
     def _postprocess(video, output_type):
@@ -188,3 +181,15 @@ def fold(x):
 
 def unfold(x, frames):
     return rearrange(x, "(b f) c h w -> b c f h w", f=frames)
+
+
+@torch.no_grad()
+def decode_frames(vae, latents, chunk_size=8):
+    """(B, 4, F, h, w) latents -> (B, F, 3, H, W) float32 images in [-1, 1], `chunk_size` frames per VAE call. Each
+    frame is decoded on its own (no op mixes the batch), so the chunking changes the peak memory, not the result
+    (up to the float round-off of batch-size-dependent conv kernels)."""
+    frames = latents.shape[2]
+    z = fold(latents).to(vae.decoder.conv_in.weight.device)
+    z = z * (1 / vae.scaling_factor)  # diffusers' order of operations
+    images = torch.cat([vae.decode(part).float() for part in z.split(chunk_size)])
+    return rearrange(images, "(b f) c h w -> b f c h w", f=frames)
