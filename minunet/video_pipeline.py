@@ -124,7 +124,8 @@ class VideoPipeline:
         for name, v in (("num_frames", num_frames), ("decode_chunk_size", chunk)):
             if isinstance(v, bool) or not isinstance(v, int) or v < 1:
                 raise ValueError(f"{name} must be an int >= 1, got {v!r}")
-        height, width = height or self.default_size[0], width or self.default_size[1]
+        height = self.default_size[0] if height is None else height
+        width = self.default_size[1] if width is None else width
         for name, v in (("height", height), ("width", width)):
             if v <= 0 or v % self.vae_scale:
                 raise ValueError(f"{name}={v} must be a positive multiple of {self.vae_scale}")

@@ -129,6 +129,7 @@ def test_output_types_and_chunked_decode(tiny):
 @pytest.mark.parametrize("kw, message", [
     (dict(num_frames=0), "num_frames must be an int >= 1"),
     (dict(height=21), "height=21 must be a positive multiple of 2"),
+    (dict(width=0), "width=0 must be a positive multiple of 2"),
     (dict(sampler="plms"), "sampler 'plms' is not one of"),
     (dict(output_type="gif"), "output_type 'gif' is not one of"),
     (dict(decode_chunk_size=0), "decode_chunk_size must be an int >= 1"),
