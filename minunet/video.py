@@ -46,7 +46,7 @@ class VideoUNetConfig:
     head_size: int = 64                                    # every attention: heads = width / head_size
     context_dim: int = 1024                                # OpenCLIP ViT-H text tokens (as SD 2.x)
     norm_num_groups: int = 32
-    norm_eps: float = 1e-5                                 # resnets' GroupNorm (temporal convs: 1e-5, transformers 1e-6)
+    norm_eps: float = 1e-5                                 # resnets' GroupNorm (temporal convs 1e-5, transformers 1e-6)
 
     def __post_init__(self):
         for f in ("block_out_channels", "attention_levels"):

@@ -21,7 +21,8 @@ def export_video(frames, path, fps=8):
     path = Path(path)
     suffix = path.suffix.lower()
     if suffix not in SUFFIXES:
-        raise ValueError(f"export_video: {path}: unsupported file type '{path.suffix}' (supported: {', '.join(SUFFIXES)})")
+        raise ValueError(f"export_video: {path}: unsupported file type '{path.suffix}' "
+                         f"(supported: {', '.join(SUFFIXES)})")
     if isinstance(fps, bool) or not isinstance(fps, (int, float, Fraction)) or not fps > 0:
         raise ValueError(f"export_video: fps must be a positive number, got {fps!r}")
     arrays = as_uint8_frames(frames)

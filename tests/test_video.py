@@ -242,7 +242,8 @@ def test_full_size_original_layout_names():
     assert len(state) == 1480
     for key, shape in [("input_blocks.0.1.proj_in.weight", [512, 320, 1]), ("input_blocks.3.op.weight", None),
                        ("input_blocks.1.0.temopral_conv.conv4.3.weight", [320, 320, 3, 1, 1]),
-                       ("input_blocks.1.2.proj_out.weight", [320, 320, 1]), ("input_blocks.10.0.in_layers.0.weight", None),
+                       ("input_blocks.1.2.proj_out.weight", [320, 320, 1]),
+                       ("input_blocks.10.0.in_layers.0.weight", None),
                        ("middle_block.3.temopral_conv.conv1.0.weight", None), ("middle_block.2.norm.weight", None),
                        ("output_blocks.2.1.conv.weight", None), ("output_blocks.5.3.conv.weight", None),
                        ("output_blocks.11.1.proj_in.weight", [320, 320]), ("out.2.weight", [4, 320, 3, 3])]:
