@@ -132,14 +132,13 @@ def gpu_concat_section(repeat):
 
 @torch.no_grad()
 def step_section(cfg, latent, repeat, device, dtype):
-    from diffusers import UNet2DConditionModel
+    from minunet.parity import diffusers_twin
 
     print(f"\n== one UNet step, SD 1.5 structure, widths {cfg.block_out_channels}, {latent * 8} px ({latent} x "
           f"{latent} latents), batch 2, {device} {str(dtype)[6:]} ==")
     torch.manual_seed(0)
     ours = UNet(cfg).eval()                                        # default init: random weights
-    theirs = UNet2DConditionModel(**cfg.to_diffusers()).eval()
-    theirs.load_state_dict(ours.state_dict())
+    theirs = diffusers_twin(None, ours)
     if (device, dtype) != ("cpu", torch.float32):
         ours, theirs = ours.to(device, dtype), theirs.to(device, dtype)
     x = torch.randn(2, 4, latent, latent, device=device, dtype=dtype)

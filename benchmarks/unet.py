@@ -40,7 +40,7 @@ def forward_case(label, cfg, hw, device, dtype, repeat, init=True):
     ours = UNet(cfg).eval()
     if init:
         randomize_(ours)
-    ref = diffusers_unet(cfg, ours.state_dict())
+    ref = diffusers_unet(ours)
     ours, ref = ours.to(device, dtype), ref.to(device, dtype)
     x = torch.randn(2, cfg.in_channels, *hw, device=device, dtype=dtype)
     t = torch.tensor([999.0, 500.0], device=device)

@@ -1,5 +1,5 @@
 """minunet: a minimal, readable Stable Diffusion UNet (SD 1.x, 2.x, SDXL) that matches diffusers."""
-from .config import PRESETS, SD15, SD21, SDXL, SDXL_REFINER, UNetConfig
+from .config import FAMILIES, PRESETS, SD15, SD21, SDXL, SDXL_REFINER, UNetConfig, family
 from .freeu import FreeU, fourier_filter, list_presets
 from .images import from_pil, to_pil
 from .io import CheckpointError
@@ -27,10 +27,11 @@ def __getattr__(name):
 
 
 __all__ = [
-    "PRESETS", "SD15", "SD21", "SDXL", "SDXL_REFINER", "UNetConfig", "UNet", "load_unet", "config_from_shapes",
+    "FAMILIES", "family", "PRESETS", "SD15", "SD21", "SDXL", "SDXL_REFINER", "UNetConfig", "UNet", "load_unet", "config_from_shapes",
     "original_state_dict", "CheckpointError", "FreeU", "fourier_filter", "list_presets", "from_pil", "to_pil",
     "Pipeline", "PipelineOutput", "SAMPLERS", "AlphaSteps", "Schedule", "SigmaSteps", "sample_ddim", "sample_euler",
-    "sample_euler_ancestral", "sample_dpmpp_2m", "TextConditioner", "TextEmbeddings", "load_text_conditioner", "tiny_text_config",
+    "sample_euler_ancestral", "sample_dpmpp_2m", "TextConditioner", "TextEmbeddings", "load_text_conditioner",
+    "tiny_text_config",
     "VAE_SD", "VAE_SDXL", "VAE", "DiagonalGaussian", "VAEConfig", "load_vae",
     "VideoUNet", "VideoUNetConfig", "MS_1_7B", "export_video", "VideoPipeline", "VideoPipelineOutput",
 ]

@@ -261,7 +261,7 @@ def cmd_parity(args):
 
     if importlib.util.find_spec("diffusers") is None:
         raise UsageError("parity needs diffusers: pip install 'minunet[test]'")
-    from .parity import compare_blocks, diffusers_twin, random_inputs
+    from .parity import compare_blocks, diffusers_twin, format_rows, random_inputs
     if args.model == "tiny":
         from .pipeline import Pipeline
         unet, source = Pipeline.tiny().unet, None
@@ -274,12 +274,7 @@ def cmd_parity(args):
     theirs = diffusers_twin(source, unet)
     h, w = (int(v) // 8 for v in parse_size(args.size)) if args.size else (32, 32)
     x, t, ctx, added = random_inputs(unet.config, (h, w), dtype=unet.dtype)
-    rows = compare_blocks(unet, theirs, x, t, ctx, added)
-    print(f"{'block':<16} {'max |minunet - diffusers|':>26} {'max |diffusers|':>16}")
-    for name, diff, ref in rows:
-        print(f"{name:<16} {diff:26.3e} {ref:16.3e}")
-    worst = max(d / max(r, 1e-12) for _, d, r in rows)
-    print(f"largest difference relative to the block's output scale: {worst:.2e}")
+    print(format_rows(compare_blocks(unet, theirs, x, t, ctx, added)))
 
 
 def add_video_parser(sub):

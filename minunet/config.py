@@ -39,9 +39,6 @@ class UNetConfig:
     def time_embed_dim(self):
         return 4 * self.block_out_channels[0]
 
-    def head_sizes(self):
-        return tuple(c // h for c, h in zip(self.block_out_channels, self.num_heads))
-
     def to_diffusers(self):
         """The equivalent diffusers UNet2DConditionModel config (used by tests, benchmarks and `parity`)."""
         cfg = dict(
@@ -143,3 +140,26 @@ SDXL_REFINER = UNetConfig(
     transformer_depth=(4, 4, 4, 4), transformer_depth_mid=4, num_heads=(6, 12, 24, 24), context_dim=1280,
     use_linear_projection=True, adm_in_channels=2560)
 PRESETS = {"sd15": SD15, "sd21": SD21, "sdxl": SDXL, "sdxl-refiner": SDXL_REFINER}
+# the structures (any widths), named as everywhere in minunet; each preset is one official model of a family
+FAMILIES = ("sd1", "sd2", "sdxl", "sdxl-refiner")
+
+
+def family(cfg):
+    """One of FAMILIES from the structure alone (any widths): what text encoders, defaults and key layout go with it."""
+    if cfg.adm_in_channels is None:
+        return "sd2" if cfg.use_linear_projection else "sd1"
+    return "sdxl-refiner" if len(cfg.block_out_channels) == 4 else "sdxl"
+
+
+def preset_name(cfg):
+    """The official model this config is (ignoring upcast and the inpainting input), or None."""
+    for name, preset in PRESETS.items():
+        same = cfg.__class__(**{**cfg.asdict(), "in_channels": 4, "upcast_attention": preset.upcast_attention})
+        if same == preset:
+            return name + ("-inpainting" if cfg.in_channels == 9 else "")
+    return None
+
+
+def describe(cfg):
+    name = preset_name(cfg)
+    return f"{name} UNet" if name else f"{family(cfg)}-family UNet with widths {list(cfg.block_out_channels)}"

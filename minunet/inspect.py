@@ -45,8 +45,6 @@ def sha256(path, progress=True):
 
 def inspect_file(path, check_hash=True):
     """A report (dict) on a .safetensors file in the original or diffusers layout."""
-    from .loading import config_from_shapes, describe, unet_key_map
-
     path = Path(path)
     header, _, size = read_header(path)
     report = {"file": str(path), "bytes": size, "tensors": len(header), "components": {}}
@@ -58,50 +56,59 @@ def inspect_file(path, check_hash=True):
         dtypes = dict(Counter(e["dtype"] for e in entries.values()))
         report["components"][name] = {"tensors": len(entries), "parameters": params, "dtypes": dtypes}
     if "unet" in groups:
-        unet = report["components"]["unet"]
-        shapes = {k[len(PREFIX):]: e["shape"] for k, e in groups["unet"].items()}
-        try:
-            import torch
-
-            from .unet import UNet
-            cfg = config_from_shapes(shapes, path)
-            with torch.device("meta"):
-                model = UNet(cfg)
-            mapping = unet_key_map(list(model.state_dict()), cfg)
-            unet["structure"] = describe(cfg)
-            unet["config"] = cfg.asdict()
-            unet["key_coverage"] = {"mapped": len(set(shapes) & set(mapping)), "model": len(mapping),
-                                    "unknown": sorted(set(shapes) - set(mapping))[:10],
-                                    "missing": sorted(set(mapping) - set(shapes))[:10]}
-        except CheckpointError as e:
-            unet["structure"] = f"not loadable: {e}"
+        report["components"]["unet"].update(_unet_structure(groups["unet"], path))
     if "vae" in groups:
-        import torch
-
-        from .vae import vae_from_state_dict
-        meta = {k: torch.empty(e["shape"], device="meta") for k, e in header.items() if component(k) in ("vae", "text")}
-        try:
-            vae = vae_from_state_dict(meta, source=path, device="meta")
-            c = vae.config
-            report["components"]["vae"]["structure"] = (f"AutoencoderKL widths {list(c.block_out_channels)}, "
-                                                        f"{c.latent_channels} latent channels, scaling {c.scaling_factor}")
-        except CheckpointError as e:
-            report["components"]["vae"]["structure"] = f"not loadable: {e}"
+        report["components"]["vae"]["structure"] = _vae_structure(header, path)
     if "text" in groups:
         from .keymaps.text import detect_family
-        try:
-            report["components"]["text"]["structure"] = f"{detect_family(list(groups['text']))} text encoders"
-        except (CheckpointError, ValueError) as e:
-            report["components"]["text"]["structure"] = f"not recognised: {e}"
+        found = detect_family(list(groups["text"]))
+        report["components"]["text"]["structure"] = f"{found} text encoders" if found else "not recognised"
+    report.update(_official(path, size, check_hash))
+    return report
+
+
+def _unet_structure(entries, path):
+    """structure, config and key coverage of the UNet tensors (original layout)."""
+    import torch
+
+    from .loading import config_from_shapes, describe, unet_key_map
+    from .unet import UNet
+    shapes = {k[len(PREFIX):]: e["shape"] for k, e in entries.items()}
+    try:
+        cfg = config_from_shapes(shapes, path)
+    except CheckpointError as e:
+        return {"structure": f"not loadable: {e}"}
+    with torch.device("meta"):
+        model = UNet(cfg)
+    mapping = unet_key_map(list(model.state_dict()), cfg)
+    return {"structure": describe(cfg), "config": cfg.asdict(),
+            "key_coverage": {"mapped": len(set(shapes) & set(mapping)), "model": len(mapping),
+                             "unknown": sorted(set(shapes) - set(mapping))[:10],
+                             "missing": sorted(set(mapping) - set(shapes))[:10]}}
+
+
+def _vae_structure(header, path):
+    import torch
+
+    from .vae import vae_from_state_dict
+    meta = {k: torch.empty(e["shape"], device="meta") for k, e in header.items() if component(k) in ("vae", "text")}
+    try:
+        c = vae_from_state_dict(meta, source=path, device="meta").config
+    except CheckpointError as e:
+        return f"not loadable: {e}"
+    return (f"AutoencoderKL widths {list(c.block_out_channels)}, {c.latent_channels} latent channels, "
+            f"scaling {c.scaling_factor}")
+
+
+def _official(path, size, check_hash):
+    """Whether the file is an official one: by size, then (check_hash) by SHA-256."""
     known = official_files().get(size, [])
-    report["official"] = None
     if known and check_hash:
         digest = sha256(path)
-        report["sha256"] = digest
-        report["official"] = next((p for p, s in known if s == digest), None)
-    elif known:
-        report["official"] = "size matches " + ", ".join(p for p, _ in known) + " (hash not checked)"
-    return report
+        return {"sha256": digest, "official": next((p for p, s in known if s == digest), None)}
+    if known:
+        return {"official": "size matches " + ", ".join(p for p, _ in known) + " (hash not checked)"}
+    return {"official": None}
 
 
 def _numel(shape):

@@ -9,20 +9,12 @@ from pathlib import Path
 
 import torch
 
-from .config import PRESETS, UNetConfig
+from .config import UNetConfig, describe, family, preset_name  # noqa: F401 (family, preset_name: re-exported)
 from .io import (CheckpointError, hub_download, load_folder_weights, load_into, load_safetensors, looks_like_repo_id,
                  read_header, refuse_pickle)
 from . import video
 from .keymaps.unet import PREFIX, unet_key_map
 from .unet import UNet
-
-# entries of a whole original checkpoint that are not the UNet and are skipped without complaint
-OTHER_COMPONENTS = ("first_stage_model.", "cond_stage_model.", "conditioner.", "model_ema.")
-SCHEDULE_BUFFERS = {"betas", "alphas_cumprod", "alphas_cumprod_prev", "sqrt_alphas_cumprod",
-                    "sqrt_one_minus_alphas_cumprod", "log_one_minus_alphas_cumprod", "sqrt_recip_alphas_cumprod",
-                    "sqrt_recipm1_alphas_cumprod", "posterior_variance", "posterior_log_variance_clipped",
-                    "posterior_mean_coef1", "posterior_mean_coef2", "logvar"}
-
 
 def load_unet(source, *, dtype=None, device=None, variant=None, config=None) -> UNet:
     """Load a UNet from a diffusers folder (model folder or its unet/), an original .safetensors file,
@@ -127,27 +119,6 @@ def config_from_shapes(shapes, source="state dict"):
         upcast_attention=linear and adm is None,  # SD 2.x: as the 768-v model; harmless in fp32, safer in fp16
         adm_in_channels=adm[1] if adm is not None else None,
         norm_num_groups=32)
-
-
-def family(cfg):
-    """'sd1', 'sd2', 'sdxl' or 'sdxl-refiner' from the structure alone (any widths)."""
-    if cfg.adm_in_channels is None:
-        return "sd2" if cfg.use_linear_projection else "sd1"
-    return "sdxl-refiner" if len(cfg.block_out_channels) == 4 else "sdxl"
-
-
-def preset_name(cfg):
-    """The official model this config is (ignoring upcast and the inpainting input), or None."""
-    for name, preset in PRESETS.items():
-        same = cfg.__class__(**{**cfg.asdict(), "in_channels": 4, "upcast_attention": preset.upcast_attention})
-        if same == preset:
-            return name + ("-inpainting" if cfg.in_channels == 9 else "")
-    return None
-
-
-def describe(cfg):
-    name = preset_name(cfg)
-    return f"{name} UNet" if name else f"{family(cfg)}-family UNet with widths {list(cfg.block_out_channels)}"
 
 
 def original_state_dict(model: UNet):

@@ -16,8 +16,9 @@ def block_names(cfg):
 
 
 @torch.no_grad()
-def compare_blocks(ours, theirs, x, t, context, added=None):
-    """Run both UNets once with forward hooks on every top-level block -> [(block, max |diff|, max |ref|)]."""
+def capture_blocks(ours, theirs, x, t, context, added=None):
+    """Run both UNets once with forward hooks on every top-level block (removed afterwards) ->
+    [(block, ours' output, diffusers' output)] in forward order, so the first mismatch is where it starts."""
     outputs, handles = {}, []
     for name in block_names(ours.config):
         for side, model in (("ours", ours), ("theirs", theirs)):
@@ -31,11 +32,22 @@ def compare_blocks(ours, theirs, x, t, context, added=None):
     finally:
         for h in handles:
             h.remove()
-    rows = []
-    for name in block_names(ours.config):
-        a, b = outputs["ours", name], outputs["theirs", name]
-        rows.append((name, float((a - b).abs().max()), float(b.abs().max())))
-    return rows
+    return [(name, outputs["ours", name], outputs["theirs", name]) for name in block_names(ours.config)]
+
+
+def compare_blocks(ours, theirs, x, t, context, added=None):
+    """[(block, max |minunet - diffusers|, max |diffusers|)] in forward order."""
+    return [(name, float((a - b).abs().max()), float(b.abs().max()))
+            for name, a, b in capture_blocks(ours, theirs, x, t, context, added)]
+
+
+def format_rows(rows):
+    """The per-block table the `parity` command prints."""
+    lines = [f"{'block':<16} {'max |minunet - diffusers|':>26} {'max |diffusers|':>16}"]
+    lines += [f"{name:<16} {diff:26.3e} {ref:16.3e}" for name, diff, ref in rows]
+    worst = max(d / max(r, 1e-12) for _, d, r in rows)
+    lines.append(f"largest difference relative to the block's output scale: {worst:.2e}")
+    return "\n".join(lines)
 
 
 def diffusers_twin(source, unet):
@@ -58,14 +70,18 @@ def diffusers_twin(source, unet):
     return model
 
 
-def random_inputs(cfg, size=(32, 32), batch=1, seed=0, dtype=torch.float32, device="cpu"):
+def random_inputs(cfg, size=(32, 32), batch=1, seed=0, dtype=torch.float32, device="cpu", *, tokens=77,
+                  timesteps=None):
+    """(x, t, context, added) for a UNet of config cfg: latents (batch, in, *size), timesteps (default 500 each),
+    text tokens, and for SDXL pooled text + size ids (different per sample). added is None without SDXL ids."""
     g = torch.Generator().manual_seed(seed)
     x = torch.randn(batch, cfg.in_channels, *size, generator=g)
-    ctx = torch.randn(batch, 77, cfg.context_dim, generator=g)
+    ctx = torch.randn(batch, tokens, cfg.context_dim, generator=g)
+    t = torch.tensor(timesteps if timesteps is not None else [500.0] * batch, device=device)
     added = None
     if cfg.adm_in_channels is not None:
         n_ids = (cfg.adm_in_channels - 1280) // cfg.addition_time_embed_dim
-        ids = [1024.0, 1024.0, 0.0, 0.0, 1024.0, 1024.0][:n_ids] if n_ids == 6 else [1024.0, 1024.0, 0.0, 0.0, 6.0]
+        ids = [1024.0, 768.0, 0.0, 16.0, 1024.0, 1024.0] if n_ids == 6 else [1024.0, 768.0, 0.0, 16.0, 6.0]
         added = {"text_embeds": torch.randn(batch, 1280, generator=g).to(device, dtype),
-                 "time_ids": torch.tensor([ids] * batch).to(device, dtype)}
-    return x.to(device, dtype), torch.tensor([500.0] * batch, device=device), ctx.to(device, dtype), added
+                 "time_ids": torch.tensor([[v + 512.0 * i for v in ids] for i in range(batch)]).to(device, dtype)}
+    return x.to(device, dtype), t, ctx.to(device, dtype), added

@@ -41,7 +41,6 @@ vocabulary files, else the shipped CLIP BPE files with the encoder's pad token (
 `!` for the OpenCLIP encoders). Models are built on the meta device and the file's tensors assigned strictly.
 """
 import json
-import math
 import re
 import warnings
 from dataclasses import dataclass
@@ -53,7 +52,8 @@ from torch import nn
 from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection, CLIPTokenizer
 
 from .io import CheckpointError, load_folder_weights, load_into, load_safetensors, read_header, refuse_pickle
-from .keymaps.text import EMBEDDERS, TEXT_ROOT, convert, count_layers, detect_family, embedder_rows, \
+from .random_init import randomize_
+from .keymaps.text import TEXT_ROOT, convert, count_layers, detect_family, embedder_rows, \
     original_shape, target_shapes
 from .weights import CONFIGS, TOKENIZER
 
@@ -62,28 +62,38 @@ FAMILIES = ("sd1", "sd2", "sdxl", "sdxl-refiner")
 
 @dataclass(frozen=True)
 class EncoderSpec:
-    subfolder: str    # in a diffusers folder
-    tokenizer: str    # its tokenizer's subfolder
-    projection: bool  # CLIPTextModelWithProjection: gives the pooled `text_embeds`
-    layer: str        # "last": last_hidden_state (after final_layer_norm); "penultimate": hidden_states[-2], no norm
-    reads: str        # which text it encodes: "prompt" or "prompt_2"
-    pad_token: str    # of the official tokenizer config
-    config: str       # the official config shipped in minunet.weights CONFIGS, used for single files
+    """One text encoder of a family: where it is in a diffusers folder and in a single file, and how it is read."""
+    subfolder: str         # in a diffusers folder
+    tokenizer: str         # its tokenizer's subfolder
+    projection: bool       # CLIPTextModelWithProjection: gives the pooled `text_embeds` (keeps `text_projection`)
+    layer: str             # "last": last_hidden_state (after final_layer_norm); "penultimate": hidden_states[-2]
+    reads: str             # which text it encodes: "prompt" or "prompt_2"
+    pad_token: str         # of the official tokenizer config
+    config: str            # the official config shipped in minunet.weights CONFIGS, used for single files
+    prefix: str            # of its keys in an original single file
+    layout: str            # of those keys: "clip" or "open_clip" (keymaps/text.py)
+    drop_last_layer: bool = False  # SD 2.x conditions on the penultimate block: diffusers' encoder has one fewer
 
 
 CLIP_L_PAD, OPEN_CLIP_PAD = "<|endoftext|>", "!"  # OpenAI CLIP pads with its end token, OpenCLIP with "!" (id 0)
+# One row per text encoder, in the order of the diffusers folder (text_encoder, text_encoder_2).
 SPECS = {
     "sd1": (EncoderSpec("text_encoder", "tokenizer", False, "last", "prompt", CLIP_L_PAD,
-                        "stable-diffusion-v1-5/text_encoder"),),
+                        "stable-diffusion-v1-5/text_encoder", "cond_stage_model.transformer.", "clip"),),
+    # SD 2.x: the 24th block and the projection are in the file but unused (OpenCLIP "penultimate" layer);
+    # diffusers drops the same keys (single_file_utils.SD_2_TEXT_ENCODER_KEYS_TO_IGNORE) into a 23-block encoder.
     "sd2": (EncoderSpec("text_encoder", "tokenizer", False, "last", "prompt", OPEN_CLIP_PAD,
-                        "stable-diffusion-2-1/text_encoder"),),
+                        "stable-diffusion-2-1/text_encoder", "cond_stage_model.model.", "open_clip",
+                        drop_last_layer=True),),
     "sdxl": (EncoderSpec("text_encoder", "tokenizer", False, "penultimate", "prompt", CLIP_L_PAD,
-                         "stable-diffusion-xl-base-1.0/text_encoder"),
+                         "stable-diffusion-xl-base-1.0/text_encoder", "conditioner.embedders.0.transformer.", "clip"),
              EncoderSpec("text_encoder_2", "tokenizer_2", True, "penultimate", "prompt_2", OPEN_CLIP_PAD,
-                         "stable-diffusion-xl-base-1.0/text_encoder_2")),
+                         "stable-diffusion-xl-base-1.0/text_encoder_2", "conditioner.embedders.1.model.",
+                         "open_clip")),
     # the refiner's one encoder reads `prompt`: diffusers' img2img pipeline zips [prompt, prompt_2] with its one encoder
     "sdxl-refiner": (EncoderSpec("text_encoder_2", "tokenizer_2", True, "penultimate", "prompt", OPEN_CLIP_PAD,
-                                 "stable-diffusion-xl-refiner-1.0/text_encoder_2"),),
+                                 "stable-diffusion-xl-refiner-1.0/text_encoder_2", "conditioner.embedders.0.model.",
+                                 "open_clip"),),
 }
 # `force_zeros_for_empty_prompt` of the official model_index.json files (single files have none)
 FORCE_ZEROS = {"sd1": False, "sd2": False, "sdxl": True, "sdxl-refiner": False}
@@ -155,13 +165,13 @@ class TextConditioner(nn.Module):
                                   "'cond_stage_model.transformer.', 'cond_stage_model.model.' or "
                                   f"'conditioner.embedders.N.'; found {tops[:12]}). A diffusers text_encoder file "
                                   "goes with its config.json in a pipeline folder: use from_pretrained.")
-        if configs is not None and len(configs) != len(EMBEDDERS[family]):
-            raise ValueError(f"{path}: {family} has {len(EMBEDDERS[family])} text encoders, "
+        if configs is not None and len(configs) != len(SPECS[family]):
+            raise ValueError(f"{path}: {family} has {len(SPECS[family])} text encoders, "
                              f"got {len(configs)} configs")
         shapes = {k: e["shape"] for k, e in header.items()}
-        plans = [plan_embedder(path, shapes, emb, spec, None if configs is None else configs[i])
-                 for i, (emb, spec) in enumerate(zip(EMBEDDERS[family], SPECS[family]))]
-        claimed = {emb.prefix + k for emb, (rows, ignored, _) in zip(EMBEDDERS[family], plans)
+        plans = [plan_embedder(path, shapes, spec, None if configs is None else configs[i])
+                 for i, spec in enumerate(SPECS[family])]
+        claimed = {emb.prefix + k for emb, (rows, ignored, _) in zip(SPECS[family], plans)
                    for k in [r.original for r in rows] + ignored}
         unknown = sorted(k for k in header if k.startswith(TEXT_ROOT[family]) and k not in claimed)
         if unknown:
@@ -169,9 +179,9 @@ class TextConditioner(nn.Module):
                                   "text conditioner: " + ", ".join(unknown[:15])
                                   + (" ..." if len(unknown) > 15 else ""))
         tensors = load_safetensors(path, keys={emb.prefix + r.original for emb, (rows, _, _) in
-                                               zip(EMBEDDERS[family], plans) for r in rows})
+                                               zip(SPECS[family], plans) for r in rows})
         encoders = []
-        for emb, (rows, _, model) in zip(EMBEDDERS[family], plans):
+        for emb, (rows, _, model) in zip(SPECS[family], plans):
             state = {t: v for r in rows for t, v in zip(r.targets, convert(r, tensors[emb.prefix + r.original]))}
             encoders.append(assign(model, state, path, dtype, device))
         tokenizers = [load_tokenizer(None, s.pad_token) for s in SPECS[family]]
@@ -187,7 +197,7 @@ class TextConditioner(nn.Module):
         for i, (spec, width) in enumerate(zip(SPECS[family], widths)):
             model = (CLIPTextModelWithProjection if spec.projection else CLIPTextModel)(
                 tiny_text_config(family, i, width=width, layers=layers))
-            encoders.append(randomize_(model, g).to(device=device, dtype=dtype).eval())
+            encoders.append(randomize_(model, generator=g).to(device=device, dtype=dtype).eval())
         return cls(family, encoders, [load_tokenizer(None, s.pad_token) for s in SPECS[family]])
 
     # ---- encoding
@@ -380,23 +390,23 @@ def assign(model, state, source, dtype=None, device=None):
     return model.eval()
 
 
-def plan_embedder(path, shapes, embedder, spec, config=None):
+def plan_embedder(path, shapes, spec, config=None):
     """(rows, ignored keys, meta model) for one encoder of a single file, after checking that every key the
     map needs is there with the shape the model needs (errors name the file's key)."""
-    p = embedder.prefix
+    p = spec.prefix
     sub = {k[len(p):]: s for k, s in shapes.items() if k.startswith(p)}
-    n_file = count_layers(sub, embedder.layout)
+    n_file = count_layers(sub, spec.layout)
     if n_file == 0:
         raise CheckpointError(f"{path}: no transformer blocks under '{p}'")
     with_text_model = any(k.startswith("text_model.") for k in sub)
-    rows, ignored = embedder_rows(embedder, n_file, text_model_prefix=with_text_model)
+    rows, ignored = embedder_rows(spec, n_file, text_model_prefix=with_text_model)
     missing = [p + r.original for r in rows if r.original not in sub]
     if missing:
         raise CheckpointError(f"{path}: {len(missing)} missing text-encoder keys: " + ", ".join(missing[:15])
                               + (" ..." if len(missing) > 15 else ""))
     found = {t: s for r in rows for t, s in zip(r.targets, target_shapes(r, sub[r.original]))}
     config = config or text_config_from_shapes(found, spec_config(spec), path)
-    model = build(config, embedder.projection)
+    model = build(config, spec.projection)
     expected = {k: list(v.shape) for k, v in file_names(model).items()}
     for r in rows:
         want = original_shape(r, expected) if r.targets[0] in expected else None
@@ -434,17 +444,3 @@ def load_encoder_folder(sub, projection, *, dtype=None, device=None, variant=Non
     state = {file_name(k): v for k, v in state.items() if file_name(k) not in FOLDER_IGNORED}
     config = CLIPTextConfig.from_json_file(str(sub / "config.json"))
     return assign(build(config, projection), state, file, dtype, device)
-
-
-@torch.no_grad()
-def randomize_(module, generator):
-    """Every parameter random so each one changes the output: matrices ~ N(0, 1/fan_in), norm scales
-    ~ 1 + N(0, 0.2^2), biases ~ N(0, 0.2^2)."""
-    for name, p in sorted(module.named_parameters()):
-        if p.ndim >= 2:
-            p.copy_(torch.randn(p.shape, generator=generator) / math.sqrt(p.shape[-1]))
-        elif name.endswith("weight"):
-            p.copy_(1 + 0.2 * torch.randn(p.shape, generator=generator))
-        else:
-            p.copy_(0.2 * torch.randn(p.shape, generator=generator))
-    return module

@@ -24,6 +24,7 @@ from .io import CheckpointError, looks_like_repo_id
 from .loading import load_unet
 from .noise import randn
 from .pipeline import _fetch_pipeline, _progress
+from .random_init import randomize_
 from .schedulers import SAMPLERS, Schedule, guided, sample
 from .text import TextConditioner
 from .vae import load_vae
@@ -83,6 +84,7 @@ class VideoPipeline:
             text = TextConditioner.tiny("sd2", seed=seed)
             unet = VideoUNet(VideoUNetConfig(block_out_channels=(32, 64), attention_levels=(True, False),
                                              layers_per_block=1, head_size=16, context_dim=text.context_dim)).eval()
+            randomize_(unet, seed)  # no zero-initialised temporal conv: every temporal layer acts
             vae = VAE(VAEConfig(block_out_channels=(32, 32, 32, 32), layers_per_block=1, sample_size=64)).eval()
         sched = json.loads((CONFIGS / "text-to-video-ms-1.7b" / "scheduler" / "scheduler_config.json").read_text())
         return cls(unet, vae, text, Schedule.from_config(sched), default_size=(64, 64))  # 8 x 8 latents

@@ -1,64 +1,60 @@
-"""Shared test helpers: tiny configs of every real UNet structure, random weights where every parameter matters."""
-import math
+"""Shared test helpers: tiny configs of every real UNet structure, random weights where every parameter matters
+(minunet.random_init), the manifest reader, UNet inputs and the diffusers twin."""
+import json
 
 import torch
 
 from minunet import UNetConfig
+from minunet.random_init import randomize_  # noqa: F401 (the one random init, re-exported for the tests)
+from minunet.weights import MANIFESTS
 
 # Small widths of the official structures (same block types, depths pattern, projection kind, context widths).
 TINY = {
     "sd15": UNetConfig(block_out_channels=(32, 64, 64, 64), num_heads=(8, 8, 8, 8), context_dim=768),
-    "sd15_inpaint": UNetConfig(in_channels=9, block_out_channels=(32, 64, 64, 64), num_heads=(8, 8, 8, 8)),
+    "sd15-inpainting": UNetConfig(in_channels=9, block_out_channels=(32, 64, 64, 64), num_heads=(8, 8, 8, 8)),
     # linear-projection families keep the official head size 64, so single files read back the same heads
     "sd21": UNetConfig(block_out_channels=(64, 128, 128, 128), num_heads=(1, 2, 2, 2), context_dim=1024,
                        use_linear_projection=True, upcast_attention=True),
     "sdxl": UNetConfig(block_out_channels=(64, 128, 128), attention_levels=(False, True, True),
                        transformer_depth=(0, 2, 3), transformer_depth_mid=3, num_heads=(1, 2, 2), context_dim=2048,
                        use_linear_projection=True, adm_in_channels=1280 + 6 * 256),
-    "sdxl_refiner": UNetConfig(block_out_channels=(64, 128, 128, 128), attention_levels=(False, True, True, False),
+    "sdxl-refiner": UNetConfig(block_out_channels=(64, 128, 128, 128), attention_levels=(False, True, True, False),
                                transformer_depth=(0, 2, 2, 0), transformer_depth_mid=2, num_heads=(1, 2, 2, 2),
                                context_dim=1280, use_linear_projection=True, adm_in_channels=1280 + 5 * 256),
 }
 
 
-@torch.no_grad()
-def randomize_(module, seed=0):
-    """Re-draw every parameter so that each one changes the output: matrices ~ N(0, 1/fan_in),
-    norm scales ~ 1 + N(0, 0.2^2), biases ~ N(0, 0.2^2) (no zero init anywhere)."""
-    g = torch.Generator().manual_seed(seed)
-    for name, p in sorted(module.named_parameters()):
-        if p.ndim >= 2:
-            fan_in = math.prod(p.shape[1:])
-            p.copy_(torch.randn(p.shape, generator=g) / math.sqrt(fan_in))
-        elif name.endswith("weight"):
-            p.copy_(1 + 0.2 * torch.randn(p.shape, generator=g))
-        else:
-            p.copy_(0.2 * torch.randn(p.shape, generator=g))
-    return module
+def read_manifest(name):
+    """weights/manifests/NAME (`key<TAB>[shape]<TAB>dtype` per tensor) -> {key: (shape list, dtype string)}."""
+    rows = [line.split("\t") for line in (MANIFESTS / name).read_text().splitlines() if line.strip()]
+    return {key: (json.loads(shape), dtype) for key, shape, dtype in rows}
+
+
+def manifest_shapes(name):
+    return {key: shape for key, (shape, _) in read_manifest(name).items()}
+
+
+def meta_state_dict(*names):
+    """The tensors of one or more manifests as empty meta tensors of the right shape and dtype."""
+    dtypes = {"F32": torch.float32, "F16": torch.float16, "I64": torch.int64, "I32": torch.int32}
+    return {key: torch.empty(shape, device="meta", dtype=dtypes[dtype])
+            for name in names for key, (shape, dtype) in read_manifest(name).items()}
 
 
 def unet_inputs(cfg, batch=2, h=12, w=20, tokens=77, seed=1):
-    """Batch 2, different timesteps, a non-square latent whose sizes halve to odd numbers."""
-    g = torch.Generator().manual_seed(seed)
-    x = torch.randn(batch, cfg.in_channels, h, w, generator=g)
-    t = torch.tensor([999.0, 17.0])[:batch]
-    ctx = torch.randn(batch, tokens, cfg.context_dim, generator=g)
-    kw = {}
-    if cfg.adm_in_channels is not None:
-        n_ids = (cfg.adm_in_channels - 1280) // cfg.addition_time_embed_dim
-        kw["text_embeds"] = torch.randn(batch, 1280, generator=g)
-        ids = [1024.0, 768.0, 0.0, 16.0, 1024.0, 1024.0] if n_ids == 6 else [1024.0, 768.0, 0.0, 16.0, 6.0]
-        kw["time_ids"] = torch.tensor([ids, [512.0 + i for i in ids]])[:batch]
-    return x, t, ctx, kw
+    """Batch 2, different timesteps, a non-square latent whose sizes halve to odd numbers (minunet.parity's
+    builder, the `parity` command's): (x, t, context, UNet keyword arguments)."""
+    from minunet.parity import random_inputs
+
+    x, t, ctx, added = random_inputs(cfg, (h, w), batch, seed, tokens=tokens, timesteps=[999.0, 17.0][:batch])
+    return x, t, ctx, added or {}
 
 
-def diffusers_unet(cfg, state_dict=None):
-    from diffusers import UNet2DConditionModel
+def diffusers_unet(ours):
+    """diffusers' UNet2DConditionModel with the config and weights of the minunet model `ours` (strict)."""
+    from minunet.parity import diffusers_twin
 
-    model = UNet2DConditionModel(**cfg.to_diffusers()).eval()
-    if state_dict is not None:
-        model.load_state_dict(state_dict, strict=True)
-    return model
+    return diffusers_twin(None, ours)
 
 
 def diffusers_kwargs(kw):

@@ -199,7 +199,7 @@ def model(request):
 @torch.no_grad()
 def test_diffusers_mapping_matches_diffusers_enable_freeu(model):
     name, ours, (x, t, ctx, kw), plain = model
-    ref = diffusers_unet(ours.config, ours.state_dict())
+    ref = diffusers_unet(ours)
     ref.enable_freeu(**FACTORS)
     expected = ref(x, t, ctx, **diffusers_kwargs(kw)).sample
     ours.enable_freeu(FACTORS["s1"], FACTORS["s2"], FACTORS["b1"], FACTORS["b2"], mapping="diffusers", version=1)

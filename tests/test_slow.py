@@ -17,7 +17,7 @@ def test_full_size_unet_matches_diffusers(name, cfg, tmp_path):
     import safetensors.torch as st
 
     ours = randomize_(UNet(cfg).eval())
-    theirs = diffusers_unet(cfg, ours.state_dict())
+    theirs = diffusers_unet(ours)
     g = torch.Generator().manual_seed(0)
     x = torch.randn(2, 4, 24, 40, generator=g)  # 192 x 320 px, sizes that halve to odd numbers
     t = torch.tensor([999.0, 17.0])

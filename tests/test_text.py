@@ -11,12 +11,13 @@ import torch
 import torch.nn.functional as F
 from transformers import CLIPTextModel, CLIPTokenizer
 
-from helpers import assert_close
+from helpers import assert_close, manifest_shapes, randomize_
+from minunet.config import PRESETS, family
 from minunet.io import CheckpointError, check_state_dict
-from minunet.keymaps.text import EMBEDDERS, convert, detect_family
+from minunet.keymaps.text import convert, detect_family
 from minunet.text import (SPECS, TextConditioner, build, file_names, load_text_conditioner, load_tokenizer,
                           tokenize,
-                          module_names, plan_embedder, randomize_, shipped_config, tiny_text_config)
+                          module_names, plan_embedder, shipped_config, tiny_text_config)
 from minunet.weights import CONFIGS, MANIFESTS, TOKENIZER
 
 OTHER_COMPONENTS = {"model.diffusion_model.input_blocks.0.0.weight": torch.zeros(2, 2),
@@ -90,8 +91,7 @@ def prefixed(prefix, sd):
 
 def random_clip_l(width=64, layers=2, seed=0):
     """A random transformers CLIP ViT-L-structured text model (quick_gelu, CLIP-L token ids)."""
-    return randomize_(CLIPTextModel(tiny_text_config("sd1", width=width, layers=layers, head_size=64)).eval(),
-                      torch.Generator().manual_seed(seed))
+    return randomize_(CLIPTextModel(tiny_text_config("sd1", width=width, layers=layers, head_size=64)).eval(), seed)
 
 
 def diffusers_converted(model, checkpoint, prefix):
@@ -417,10 +417,6 @@ def test_from_pretrained_folder(tmp_path, tiny, family):
 
 
 # ---- manifests of the official files
-def manifest(name):
-    rows = [line.split("\t") for line in (MANIFESTS / name).read_text().splitlines() if line.strip()]
-    return {key: json.loads(shape) for key, shape, _ in rows}
-
 
 # documented skips: position_ids (recomputed), logit_scale (unused), SD 2.x's 24th block and projection
 IGNORED = {
@@ -430,31 +426,31 @@ IGNORED = {
                 "attn.in_proj_weight", "attn.in_proj_bias", "attn.out_proj.weight", "attn.out_proj.bias",
                 "ln_1.weight", "ln_1.bias", "ln_2.weight", "ln_2.bias", "mlp.c_fc.weight", "mlp.c_fc.bias",
                 "mlp.c_proj.weight", "mlp.c_proj.bias"]],
-    "sdxl_base": ["conditioner.embedders.0.transformer.text_model.embeddings.position_ids",
+    "sdxl": ["conditioner.embedders.0.transformer.text_model.embeddings.position_ids",
                   "conditioner.embedders.1.model.logit_scale"],
-    "sdxl_refiner": ["conditioner.embedders.0.model.logit_scale"],
+    "sdxl-refiner": ["conditioner.embedders.0.model.logit_scale"],
 }
-FAMILY = {"sd15": "sd1", "sd21": "sd2", "sdxl_base": "sdxl", "sdxl_refiner": "sdxl-refiner"}
+FAMILY = {name: family(preset) for name, preset in PRESETS.items()}  # sd15 -> sd1, ..., sdxl-refiner -> itself
 
 
 @pytest.mark.parametrize("name", list(FAMILY))
 def test_single_file_manifest_covered_exactly(name):
-    shapes = manifest(f"{name}_text.tsv")
+    shapes = manifest_shapes(f"{name}_text.tsv")
     family = detect_family(shapes)
     assert family == FAMILY[name]
     used, ignored = set(), set()
-    for i, (emb, spec) in enumerate(zip(EMBEDDERS[family], SPECS[family])):
-        rows, skip, model = plan_embedder(name, shapes, emb, spec)
+    for i, spec in enumerate(SPECS[family]):
+        rows, skip, model = plan_embedder(name, shapes, spec)
         official = shipped_config(family, i)
         for field in ["hidden_size", "intermediate_size", "num_hidden_layers", "num_attention_heads", "vocab_size",
                       "max_position_embeddings", "hidden_act"] + (["projection_dim"] if spec.projection else []):
             assert getattr(model.config, field) == getattr(official, field), (name, i, field)
         # map meta tensors of the manifest's shapes and check names and shapes strictly against the model
         state = {t: v for r in rows for t, v in zip(
-            r.targets, convert(r, torch.empty(shapes[emb.prefix + r.original], device="meta")))}
+            r.targets, convert(r, torch.empty(shapes[spec.prefix + r.original], device="meta")))}
         check_state_dict(model, module_names(model, state), name)
-        used |= {emb.prefix + r.original for r in rows}
-        ignored |= {emb.prefix + k for k in skip} & set(shapes)
+        used |= {spec.prefix + r.original for r in rows}
+        ignored |= {spec.prefix + k for k in skip} & set(shapes)
     assert not used & ignored
     assert used | ignored == set(shapes), sorted(set(shapes) - used - ignored)[:5]
     assert sorted(ignored) == sorted(IGNORED[name])
@@ -463,14 +459,14 @@ def test_single_file_manifest_covered_exactly(name):
 @pytest.mark.parametrize("name, config, projection", [
     ("sd15_text_encoder", "stable-diffusion-v1-5/text_encoder", False),
     ("sd21_text_encoder", "stable-diffusion-2-1/text_encoder", False),
-    ("sdxl_base_text_encoder", "stable-diffusion-xl-base-1.0/text_encoder", False),
-    ("sdxl_base_text_encoder_2", "stable-diffusion-xl-base-1.0/text_encoder_2", True),
-    ("sdxl_refiner_text_encoder_2", "stable-diffusion-xl-refiner-1.0/text_encoder_2", True)])
+    ("sdxl_text_encoder", "stable-diffusion-xl-base-1.0/text_encoder", False),
+    ("sdxl_text_encoder_2", "stable-diffusion-xl-base-1.0/text_encoder_2", True),
+    ("sdxl-refiner_text_encoder_2", "stable-diffusion-xl-refiner-1.0/text_encoder_2", True)])
 def test_diffusers_manifest_matches_transformers_model(name, config, projection):
     from transformers import CLIPTextConfig
     model = build(CLIPTextConfig.from_json_file(str(CONFIGS / config / "config.json")), projection)
     ours = {k: list(v.shape) for k, v in file_names(model).items()}
-    theirs = manifest(f"diffusers/{name}.tsv")
+    theirs = manifest_shapes(f"diffusers/{name}.tsv")
     theirs.pop("text_model.embeddings.position_ids", None)  # in the older files; recomputed on load
     assert ours == theirs
 

@@ -8,6 +8,9 @@ import pytest
 import torch
 from safetensors.torch import load_file, save_file
 
+import helpers
+from helpers import meta_state_dict
+
 from minunet.images import from_pil, to_pil
 from minunet.io import CheckpointError
 from minunet.keymaps import vae as keymap
@@ -23,20 +26,8 @@ TINY = {
 ERRORS = {}  # measured max relative errors, printed at the end (pytest -s)
 
 
-@torch.no_grad()
 def randomize_(module, seed):
-    """Every parameter redrawn: matrices ~ N(0, 1/fan_in) (q, k x3 so attention is not uniform), norm scales
-    ~ 1 + N(0, 0.2^2), biases ~ N(0, 0.2^2)."""
-    g = torch.Generator().manual_seed(seed)
-    for name, p in sorted(module.named_parameters()):
-        if p.ndim >= 2:
-            scale = 3.0 if (".to_q." in name or ".to_k." in name) else 1.0
-            p.copy_(scale * torch.randn(p.shape, generator=g) / math.sqrt(math.prod(p.shape[1:])))
-        elif name.endswith("weight"):
-            p.copy_(1 + 0.2 * torch.randn(p.shape, generator=g))
-        else:
-            p.copy_(0.2 * torch.randn(p.shape, generator=g))
-    return module
+    return helpers.randomize_(module, seed, qk_scale=3.0)  # q, k x3: attention far from uniform
 
 
 def close(name, actual, expected, rtol=1e-5):
@@ -191,25 +182,14 @@ def test_diffusers_layout_file_without_config(case):
 
 # -- the official layouts, full size, on the meta device -----------------------------------------------------------
 
-def read_manifest(*names):
-    sd = {}
-    for name in names:
-        for line in (WEIGHTS / "manifests" / name).read_text().splitlines():
-            key, shape, dtype = line.split("\t")
-            sd[key] = torch.empty(json.loads(shape), device="meta",
-                                  dtype={"F32": torch.float32, "F16": torch.float16, "I64": torch.int64,
-                                         "I32": torch.int32}[dtype])
-    return sd
-
-
-@pytest.mark.parametrize("family", ["sd15", "sd21", "sdxl_base", "sdxl_refiner"])
+@pytest.mark.parametrize("family", ["sd15", "sd21", "sdxl", "sdxl-refiner"])
 def test_official_single_file_manifests(family):
     """The whole checkpoint's keys: VAE mapped one-to-one onto the full-size model, everything else skipped."""
     names = [f"{family}_{part}.tsv" for part in ("unet", "vae", "text", "other")
              if (WEIGHTS / "manifests" / f"{family}_{part}.tsv").exists()]
     if family == "sd15":
         names.append("sd15_pruned_with_ema_model_ema.tsv")
-    sd = read_manifest(*names)
+    sd = meta_state_dict(*names)
     vae = vae_from_state_dict(sd, source=family)  # strict: no key unmapped, none left over, shapes equal
     assert vae.config == (SDXL if family.startswith("sdxl") else SD)
     assert len(vae.state_dict()) == sum(k.startswith(keymap.PREFIX) for k in sd) == 248
@@ -217,7 +197,7 @@ def test_official_single_file_manifests(family):
 
 @pytest.mark.parametrize("name", sorted(p.name for p in (WEIGHTS / "manifests/diffusers").glob("*_vae*.tsv")))
 def test_official_diffusers_manifests(name):
-    vae = vae_from_state_dict(read_manifest("diffusers/" + name), source=name)
+    vae = vae_from_state_dict(meta_state_dict("diffusers/" + name), source=name)
     assert vae.config == SD and len(vae.state_dict()) == 248
 
 

@@ -7,10 +7,10 @@ import pytest
 import safetensors.torch as st
 import torch
 
-from helpers import assert_close, randomize_
+from helpers import assert_close, manifest_shapes, randomize_
 from minunet import CheckpointError, FreeU, load_unet
 from minunet.video import MS_1_7B, VideoUNet, VideoUNetConfig, original_state_dict
-from minunet.weights import CONFIGS, MANIFESTS
+from minunet.weights import CONFIGS
 
 # the real ratios (widths 1:2:4:4, attention at the first three levels, 32 groups, 8-head transformer_in)
 TINY = VideoUNetConfig(block_out_channels=(32, 64, 128, 128), head_size=16, context_dim=48)
@@ -223,9 +223,7 @@ def test_config_translator():
 
 
 def test_full_size_model_has_exactly_the_manifest():
-    rows = [line.split("\t") for line in
-            (MANIFESTS / "diffusers" / "text-to-video-ms-1.7b_unet.tsv").read_text().splitlines() if line.strip()]
-    manifest = {k: json.loads(s) for k, s, _ in rows}
+    manifest = manifest_shapes("diffusers/text-to-video-ms-1.7b_unet.tsv")
     assert len(manifest) == 1480
     with torch.device("meta"):
         model = VideoUNet(MS_1_7B)

@@ -24,25 +24,6 @@ TEXT_ROOT = {"sd1": "cond_stage_model.", "sd2": "cond_stage_model.", "sdxl": "co
              "sdxl-refiner": "conditioner."}
 
 
-@dataclass(frozen=True)
-class Embedder:
-    prefix: str             # of the encoder's keys in the single file
-    layout: str             # "clip" or "open_clip"
-    projection: bool        # keep `text_projection` (CLIPTextModelWithProjection)
-    drop_last_layer: bool   # SD 2.x conditions on the penultimate block: diffusers' encoder has one block fewer
-
-
-# One row per text encoder, in the order of the diffusers folder (text_encoder, text_encoder_2).
-EMBEDDERS = {
-    "sd1": (Embedder("cond_stage_model.transformer.", "clip", False, False),),
-    # SD 2.x: the 24th block and the projection are in the file but unused (OpenCLIP "penultimate" layer);
-    # diffusers drops the same keys (single_file_utils.SD_2_TEXT_ENCODER_KEYS_TO_IGNORE) into a 23-block encoder.
-    "sd2": (Embedder("cond_stage_model.model.", "open_clip", False, True),),
-    "sdxl": (Embedder("conditioner.embedders.0.transformer.", "clip", False, False),
-             Embedder("conditioner.embedders.1.model.", "open_clip", True, False)),
-    "sdxl-refiner": (Embedder("conditioner.embedders.0.model.", "open_clip", True, False),),
-}
-
 # transformers names, shared by both layouts (relative to `text_model.` and `text_model.encoder.layers.{i}.`)
 CLIP_TOP = ["embeddings.token_embedding.weight", "embeddings.position_embedding.weight",
             "final_layer_norm.weight", "final_layer_norm.bias"]
@@ -99,6 +80,7 @@ def count_layers(keys, layout):
 
 
 def embedder_rows(embedder, n_file_layers, text_model_prefix=True):
+    # embedder: a minunet.text.EncoderSpec (its layout, projection and drop_last_layer)
     """(rows, ignored original keys) for one encoder whose file holds `n_file_layers` blocks."""
     n = n_file_layers - 1 if embedder.drop_last_layer else n_file_layers
     if embedder.layout == "clip":
