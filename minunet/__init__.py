@@ -7,6 +7,7 @@ from .loading import config_from_shapes, load_unet, original_state_dict
 from .schedulers import (SAMPLERS, AlphaSteps, Schedule, SigmaSteps, sample_ddim, sample_dpmpp_2m, sample_euler,
                          sample_euler_ancestral)
 from .unet import UNet
+from .upscaler import SD_X2_LATENT_UPSCALER, KUNet, KUNetConfig
 from .vae import SD as VAE_SD
 from .vae import SDXL as VAE_SDXL
 from .vae import VAE, DiagonalGaussian, VAEConfig, load_vae
@@ -16,6 +17,7 @@ from .video_io import export_video
 # the text encoders and the pipeline import transformers (seconds): loaded on first use
 _LAZY = {"Pipeline": "pipeline", "PipelineOutput": "pipeline", "TextConditioner": "text", "TextEmbeddings": "text",
          "load_text_conditioner": "text", "tiny_text_config": "text",
+         "UpscalePipeline": "upscale_pipeline", "UpscaleOutput": "upscale_pipeline",
          "VideoPipeline": "video_pipeline", "VideoPipelineOutput": "video_pipeline"}
 
 
@@ -33,5 +35,6 @@ __all__ = [
     "sample_euler_ancestral", "sample_dpmpp_2m", "TextConditioner", "TextEmbeddings", "load_text_conditioner",
     "tiny_text_config",
     "VAE_SD", "VAE_SDXL", "VAE", "DiagonalGaussian", "VAEConfig", "load_vae",
+    "KUNet", "KUNetConfig", "SD_X2_LATENT_UPSCALER", "UpscalePipeline", "UpscaleOutput",
     "VideoUNet", "VideoUNetConfig", "MS_1_7B", "export_video", "VideoPipeline", "VideoPipelineOutput",
 ]

@@ -1,6 +1,7 @@
 """The `minunet` command: generate, video, inspect, parity, download.
 
     minunet generate "a red fox" --model tiny --out fox.png
+    minunet generate "a red fox" --model sd15 --upscale x2 --out fox-1024.png
     minunet video "a panda surfing" --model tiny-video --frames 16 --out panda.mp4
     minunet inspect sd_xl_base_1.0.safetensors
     minunet parity v1-5-pruned-emaonly.safetensors
@@ -141,6 +142,8 @@ def cmd_generate(args):
     pipe = load_pipeline(args.model, dtype=getattr(torch, args.dtype), device=args.device)
     if args.karras:
         pipe.schedule = dataclasses.replace(pipe.schedule, use_karras_sigmas=True)
+    if args.upscale is not None:  # SD latents -> the x2 latent upscaler, no VAE round trip
+        pipe = UpscaledPipeline(pipe, load_upscaler(args.upscale, args, getattr(torch, args.dtype)), args)
     width, height = size or (None, None)
     if args.compare_freeu:
         image = side_by_side(run_pipeline(pipe, args, height, width, None), run_pipeline(pipe, args, height, width, freeu))
@@ -176,6 +179,47 @@ def side_by_side(left, right):
     return image
 
 
+# --upscale names: (Hub repo, revision); the official repo's main branch holds pickles, its safetensors are on refs/pr/5
+UPSCALERS = {"x2": ("stabilityai/sd-x2-latent-upscaler", "refs/pr/5")}
+
+
+def add_upscale_arguments(p):
+    g = p.add_argument_group("x2 latent upscaler (SD latents -> an image twice the size, one command)")
+    g.add_argument("--upscale", default=None, metavar="MODEL",
+                   help="tiny | x2 (stabilityai/sd-x2-latent-upscaler) | a diffusers folder | a Hub repo id")
+    g.add_argument("--upscale-steps", type=int, default=75, help="upscaler steps (diffusers' default 75)")
+    g.add_argument("--upscale-cfg", type=float, default=9.0,
+                   help="upscaler guidance (diffusers' default 9.0; 0 = empty prompt, as the documented examples)")
+    g.add_argument("--upscale-revision", default=None, help="Hub ref of a repo id given to --upscale")
+
+
+def load_upscaler(model, args, dtype):
+    from .upscale_pipeline import UpscalePipeline
+
+    if model == "tiny":
+        print("minunet: --upscale tiny is a small RANDOM-weight upscaler: it makes noise, not pictures.")
+        return UpscalePipeline.tiny()
+    repo, revision = UPSCALERS.get(model, (model, args.upscale_revision))
+    if Path(repo).is_dir() or (repo.count("/") == 1 and not Path(repo).exists()):
+        return UpscalePipeline.from_pretrained(repo, dtype=dtype, device=args.device, revision=revision)
+    raise UsageError(f"--upscale {model}: not a folder, Hub repo id or known name (tiny, {', '.join(UPSCALERS)})")
+
+
+class UpscaledPipeline:
+    """A Pipeline whose latents go on to the upscaler, with the same prompt and generator (the API page's chain);
+    FreeU settings go to the first pipeline."""
+
+    def __init__(self, pipe, upscaler, args):
+        self.pipe, self.upscaler, self.args = pipe, upscaler, args
+        self.enable_freeu, self.disable_freeu = pipe.enable_freeu, pipe.disable_freeu
+
+    def __call__(self, prompt, *, negative_prompt=None, generator=None, **kwargs):
+        latents = self.pipe(prompt, negative_prompt=negative_prompt, generator=generator, output_type="latent",
+                            **kwargs).images
+        return self.upscaler(prompt, image=latents, negative_prompt=negative_prompt, generator=generator,
+                             num_inference_steps=self.args.upscale_steps, guidance_scale=self.args.upscale_cfg)
+
+
 def save_png(image, args, freeu):
     """The PNG with the generation parameters in its `parameters` text chunk."""
     from PIL.PngImagePlugin import PngInfo
@@ -184,6 +228,8 @@ def save_png(image, args, freeu):
               "karras": args.karras, "steps": args.steps, "cfg": args.cfg, "clip_skip": args.clip_skip,
               "seed": args.seed, "size": f"{image.width}x{image.height}",
               "freeu": None if freeu is None else dataclasses.asdict(freeu), "compare_freeu": args.compare_freeu,
+              "upscale": None if args.upscale is None else {"model": args.upscale, "steps": args.upscale_steps,
+                                                            "cfg": args.upscale_cfg},
               "generator": "minunet"}
     meta = PngInfo()
     meta.add_text("parameters", json.dumps(params))
@@ -321,6 +367,7 @@ def build_parser():
     p.add_argument("--dtype", default="float32", choices=["float32", "float16", "bfloat16"])
     p.add_argument("--device", default=None)
     p.add_argument("--out", default="minunet.png")
+    add_upscale_arguments(p)
     p.set_defaults(func=cmd_generate)
     add_video_parser(sub)
     p = sub.add_parser("parity", help="per-block largest difference between minunet and diffusers on your weights")

@@ -15,11 +15,13 @@ from .io import (CheckpointError, hub_download, load_folder_weights, load_into, 
 from . import video
 from .keymaps.unet import PREFIX, unet_key_map
 from .unet import UNet
+from .upscaler import KUNet, KUNetConfig, is_kunet_config
 
 def load_unet(source, *, dtype=None, device=None, variant=None, config=None) -> UNet:
     """Load a UNet from a diffusers folder (model folder or its unet/), an original .safetensors file,
-    or a Hugging Face Hub repo id. `variant="fp16"` picks diffusion_pytorch_model.fp16.safetensors.
-    A video UNet (UNet3DConditionModel config, or a ModelScope-layout file) gives a minunet.video.VideoUNet.
+    or a Hugging Face Hub repo id. `variant="fp16"` picks diffusion_pytorch_model.fp16.safetensors. A diffusers
+    folder of the x2 latent upscaler gives its KUNet (minunet/upscaler.py); a video UNet (UNet3DConditionModel
+    config, or a ModelScope-layout file) gives a minunet.video.VideoUNet.
     `config` (a UNetConfig) overrides what a single file's shapes say (heads and upcast are not in shapes)."""
     source = str(source)
     refuse_pickle(source)
@@ -44,11 +46,14 @@ def _load_diffusers_folder(path, dtype, device, variant):
         raise CheckpointError(f"{path}: no config.json (nor unet/config.json): not a diffusers UNet folder")
     raw = json.loads(config_file.read_text())
     if video.is_video_config(raw):  # UNet3DConditionModel (ModelScope text-to-video, zeroscope)
-        return video.load_video_unet_folder(path, raw, dtype=dtype, device=device, variant=variant)
-    config = UNetConfig.from_diffusers(raw, source=str(config_file))
+        model_class, config = video.VideoUNet, video.VideoUNetConfig.from_diffusers(raw, source=str(config_file))
+    elif is_kunet_config(raw):  # the x2 latent upscaler's K-UNet (minunet/upscaler.py)
+        model_class, config = KUNet, KUNetConfig.from_diffusers(raw, source=str(config_file))
+    else:
+        model_class, config = UNet, UNetConfig.from_diffusers(raw, source=str(config_file))
     state, file = load_folder_weights(path, "diffusion_pytorch_model", variant)
     with torch.device("meta"):
-        model = UNet(config)
+        model = model_class(config)
     return load_into(model, state, file, dtype, device).eval()
 
 

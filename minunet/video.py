@@ -30,7 +30,7 @@ from .blocks.resnet import TimestepEmbedding, timestep_embedding
 from .blocks.unet_blocks import DownBlock, MidBlock, UpBlock
 from .config import UNetConfig
 from .freeu import FreeUMixin, decoder_input
-from .io import CheckpointError, load_folder_weights, load_into, load_safetensors, read_header
+from .io import CheckpointError, load_into, load_safetensors, read_header
 from .keymaps.video import MARKER, OPTIONAL_PREFIX, to_minunet, to_original, video_key_map
 
 IN_HEADS = 8  # transformer_in has 8 heads of head_size whatever the width (diffusers and ModelScope hard-code it)
@@ -283,7 +283,7 @@ class VideoUNet(FreeUMixin, nn.Module):
         return rearrange(h, "(b f) c h w -> b c f h w", f=frames)
 
 
-# ---- loading (load_unet dispatches here for video configs and ModelScope files) ---------------------------------
+# ---- loading (load_unet dispatches here for ModelScope files; diffusers folders load as the image UNet's) ---------------------------------
 
 def is_video_config(raw):
     """A diffusers config.json of a UNet3DConditionModel (by class name, or by its block types)."""
@@ -340,15 +340,6 @@ def load_video_unet_single_file(path, *, dtype=None, device=None, config=None) -
     state = {mapping[k[len(prefix):]]: to_minunet(v, mapping[k[len(prefix):]])
              for k, v in load_safetensors(path, keys=set(keys)).items()}
     return load_into(model, state, path, dtype, device).eval()
-
-
-def load_video_unet_folder(path, raw, *, dtype=None, device=None, variant=None) -> VideoUNet:
-    """A diffusers UNet3DConditionModel folder (its parsed config.json `raw`) -> VideoUNet, loaded strictly."""
-    config = VideoUNetConfig.from_diffusers(raw, source=str(path / "config.json"))
-    state, file = load_folder_weights(path, "diffusion_pytorch_model", variant)
-    with torch.device("meta"):
-        model = VideoUNet(config)
-    return load_into(model, state, file, dtype, device).eval()
 
 
 def original_state_dict(model: VideoUNet, prefix=""):

@@ -117,3 +117,24 @@ def sd_single_file(folder, seed=0):
     path = folder / "tiny-sd1.safetensors"
     st.save_file(state, path)
     return pipe, path
+
+
+UPSCALER_SCHEDULER = CONFIGS / "sd-x2-latent-upscaler" / "scheduler" / "scheduler_config.json"
+
+
+def latent_upscaler_pipeline(folder, seed=0):
+    """A StableDiffusionLatentUpscalePipeline with tiny random parts (the K-UNet's structure at widths 32 / 64, the
+    shared tiny VAE and text encoder of width 32), saved to `folder` and returned. It upscales sd_pipeline's latents."""
+    from diffusers import EulerDiscreteScheduler, StableDiffusionLatentUpscalePipeline, UNet2DConditionModel
+
+    from minunet.upscaler import KUNetConfig
+
+    cfg = KUNetConfig(block_out_channels=(32, 32, 64, 64), layers_per_block=2, head_size=16, context_dim=32,
+                      time_cond_dim=128 + 32)  # timestep_cond: 128 noise-level features ++ pooled text (32)
+    pipe = StableDiffusionLatentUpscalePipeline(
+        vae=diffusers_vae(seed), text_encoder=text_encoder(32, 2, seed=seed + 1),
+        tokenizer=tokenizer(folder / "tok", "sd-x2-latent-upscaler"),
+        unet=randomize_(UNet2DConditionModel(**cfg.to_diffusers()).eval(), seed + 2),
+        scheduler=EulerDiscreteScheduler.from_pretrained(UPSCALER_SCHEDULER.parent))
+    pipe.save_pretrained(folder)
+    return pipe

@@ -106,6 +106,45 @@ def test_no_network_says_how_to_use_a_local_file(monkeypatch, capsys):
     assert "pass its local path" in capsys.readouterr().err
 
 
+def test_generate_then_upscale_tiny(tmp_path, capsys):
+    """--model tiny --upscale tiny: the SD latents go to the x2 upscaler in one command (128 -> 256 px)."""
+    out = tmp_path / "up.png"
+    argv = ["generate", "a red fox", "--model", "tiny", "--steps", "2", "--upscale", "tiny", "--upscale-steps", "2",
+            "--upscale-cfg", "0", "--out", str(out)]
+    assert main(argv) == 0
+    assert "RANDOM-weight upscaler" in capsys.readouterr().out
+    image = Image.open(out)
+    assert image.size == (256, 256)
+    params = json.loads(image.text["parameters"])
+    assert params["upscale"] == {"model": "tiny", "steps": 2, "cfg": 0.0}
+    # the same command without --upscale gives the 128 px image the upscaler started from
+    assert main(argv[:6] + ["--out", str(tmp_path / "plain.png")]) == 0
+    assert Image.open(tmp_path / "plain.png").size == (128, 128)
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["--size", "72x64"], "latents 8x9 (height x width)"),
+    (["--upscale-steps", "0"], "num_inference_steps=0 must be an integer >= 1"),
+])
+def test_upscale_errors(argv, message, capsys):
+    assert main(["generate", "x", "--model", "tiny", "--steps", "1", "--upscale", "tiny", *argv]) == 2
+    assert message in capsys.readouterr().err
+
+
+def test_upscale_unknown_model(capsys):
+    assert main(["generate", "x", "--model", "tiny", "--steps", "1", "--upscale", "nothing-here"]) == 2
+    assert "--upscale nothing-here: not a folder, Hub repo id or known name (tiny, x2)" in capsys.readouterr().err
+
+
+def test_upscale_official_offline_says_how_to_use_a_folder(monkeypatch, capsys):
+    import huggingface_hub.constants
+
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", True)
+    assert main(["generate", "x", "--model", "tiny", "--steps", "1", "--upscale", "x2"]) == 2
+    err = capsys.readouterr().err
+    assert "stabilityai/sd-x2-latent-upscaler: could not fetch" in err and "pass a local diffusers folder" in err
+
+
 def test_video_tiny_writes_a_video(tmp_path, capsys):
     from test_video_io import read_pil
 

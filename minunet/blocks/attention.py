@@ -12,13 +12,14 @@ from torch import nn
 class Attention(nn.Module):
     """Multi-head attention; self-attention when `context` is None. Same maths as diffusers Attention."""
 
-    def __init__(self, dim, heads, context_dim=None, upcast=False):
+    def __init__(self, dim, heads, context_dim=None, upcast=False, bias=False):
         super().__init__()
         self.heads, self.upcast = heads, upcast
         context_dim = dim if context_dim is None else context_dim
-        self.to_q = nn.Linear(dim, dim, bias=False)
-        self.to_k = nn.Linear(context_dim, dim, bias=False)
-        self.to_v = nn.Linear(context_dim, dim, bias=False)
+        # q, k, v without biases in the SD UNets; with biases in the latent upscaler's K-UNet
+        self.to_q = nn.Linear(dim, dim, bias=bias)
+        self.to_k = nn.Linear(context_dim, dim, bias=bias)
+        self.to_v = nn.Linear(context_dim, dim, bias=bias)
         self.to_out = nn.ModuleList([nn.Linear(dim, dim)])  # index 1 is a Dropout in diffusers: no weights
 
     def forward(self, x, context=None):

@@ -94,6 +94,8 @@ class Schedule:
         if kwargs.get("trained_betas") is not None:
             kwargs["trained_betas"] = tuple(float(b) for b in kwargs["trained_betas"])
         kwargs["use_karras_sigmas"] = bool(kwargs.get("use_karras_sigmas"))  # configs may say null
+        if kwargs.get("prediction_type") == "original_sample":  # diffusers' older name of "sample" (x2 upscaler)
+            kwargs["prediction_type"] = "sample"
         return cls(**kwargs)
 
     # ---- training schedule (float32, as diffusers) ----
