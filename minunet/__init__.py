@@ -13,11 +13,14 @@ from .upscaler import SD_X2_LATENT_UPSCALER, KUNet, KUNetConfig
 from .vae import SD as VAE_SD
 from .vae import SDXL as VAE_SDXL
 from .vae import VAE, DiagonalGaussian, VAEConfig, load_vae
+from .video import MS_1_7B, VideoUNet, VideoUNetConfig
+from .video_io import export_video
 
 # the text encoders and the pipeline import transformers (seconds): loaded on first use
 _LAZY = {"Pipeline": "pipeline", "PipelineOutput": "pipeline", "TextConditioner": "text", "TextEmbeddings": "text",
          "load_text_conditioner": "text", "tiny_text_config": "text",
-         "UpscalePipeline": "upscale_pipeline", "UpscaleOutput": "upscale_pipeline"}
+         "UpscalePipeline": "upscale_pipeline", "UpscaleOutput": "upscale_pipeline",
+         "VideoPipeline": "video_pipeline", "VideoPipelineOutput": "video_pipeline"}
 
 
 def __getattr__(name):
@@ -35,4 +38,5 @@ __all__ = [
     "tiny_text_config",
     "VAE_SD", "VAE_SDXL", "VAE", "DiagonalGaussian", "VAEConfig", "load_vae", "Lora", "load_lora", "new_lora",
     "KUNet", "KUNetConfig", "SD_X2_LATENT_UPSCALER", "UpscalePipeline", "UpscaleOutput",
+    "VideoUNet", "VideoUNetConfig", "MS_1_7B", "export_video", "VideoPipeline", "VideoPipelineOutput",
 ]

@@ -11,6 +11,7 @@ import torch
 from .config import UNetConfig, describe, family, preset_name  # noqa: F401 (family, preset_name: re-exported)
 from .io import (CheckpointError, hub_download, load_folder_weights, load_into, load_safetensors, looks_like_repo_id,
                  read_header, read_json, refuse_pickle)
+from . import video
 from .keymaps.unet import PREFIX, unet_key_map
 from .unet import UNet
 from .upscaler import KUNet, KUNetConfig, is_kunet_config
@@ -18,7 +19,8 @@ from .upscaler import KUNet, KUNetConfig, is_kunet_config
 def load_unet(source, *, dtype=None, device=None, variant=None, config=None) -> UNet:
     """Load a UNet from a diffusers folder (model folder or its unet/), an original .safetensors file,
     or a Hugging Face Hub repo id. `variant="fp16"` picks diffusion_pytorch_model.fp16.safetensors. A diffusers
-    folder of the x2 latent upscaler gives its KUNet (minunet/upscaler.py).
+    folder of the x2 latent upscaler gives its KUNet (minunet/upscaler.py); a video UNet (UNet3DConditionModel
+    config, or a ModelScope-layout file) gives a minunet.video.VideoUNet.
     `config` (a UNetConfig) overrides what a single file's shapes say (heads and upcast are not in shapes)."""
     source = str(source)
     refuse_pickle(source)
@@ -42,7 +44,9 @@ def _load_diffusers_folder(path, dtype, device, variant):
     if not config_file.is_file():
         raise CheckpointError(f"{path}: no config.json (nor unet/config.json): not a diffusers UNet folder")
     raw = read_json(config_file, "UNet config")
-    if is_kunet_config(raw):  # the x2 latent upscaler's K-UNet (minunet/upscaler.py)
+    if video.is_video_config(raw):  # UNet3DConditionModel (ModelScope text-to-video, zeroscope)
+        model_class, config = video.VideoUNet, video.VideoUNetConfig.from_diffusers(raw, source=str(config_file))
+    elif is_kunet_config(raw):  # the x2 latent upscaler's K-UNet (minunet/upscaler.py)
         model_class, config = KUNet, KUNetConfig.from_diffusers(raw, source=str(config_file))
     else:
         model_class, config = UNet, UNetConfig.from_diffusers(raw, source=str(config_file))
@@ -55,6 +59,8 @@ def _load_diffusers_folder(path, dtype, device, variant):
 def load_unet_single_file(path, *, dtype=None, device=None, config=None) -> UNet:
     """The UNet of an original checkpoint (`model.diffusion_model.*`); config read from the shapes unless given."""
     header, _, _ = read_header(path)
+    if video.is_video_checkpoint(header):  # ModelScope layout (`temopral_conv` in every ResBlock)
+        return video.load_video_unet_single_file(path, dtype=dtype, device=device, config=config)
     keys = [k for k in header if k.startswith(PREFIX)]
     if not keys:
         prefixes = sorted({k.split(".")[0] for k in header})

@@ -143,3 +143,40 @@ def test_upscale_official_offline_says_how_to_use_a_folder(monkeypatch, capsys):
     assert main(["generate", "x", "--model", "tiny", "--steps", "1", "--upscale", "x2"]) == 1  # a model error
     err = capsys.readouterr().err
     assert "stabilityai/sd-x2-latent-upscaler: could not fetch" in err and "pass a local diffusers folder" in err
+
+
+def test_video_tiny_writes_a_video(tmp_path, capsys):
+    from test_video_io import read_pil
+
+    out = tmp_path / "sub" / "fox.gif"
+    argv = ["video", "a red fox", "--model", "tiny-video", "--frames", "3", "--steps", "2", "--size", "48x32",
+            "--fps", "10", "--out", str(out)]
+    assert main(argv) == 0
+    printed = capsys.readouterr().out
+    assert "RANDOM-weight model: it makes noise, not videos" in printed and "3 frames, 48x32" in printed
+    frames, duration = read_pil(out)
+    assert len(frames) == 3 and frames[0].shape == (32, 48, 3) and duration == 100
+
+
+def test_video_compare_freeu_side_by_side(tmp_path):
+    out = tmp_path / "cmp.webp"
+    argv = ["video", "x", "--model", "tiny-video", "--frames", "2", "--steps", "2", "--size", "32x32",
+            "--freeu", "video", "--compare-freeu", "--out", str(out)]
+    assert main(argv) == 0
+    from test_video_io import read_pil
+    frames, _ = read_pil(out)
+    assert len(frames) == 2 and frames[0].shape == (32, 64, 3)
+    assert (frames[0][:, :32] != frames[0][:, 32:]).any()
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["--frames", "0"], "--frames 0: must be at least 1"),
+    (["--size", "100x64"], "multiples of 8"),
+    (["--model", "sd99"], "--model sd99: not a diffusers text-to-video folder, Hub repo id or known name"),
+    (["--out", "x.avi", "--frames", "1", "--steps", "1", "--size", "16x16"], "unsupported file type '.avi'"),
+    (["--compare-freeu"], "--compare-freeu needs --freeu"),
+    (["--steps", "0"], "num_steps=0 must be an integer from 1"),
+])
+def test_video_errors(argv, message, capsys, tmp_path):
+    assert main(["video", "x", "--model", "tiny-video", "--out", str(tmp_path / "v.gif"), *argv]) == 2
+    assert message in capsys.readouterr().err

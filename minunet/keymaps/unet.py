@@ -40,8 +40,14 @@ def block_prefixes(cfg):
 
 def unet_key_map(model_keys, cfg):
     """{original key without PREFIX: minunet key} covering exactly `model_keys` (a model's state-dict keys)."""
+    return map_by_prefixes(model_keys, block_prefixes(cfg))
+
+
+def map_by_prefixes(model_keys, prefixes):
+    """{original key: minunet key} for `model_keys`, from [(original prefix, minunet prefix, kind)] block prefixes
+    (kind 'resnet' renames the resnet's inner names, others keep them); checked one-to-one."""
     table = {}
-    for orig, ours, kind in block_prefixes(cfg):
+    for orig, ours, kind in prefixes:
         inner = RESNET if kind == "resnet" else [("", "")]  # transformers keep their inner names
         for a, b in inner:
             o, m = f"{orig}.{a}".rstrip("."), f"{ours}.{b}".rstrip(".")
