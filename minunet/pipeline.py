@@ -49,9 +49,11 @@ class Pipeline:
 
     # ---- construction ----------------------------------------------------------------------------------------
     @classmethod
-    def from_pretrained(cls, source, *, dtype=None, device=None, variant=None, compile=False):
+    def from_pretrained(cls, source, *, dtype=None, device=None, variant=None, compile=False, unet=None, vae=None,
+                        text_encoder=None, text_encoder_2=None):
         """A diffusers pipeline folder (model_index.json, unet/, vae/, text_encoder*/, tokenizer*/, scheduler/)
-        or a Hub repo id of one."""
+        or a Hub repo id of one. unet= / vae= / text_encoder= / text_encoder_2=: already loaded modules used
+        as they are (shared, not loaded again), e.g. the base's VAE and bigG for the refiner."""
         folder = Path(source)
         if not folder.is_dir():
             if not looks_like_repo_id(source):
@@ -59,9 +61,10 @@ class Pipeline:
             folder = _fetch_pipeline(str(source), variant)
         if not (folder / "unet").is_dir():
             raise CheckpointError(f"{folder}: not a diffusers pipeline folder (no unet/)")
-        unet = load_unet(folder / "unet", dtype=dtype, device=device, variant=variant)
-        vae = load_vae(folder / "vae", dtype=dtype, device=device)
-        text = TextConditioner.from_pretrained(folder, dtype=dtype, device=device)
+        unet = unet if unet is not None else load_unet(folder / "unet", dtype=dtype, device=device, variant=variant)
+        vae = vae if vae is not None else load_vae(folder / "vae", dtype=dtype, device=device)
+        text = TextConditioner.from_pretrained(folder, dtype=dtype, device=device,
+                                               encoders=_shared_encoders(text_encoder, text_encoder_2))
         sched = json.loads((folder / "scheduler" / "scheduler_config.json").read_text())
         size = json.loads((folder / "unet" / "config.json").read_text()).get("sample_size")
         pipe = cls(unet, vae, text, Schedule.from_config(sched),
@@ -69,12 +72,17 @@ class Pipeline:
         return pipe.compile() if compile else pipe
 
     @classmethod
-    def from_single_file(cls, path, *, dtype=None, device=None, prediction_type=None, compile=False):
+    def from_single_file(cls, path, *, dtype=None, device=None, prediction_type=None, compile=False, unet=None,
+                         vae=None, text_encoder=None, text_encoder_2=None):
         """An original checkpoint holding UNet, VAE and text encoders. SD 2.x files do not say whether they
-        predict epsilon (512 base) or v (768-v): pass prediction_type, else the heuristic below decides."""
-        unet = load_unet_single_file(path, dtype=dtype, device=device)
-        vae = load_vae(path, dtype=dtype, device=device)
-        text = TextConditioner.from_single_file(path, dtype=dtype, device=device)
+        predict epsilon (512 base) or v (768-v): pass prediction_type, else the heuristic below decides.
+        unet= / vae= / text_encoder= / text_encoder_2=: already loaded modules used as they are (shared): the
+        refiner with the base's VAE and bigG is `from_single_file(refiner_file, **base.components("vae",
+        "text_encoder_2"))`; a shared text encoder must have the file's shapes."""
+        unet = unet if unet is not None else load_unet_single_file(path, dtype=dtype, device=device)
+        vae = vae if vae is not None else load_vae(path, dtype=dtype, device=device)
+        text = TextConditioner.from_single_file(path, dtype=dtype, device=device,
+                                                encoders=_shared_encoders(text_encoder, text_encoder_2))
         fam = family(unet.config)
         repo, size = FAMILY_DEFAULTS[fam]
         sched = json.loads((CONFIGS / repo / "scheduler" / "scheduler_config.json").read_text())
@@ -87,9 +95,30 @@ class Pipeline:
         return pipe.compile() if compile else pipe
 
     @classmethod
-    def tiny(cls, family_name="sd1", seed=0):
+    def from_pipe(cls, pipe, **changes):
+        """A pipeline on the same loaded modules (nothing is copied or loaded), with any of unet=, vae=, text=,
+        schedule=, default_size= replaced."""
+        unknown = sorted(set(changes) - {"unet", "vae", "text", "schedule", "default_size"})
+        if unknown:
+            raise TypeError(f"from_pipe: unknown components {unknown}; expected unet, vae, text, schedule, default_size")
+        parts = {**dict(unet=pipe.unet, vae=pipe.vae, text=pipe.text, schedule=pipe.schedule,
+                        default_size=pipe.default_size), **changes}
+        return cls(parts.pop("unet"), parts.pop("vae"), parts.pop("text"), parts.pop("schedule"), **parts)
+
+    def components(self, *names):
+        """{name: module} of this pipeline's unet, vae, text_encoder, text_encoder_2 (all, or those named), to
+        pass to another pipeline's from_single_file / from_pretrained so that it shares them."""
+        found = {"unet": self.unet, "vae": self.vae}
+        found.update({s.subfolder: e for s, e in zip(self.text.specs, self.text.encoders)})
+        missing = [n for n in names if n not in found]
+        if missing:
+            raise ValueError(f"this {self.family} pipeline has no {missing}; it has {sorted(found)}")
+        return {n: found[n] for n in (names or found)}
+
+    @classmethod
+    def tiny(cls, family_name="sd1", seed=0, *, in_channels=4):
         """A small random-initialised pipeline built in memory from a fixed seed: it runs anywhere in seconds and
-        makes noise, not pictures."""
+        makes noise, not pictures. in_channels=9: the inpainting UNet structure."""
         from .config import UNetConfig
         from .vae import VAE, VAEConfig
         from .unet import UNet
@@ -100,7 +129,7 @@ class Pipeline:
             torch.manual_seed(seed)
             text = TextConditioner.tiny("sd1", seed=seed)
             unet = UNet(UNetConfig(block_out_channels=(32, 64), attention_levels=(True, False), transformer_depth=(1, 0),
-                                   num_heads=(2, 2), context_dim=text.context_dim)).eval()
+                                   num_heads=(2, 2), context_dim=text.context_dim, in_channels=in_channels)).eval()
             vae = VAE(VAEConfig(block_out_channels=(32, 32, 32, 32), layers_per_block=1, sample_size=128)).eval()
         sched = json.loads((CONFIGS / "stable-diffusion-v1-5" / "scheduler" / "scheduler_config.json").read_text())
         return cls(unet, vae, text, Schedule.from_config(sched), default_size=128)  # 16 x 16 latents
@@ -265,6 +294,10 @@ class Pipeline:
                 posterior = self.vae.encode(pixels.to(dev, self.vae.dtype))
                 out = (posterior.sample(generator) * self.vae.scaling_factor).float()
         return _repeat_to(out, batch, "image latents" if latents else "image")
+
+
+def _shared_encoders(text_encoder, text_encoder_2):
+    return {k: v for k, v in (("text_encoder", text_encoder), ("text_encoder_2", text_encoder_2)) if v is not None}
 
 
 def _repeat_to(x, batch, name):
