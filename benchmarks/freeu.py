@@ -22,7 +22,8 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from minunet import SD15, SDXL, UNet  # noqa: E402
 from minunet import kernels  # noqa: E402
-from minunet.freeu import FreeU, fourier_filter, freeu_concat  # noqa: E402
+from minunet.blocks.unet_blocks import UpBlock  # noqa: E402
+from minunet.freeu import FreeU, fourier_filter, freeu_concat, fused_freeu_concat  # noqa: E402
 
 FACTORS = dict(s1=0.9, s2=0.2, b1=1.3, b2=1.4)
 HALF_SD15 = dataclasses.replace(SD15, block_out_channels=(160, 320, 640, 640))  # --quick: a quarter of the FLOPs
@@ -61,20 +62,17 @@ def bench(fns, repeat, device="cpu"):
 
 
 def freeu_resnets(cfg, latent, mapping):
-    """(h shape, hs shape, b, s) at every decoder resnet FreeU touches, batch 2."""
-    chans = cfg.block_out_channels[::-1]
-    n, levels = cfg.layers_per_block + 1, len(chans)
+    """(h shape, hs shape, b, s) at every decoder resnet FreeU touches, batch 2: the UNet's own FreeU plan."""
+    levels = len(cfg.block_out_channels)
     freeu = FreeU(**FACTORS, mapping=mapping)
+    widths = [UpBlock.widths(cfg, i) for i in range(levels)]
+    plan = freeu.plan([[backbone for backbone, _ in block] for block in widths], cfg.block_out_channels[0])
     out = []
-    for i, c in enumerate(chans):
+    for i, (block, stages) in enumerate(zip(widths, plan)):
         size = -(-latent // 2 ** (levels - 1 - i))  # ceil: the encoder's sizes
-        for j in range(n):
-            backbone = chans[max(i - 1, 0)] if j == 0 else c
-            skip = chans[min(i + 1, levels - 1)] if j == n - 1 else c
-            stage = freeu.stage(i, backbone, cfg.block_out_channels[0])
+        for (backbone, skip), stage in zip(block, stages):
             if stage is not None:
-                b, s = (freeu.b1, freeu.s1) if stage == 1 else (freeu.b2, freeu.s2)
-                out.append(((2, backbone, size, size), (2, skip, size, size), b, s))
+                out.append(((2, backbone, size, size), (2, skip, size, size), stage.b, stage.s))
     return out
 
 
@@ -122,7 +120,7 @@ def gpu_concat_section(repeat):
                     g[:, :g.shape[1] // 2] *= b
                     return torch.cat([g, diffusers_filter(hs, 1, s)], dim=1)
                 t = bench({"cat": lambda: torch.cat([h, hs], 1),
-                           "kernel": lambda: kernels.freeu_concat(h, hs, b=b, s=s, version=version),
+                           "kernel": lambda: fused_freeu_concat(h, hs, b=b, s=s, version=version),
                            "torch": lambda: freeu_concat(h, hs, b=b, s=s, version=version),
                            "diffusers": diffusers_way}, repeat, "cuda")
                 for k in sums:
@@ -179,7 +177,7 @@ def step_section(cfg, latent, repeat, device, dtype):
             h = torch.randn(h_shape, device=device, dtype=dtype)
             hs = torch.randn(s_shape, device=device, dtype=dtype)
             fused = device == "cuda" and kernels.available()
-            fn = kernels.freeu_concat if fused else freeu_concat
+            fn = fused_freeu_concat if fused else freeu_concat
             r = bench({"cat": lambda: torch.cat([h, hs], 1), "freeu": lambda: fn(h, hs, b=b, s=s, version=version)},
                       max(repeat, 5), device)
             extra += r["freeu"][0] - r["cat"][0]

@@ -10,6 +10,8 @@ normalised to [0, 1] per sample.  Which resnets get (b1, s1) or (b2, s2) is the 
 
 The filter is the FFT mask of the reference written as the real linear map it is (no FFT, no complex numbers):
 fourier_filter below. The fused GPU version of `freeu_concat` is minunet.kernels.freeu_concat.
+A model resolves its FreeU into a per-resnet plan once (FreeU.plan, FreeUMixin); each up block hands its resnets'
+Stage to decoder_input where it concatenates.
 """
 import functools
 import math
@@ -63,17 +65,73 @@ class FreeU:
             return {0: 1, 1: 2}.get(up_block)
         return {4 * model_channels: 1, 2 * model_channels: 2}.get(channels)
 
-    def concat(self, h, hs, up_block, model_channels):
-        """The decoder input `cat([h, hs], 1)` of one up-block resnet, with FreeU applied where its stage says."""
-        stage = self.stage(up_block, h.shape[1], model_channels)
+    def at(self, stage):
+        """The Stage (b, s, version) applied by stage 1 or 2; None for None."""
         if stage is None:
-            return torch.cat([h, hs], dim=1)
-        b, s = (self.b1, self.s1) if stage == 1 else (self.b2, self.s2)
-        # the fused kernel (fp32 maths, no backward) serves CUDA inference; the torch path everything else
-        grad = torch.is_grad_enabled() and (h.requires_grad or hs.requires_grad)
-        if h.is_cuda and h.dtype != torch.float64 and kernels.available() and not grad:
-            return kernels.freeu_concat(h, hs, b=b, s=s, version=self.version)
-        return freeu_concat(h, hs, b=b, s=s, version=self.version)
+            return None
+        return Stage(self.b1, self.s1, self.version) if stage == 1 else Stage(self.b2, self.s2, self.version)
+
+    def plan(self, widths, model_channels):
+        """What each decoder resnet applies: widths[i][j] is the backbone width entering resnet j of up block i;
+        returns the same nesting of Stage | None (the table the README prints)."""
+        return [[self.at(self.stage(i, c, model_channels)) for c in block] for i, block in enumerate(widths)]
+
+
+@dataclass(frozen=True)
+class Stage:
+    """FreeU at one decoder resnet: backbone's first half amplified by b (version 1 or 2), skip's low frequencies
+    scaled by s."""
+    b: float
+    s: float
+    version: int = 1
+
+
+def decoder_input(h, hs, stage):
+    """The input of one decoder resnet: cat([h, hs], 1), with FreeU applied when `stage` is a Stage.
+    (B, C, H, W), (B, C_skip, H, W) -> (B, C + C_skip, H, W)."""
+    if stage is None:
+        return torch.cat([h, hs], dim=1)
+    # the fused kernel (fp32 maths, no backward) serves CUDA inference; the torch path everything else
+    grad = torch.is_grad_enabled() and (h.requires_grad or hs.requires_grad)
+    if h.is_cuda and h.dtype != torch.float64 and kernels.available() and not grad:
+        return fused_freeu_concat(h, hs, b=stage.b, s=stage.s, version=stage.version)
+    return freeu_concat(h, hs, b=stage.b, s=stage.s, version=stage.version)
+
+
+class FreeUMixin:
+    """enable_freeu / disable_freeu and the `freeu` setting for a model whose up blocks read `self.freeu_plan`.
+    Setting `freeu` works the plan out once; a model with its own stage rule overrides `_freeu_plan`. The model's
+    __init__ sets `self.freeu = None`."""
+
+    @property
+    def freeu(self):
+        return self._freeu
+
+    @freeu.setter
+    def freeu(self, value):
+        if value is not None and not isinstance(value, FreeU):
+            raise TypeError(f"freeu must be a FreeU or None, got {type(value).__name__}")
+        self.freeu_plan = None if value is None else self._freeu_plan(value)  # [up block][resnet] -> Stage | None
+        self._freeu = value
+
+    def _freeu_plan(self, freeu):
+        return freeu.plan(self.decoder_widths(), self.config.block_out_channels[0])
+
+    def enable_freeu(self, s1, s2=None, b1=None, b2=None, *, mapping="official", version=1):
+        """Turn FreeU on in the decoder: enable_freeu(s1, s2, b1, b2) as diffusers' (mapping="diffusers",
+        version=1 reproduces it exactly), or enable_freeu(FreeU.preset("sdxl")); `model.freeu = FreeU(...)` is the
+        same. Every factor is applied as given, 0.0 included."""
+        if isinstance(s1, FreeU):
+            if (s2, b1, b2) != (None, None, None):
+                raise TypeError("enable_freeu: pass either a FreeU or the factors s1, s2, b1, b2, not both")
+            self.freeu = s1
+        else:
+            self.freeu = FreeU(s1=s1, s2=s2, b1=b1, b2=b2, mapping=mapping, version=version)
+        return self
+
+    def disable_freeu(self):
+        self.freeu = None
+        return self
 
 
 def freeu_concat(h, hs, *, b, s, version=1):
@@ -82,6 +140,12 @@ def freeu_concat(h, hs, *, b, s, version=1):
     factor = b if version == 1 else 1 + (b - 1) * structure_map(h)   # float, or (B, 1, H, W) in fp32
     scaled = (h[:, :half] * factor).to(h.dtype)                      # fp16 x fp32 map multiplies in fp32
     return torch.cat([scaled, h[:, half:], fourier_filter(hs, 1, s)], dim=1)
+
+
+def fused_freeu_concat(h, hs, *, b, s, version=1):
+    """freeu_concat through the Triton kernel (minunet.kernels); version 2's map from the kernel's channel mean."""
+    weight = normalise_map(kernels.channel_mean(h)) if version == 2 else None
+    return kernels.freeu_concat(h, hs, b=b, s=s, weight=weight)
 
 
 def structure_map(h):

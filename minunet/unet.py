@@ -11,10 +11,10 @@ from torch import nn
 from .blocks.resnet import TimestepEmbedding, timestep_embedding
 from .blocks.unet_blocks import DownBlock, MidBlock, UpBlock
 from .config import UNetConfig
-from .freeu import FreeU
+from .freeu import FreeUMixin
 
 
-class UNet(nn.Module):
+class UNet(FreeUMixin, nn.Module):
     def __init__(self, config: UNetConfig):
         super().__init__()
         self.config = cfg = config
@@ -29,7 +29,7 @@ class UNet(nn.Module):
         self.up_blocks = nn.ModuleList([UpBlock(cfg, i) for i in range(n)])
         self.conv_norm_out = nn.GroupNorm(cfg.norm_num_groups, c0, eps=cfg.norm_eps)
         self.conv_out = nn.Conv2d(c0, cfg.out_channels, 3, padding=1)
-        self.freeu = None  # FreeU settings (or None) the up blocks apply at each concatenation; see enable_freeu
+        self.freeu = None  # FreeU settings (or None); setting them works out freeu_plan, what each up block applies
 
     @property
     def dtype(self):
@@ -56,21 +56,9 @@ class UNet(nn.Module):
             temb = temb + self.add_embedding(adm.to(dtype))
         return temb
 
-    def enable_freeu(self, s1, s2=None, b1=None, b2=None, *, mapping="official", version=1):
-        """Turn FreeU on in the decoder: enable_freeu(s1, s2, b1, b2) as diffusers' (mapping="diffusers",
-        version=1 reproduces it exactly), or enable_freeu(FreeU.preset("sdxl")); `unet.freeu = FreeU(...)` is the
-        same. Every factor is applied as given, 0.0 included."""
-        if isinstance(s1, FreeU):
-            if (s2, b1, b2) != (None, None, None):
-                raise TypeError("enable_freeu: pass either a FreeU or the factors s1, s2, b1, b2, not both")
-            self.freeu = s1
-        else:
-            self.freeu = FreeU(s1=s1, s2=s2, b1=b1, b2=b2, mapping=mapping, version=version)
-        return self
-
-    def disable_freeu(self):
-        self.freeu = None
-        return self
+    def decoder_widths(self):
+        """Backbone channels entering each decoder resnet, [up block][resnet]: what FreeU's stage rule reads."""
+        return [[backbone for backbone, _ in UpBlock.widths(self.config, i)] for i in range(len(self.up_blocks))]
 
     def forward(self, x, t, context, *, text_embeds=None, time_ids=None):
         """x (B, in, H, W), t scalar or (B,), context (B, T, context_dim) -> raw prediction (B, out, H, W)."""
@@ -81,9 +69,10 @@ class UNet(nn.Module):
             h, s = block(h, temb, context)
             skips += s
         h = self.mid_block(h, temb, context)
-        for block in self.up_blocks:
+        for i, block in enumerate(self.up_blocks):
             n = len(block.resnets)
             block_skips, skips = skips[-n:], skips[:-n]
             size = skips[-1].shape[2:] if skips else None  # upsample to the next skip's size (odd sizes)
-            h = block(h, block_skips, temb, context, size, freeu=self.freeu)
+            freeu = None if self.freeu_plan is None else self.freeu_plan[i]  # per resnet: Stage | None
+            h = block(h, block_skips, temb, context, size, freeu=freeu)
         return self.conv_out(F.silu(self.conv_norm_out(h)))

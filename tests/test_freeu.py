@@ -6,6 +6,7 @@ import os
 import subprocess
 import sys
 from pathlib import Path
+from unittest import mock
 
 import pytest
 import torch
@@ -18,7 +19,9 @@ if not torch.cuda.is_available():
 from diffusers.utils.torch_utils import fourier_filter as diffusers_fourier_filter  # noqa: E402
 from helpers import TINY, assert_close, diffusers_kwargs, diffusers_unet, randomize_, unet_inputs  # noqa: E402
 from minunet import UNet, kernels  # noqa: E402
-from minunet.freeu import PRESETS, FreeU, fourier_filter, freeu_concat, list_presets, structure_map  # noqa: E402
+from minunet.blocks import unet_blocks  # noqa: E402
+from minunet.freeu import (PRESETS, FreeU, fourier_filter, freeu_concat, fused_freeu_concat, list_presets,  # noqa: E402
+                           structure_map)
 
 
 def close_to_reference(actual, expected, x, rel=1e-5, msg=None):
@@ -261,21 +264,24 @@ SDXL_TABLE = {
 def test_stage_tables(cfg, table):
     """Which resnets get (b1, s1) and (b2, s2) under each mapping, as the notes' tables say, read off what the
     model's up blocks actually pass to FreeU."""
-    calls = []
-
-    class Spy(FreeU):
-        def concat(self, h, hs, up_block, model_channels):
-            stage = self.stage(up_block, h.shape[1], model_channels)
-            calls.append((self.mapping, up_block, h.shape[1], hs.shape[1], stage))
-            return torch.cat([h, hs], dim=1)
-
+    calls, current = [], {}
     model = UNet(cfg).eval()
     x, t, ctx, kw = unet_inputs(cfg, batch=1, h=8, w=8, tokens=2)
     c0 = cfg.block_out_channels[0]
-    with torch.no_grad():
-        for mapping in ("diffusers", "official"):
-            model.freeu = Spy(**FACTORS, mapping=mapping)
+    hooks = [block.register_forward_pre_hook(lambda m, a, i=i: current.update(block=i))
+             for i, block in enumerate(model.up_blocks)]
+    for mapping in ("diffusers", "official"):
+        model.freeu = freeu = FreeU(**FACTORS, mapping=mapping)
+        stages = {freeu.at(1): 1, freeu.at(2): 2, None: None}
+
+        def spy(h, hs, stage):  # what each decoder resnet is handed
+            calls.append((mapping, current["block"], h.shape[1], hs.shape[1], stages[stage]))
+            return torch.cat([h, hs], dim=1)
+
+        with torch.no_grad(), mock.patch.object(unet_blocks, "decoder_input", spy):
             model(x, t, ctx, **kw)
+    for hook in hooks:
+        hook.remove()
     seen = {}
     for mapping, i, backbone, skip, stage in calls:  # resnet index j = order of the calls within an up block
         j = sum(1 for key in seen if key[:2] == (mapping, i))
@@ -362,11 +368,12 @@ sys.meta_path.insert(0, NoTriton())
 import torch
 import minunet
 from minunet import UNet, kernels
-from minunet.freeu import FreeU
+from minunet.freeu import FreeU, decoder_input
 
 assert not kernels.available()
 h = torch.randn(1, 4, 3, 5)
-out = FreeU(s1=0.9, s2=0.2, b1=1.3, b2=1.4).concat(h, h, 0, 1)  # torch path: the stage keyed on 4 channels
+stage = FreeU(s1=0.9, s2=0.2, b1=1.3, b2=1.4).plan([[4]], 1)[0][0]  # stage 1: keyed on 4 x 1 channels
+out = decoder_input(h, h, stage)  # the torch path
 try:
     kernels.freeu_concat(h, h, b=1.3, s=0.2)
 except ModuleNotFoundError as e:
@@ -402,7 +409,7 @@ def test_kernel_matches_torch(device, version):
     for shape_h, shape_s in KERNEL_CASES:
         h, hs = torch.randn(shape_h, generator=g).to(device), torch.randn(shape_s, generator=g).to(device)
         for b, s in [(1.3, 0.2), (0.0, 0.0)]:
-            out = kernels.freeu_concat(h, hs, b=b, s=s, version=version)
+            out = fused_freeu_concat(h, hs, b=b, s=s, version=version)
             expected = freeu_concat(h, hs, b=b, s=s, version=version)
             assert out.shape == expected.shape and out.dtype == h.dtype
             close_to_reference(out, expected, torch.cat([h, hs], 1), rel=1e-6, msg=f"{shape_h} {shape_s} b={b} s={s}")
@@ -416,7 +423,7 @@ def test_kernel_half_precision(device, dtype):
     h = torch.randn(2, 6, 9, 16, generator=g).to(device, dtype)
     hs = torch.randn(2, 4, 9, 16, generator=g).to(device, dtype)
     for version in (1, 2):
-        out = kernels.freeu_concat(h, hs, b=1.4, s=0.2, version=version)
+        out = fused_freeu_concat(h, hs, b=1.4, s=0.2, version=version)
         assert out.dtype == dtype
         expected = freeu_concat(h.float(), hs.float(), b=1.4, s=0.2, version=version)  # fp32 maths, unrounded
         close_to_reference(out.float(), expected, expected, rel=4e-3 if dtype == torch.float16 else 1.6e-2)
@@ -430,7 +437,7 @@ def test_kernel_half_precision(device, dtype):
 @pytest.mark.parametrize("device", DEVICES)
 def test_kernel_guards_a_constant_map(device):
     h = torch.randn(2, 4, 1, 1).to(device)
-    out = kernels.freeu_concat(h, h, b=1.5, s=1.0, version=2)
+    out = fused_freeu_concat(h, h, b=1.5, s=1.0, version=2)
     assert torch.equal(out[:, :4], h)
 
 

@@ -3,9 +3,9 @@
 Each is `layers` resnets, each optionally followed by a spatial transformer, then a resampler.
 Attribute names are diffusers' (`resnets`, `attentions`, `downsamplers.0`, `upsamplers.0`).
 """
-import torch
 from torch import nn
 
+from ..freeu import decoder_input
 from .attention import Transformer2DModel
 from .resnet import Downsample2D, ResnetBlock2D, Upsample2D
 
@@ -71,26 +71,29 @@ class UpBlock(nn.Module):
         chans = cfg.block_out_channels[::-1]
         level = len(chans) - 1 - i
         c = chans[i]
-        c_prev = chans[max(i - 1, 0)]                   # channels coming up from the block below
-        c_skip_last = chans[min(i + 1, len(chans) - 1)]  # the last skip is the level below's (pre-downsample) width
-        n = cfg.layers_per_block + 1
-        self.index, self.model_channels = i, cfg.block_out_channels[0]  # what FreeU's stage rules read
-        self.resnets = nn.ModuleList([
-            ResnetBlock2D((c_prev if j == 0 else c) + (c_skip_last if j == n - 1 else c), c, cfg.time_embed_dim,
-                          cfg.norm_num_groups, cfg.norm_eps) for j in range(n)])
+        self.resnets = nn.ModuleList([ResnetBlock2D(backbone + skip, c, cfg.time_embed_dim, cfg.norm_num_groups,
+                                                    cfg.norm_eps) for backbone, skip in self.widths(cfg, i)])
+        n = len(self.resnets)
         if cfg.attention_levels[level]:
             self.attentions = _transformers(n, c, cfg.num_heads[level], cfg.transformer_depth[level], cfg)
         else:
             self.attentions = None
         self.upsamplers = None if i == len(chans) - 1 else nn.ModuleList([Upsample2D(c)])
 
+    @staticmethod
+    def widths(cfg, i):
+        """(backbone, skip) channels entering each resnet of up block i."""
+        chans = cfg.block_out_channels[::-1]
+        c, c_prev = chans[i], chans[max(i - 1, 0)]     # c_prev: channels coming up from the block below
+        c_skip_last = chans[min(i + 1, len(chans) - 1)]  # the last skip is the level below's (pre-downsample) width
+        n = cfg.layers_per_block + 1
+        return [(c_prev if j == 0 else c, c_skip_last if j == n - 1 else c) for j in range(n)]
+
     def forward(self, x, skips, temb, context, upsample_size=None, freeu=None):
+        """freeu: None, or one minunet.freeu.Stage | None per resnet (the UNet's freeu_plan for this block)."""
         for j, resnet in enumerate(self.resnets):
-            skip = skips.pop()
-            if freeu is None:
-                x = torch.cat([x, skip], dim=1)  # (B, C + C_skip, H, W): decoder input = backbone || skip
-            else:  # the same input with FreeU: backbone amplified, skip's low frequencies scaled (minunet/freeu.py)
-                x = freeu.concat(x, skip, self.index, self.model_channels)
+            # (B, C + C_skip, H, W): backbone || skip, with FreeU's re-weighting where the plan says (freeu.py)
+            x = decoder_input(x, skips.pop(), None if freeu is None else freeu[j])
             x = resnet(x, temb)
             if self.attentions is not None:
                 x = self.attentions[j](x, context)

@@ -7,8 +7,6 @@ import importlib.util
 import os
 
 
-
-
 def _find_triton():
     try:
         return importlib.util.find_spec("triton") is not None
@@ -28,11 +26,21 @@ def interpreting():
     return os.environ.get("TRITON_INTERPRET", "0") == "1"
 
 
-def freeu_concat(h, hs, *, b, s, version=1):
-    """Fused FreeU decoder input: cat([h[:, :C//2] * factor, h[:, C//2:], fourier_filter(hs, 1, s)], 1) in one
-    write pass (see freeu_triton.py). Same contract as minunet.freeu.freeu_concat, which is its reference."""
+def _triton_module():
     if not available():
-        raise ModuleNotFoundError("minunet.kernels.freeu_concat needs triton: pip install triton "
+        raise ModuleNotFoundError("minunet.kernels needs triton: pip install triton "
                                   "(minunet.freeu.freeu_concat is the pure-torch equivalent)")
-    from .freeu_triton import freeu_concat as fused
-    return fused(h, hs, b=b, s=s, version=version)
+    from . import freeu_triton
+    return freeu_triton
+
+
+def freeu_concat(h, hs, *, b, s, weight=None):
+    """Fused FreeU decoder input: cat([h[:, :C//2] * factor, h[:, C//2:], fourier_filter(hs, 1, s)], 1) in one
+    write pass (see freeu_triton.py); factor = b, or 1 + (b - 1) * weight with a (B, 1, H, W) fp32 map (version 2).
+    minunet.freeu.fused_freeu_concat gives it minunet.freeu.freeu_concat's contract, its reference."""
+    return _triton_module().freeu_concat(h, hs, b=b, s=s, weight=weight)
+
+
+def channel_mean(h):
+    """(B, C, H, W) -> (B, 1, H, W) fp32 channel mean, by a Triton reduction (version 2's map before normalising)."""
+    return _triton_module().channel_mean(h)

@@ -8,15 +8,14 @@ torch.cat reads h and hs once and writes out once; so does this kernel, as seen 
   is at most a few tens of KB) and writes y = x - (1 - s) / (H W) * low(x). The filter maths and its edge cases are
   minunet.freeu.fourier_filter's (which is this kernel's reference), specialised to FreeU's threshold 1.
 Version 2 needs the channel mean of h before any backbone plane is written: a small reduction kernel computes it
-first (one extra read of h, the price of the structure-adaptive rule); the min-max normalisation of the (B, H W)
-map is a few torch ops on a tensor C times smaller than h.
+first (channel_mean: one extra read of h, the price of the structure-adaptive rule); the caller min-max
+normalises that (B, 1, H, W) map (minunet.freeu.normalise_map, a few torch ops on a tensor C times smaller than h)
+and passes it in as `weight`.
 Inputs are NCHW-contiguous (others are copied); all arithmetic is fp32, results are stored in h's dtype.
 """
 import torch
 import triton
 import triton.language as tl
-
-from ..freeu import normalise_map
 
 
 @triton.jit
@@ -128,28 +127,33 @@ def _channel_mean_kernel(h, mean, C, HW, BLOCK: tl.constexpr):
     tl.store(mean + i * HW + offs, acc / C, mask=mask)
 
 
-def freeu_concat(h, hs, *, b, s, version=1):
+def channel_mean(h):
+    """(B, C, H, W) -> (B, 1, H, W) fp32 channel mean."""
+    h = h.contiguous()
+    B, C, H, W = h.shape
+    mean = torch.empty((B, 1, H, W), dtype=torch.float32, device=h.device)
+    block = min(1024, triton.next_power_of_2(H * W))
+    _channel_mean_kernel[(B, triton.cdiv(H * W, block))](h, mean, C, H * W, BLOCK=block)
+    return mean
+
+
+def freeu_concat(h, hs, *, b, s, weight=None):
     """(B, C, H, W), (B, C_skip, H, W) -> (B, C + C_skip, H, W) in h's dtype; runs the Triton kernels (CUDA tensors,
-    or CPU tensors under TRITON_INTERPRET=1)."""
+    or CPU tensors under TRITON_INTERPRET=1). weight: None (version 1) or version 2's (B, 1, H, W) fp32 map."""
     if h.dim() != 4 or hs.dim() != 4 or h.shape[0] != hs.shape[0] or h.shape[2:] != hs.shape[2:]:
         raise ValueError(f"freeu_concat: h {tuple(h.shape)} and hs {tuple(hs.shape)} must be (B, C, H, W) tensors "
                          "with the same batch and spatial size")
     if h.dtype != hs.dtype or h.device != hs.device:
         raise ValueError(f"freeu_concat: h is {h.dtype} on {h.device}, hs is {hs.dtype} on {hs.device}; "
                          "give both the same dtype and device")
-    if version not in (1, 2):
-        raise ValueError(f"freeu_concat: version must be 1 or 2, got {version!r}")
     h, hs = h.contiguous(), hs.contiguous()
     B, C, H, W = h.shape
     CS = hs.shape[1]
+    if weight is not None and tuple(weight.shape) != (B, 1, H, W):
+        raise ValueError(f"freeu_concat: weight {tuple(weight.shape)} must be (B, 1, H, W) = {(B, 1, H, W)}")
+    version = 1 if weight is None else 2
+    weight = h if weight is None else weight.to(torch.float32).contiguous()  # version 1 never reads it
     out = torch.empty((B, C + CS, H, W), dtype=h.dtype, device=h.device)
-    if version == 2:
-        mean = torch.empty((B, 1, H, W), dtype=torch.float32, device=h.device)
-        block = min(1024, triton.next_power_of_2(H * W))
-        _channel_mean_kernel[(B, triton.cdiv(H * W, block))](h, mean, C, H * W, BLOCK=block)
-        weight = normalise_map(mean)                                # (B, 1, H, W) fp32, contiguous
-    else:
-        weight = h                                                  # unused by version 1
     block_w = min(128, triton.next_power_of_2(W))
     block_h = max(1, min(triton.next_power_of_2(H), 1024 // block_w))
     _freeu_concat_kernel[(B * (C + CS),)](
