@@ -225,3 +225,105 @@ def known_latents(steps, image_latents, noise, i):
 def blend(x, mask, known):
     """4-channel inpainting after a step: keep `known` where the mask is 0, the sampler's x where it is 1."""
     return (1 - mask) * known + mask * x
+
+
+# ---- one run -----------------------------------------------------------------------------------------------
+class InpaintRun:
+    """What inpainting adds to a run: the latent mask, the masked-image latents (9-channel UNet) or the clean image
+    latents and the starting noise (4-channel blend), and the overlay for padding_mask_crop."""
+
+    def __init__(self, mask, masked_latents, image_latents, noise, box=None, original=None, original_mask=None):
+        self.mask = mask                        # (B, 1, h, w) 0/1 at latent size: 1 = repaint
+        self.masked_latents = masked_latents    # (B, 4, h, w) scaled, or None for a 4-channel UNet
+        self.image_latents = image_latents      # (B, 4, h, w) scaled clean image latents, or None
+        self.noise = noise                      # (B, 4, h, w) the run's starting noise, also the blend's
+        self.box, self.original, self.original_mask = box, original, original_mask
+
+    def unet_input(self, x_in, copies):
+        """The UNet's input for the (copies * B, 4, h, w) scaled latents: 9 channels, or x_in as it is."""
+        if self.masked_latents is None:
+            return x_in
+        rep = lambda t: t.to(x_in.device).repeat(copies, 1, 1, 1)  # noqa: E731  (cfg: [uncond; cond])
+        return unet_input(x_in, rep(self.mask), rep(self.masked_latents))
+
+    def after_step(self, steps, i, x):
+        """x after sampler step i: a 4-channel UNet's blend with the kept region at step i + 1; else x itself."""
+        if self.masked_latents is not None:
+            return x
+        known = known_latents(steps, self.image_latents.to(x.device), self.noise.to(x.device), i + 1)
+        return blend(x, self.mask.to(x.device, x.dtype), known)
+
+    def finish(self, images):
+        """PIL outputs with padding_mask_crop: each pasted back into the original image (`overlay`)."""
+        if self.box is None:
+            return images
+        return [overlay(im, self.original, self.original_mask, self.box) for im in images]
+
+
+def check_inputs(image, mask_image, padding_mask_crop, output_type, in_channels):
+    """Errors for what cannot be inpainted, named by argument (diffusers' checks, and the ones it lacks)."""
+    if image is None:
+        raise ValueError("mask_image needs image= (the picture to repaint)")
+    if in_channels not in (4, 9):
+        raise ValueError(f"inpainting needs a UNet with 4 or 9 input channels, this one has {in_channels}")
+    w_h = pil_size(image), pil_size(mask_image)
+    if None not in w_h and w_h[0] != w_h[1]:
+        raise ValueError(f"mask_image is {w_h[1][0]}x{w_h[1][1]}, image is {w_h[0][0]}x{w_h[0][1]}: they must be "
+                         "the same size")
+    if padding_mask_crop is not None:
+        if not isinstance(image, Image.Image) or not isinstance(mask_image, Image.Image):
+            raise ValueError("padding_mask_crop needs image and mask_image as single PIL images, found "
+                             f"{type(image).__name__} and {type(mask_image).__name__}")
+        if output_type != "pil":
+            raise ValueError(f"padding_mask_crop pastes into the original PIL image: output_type must be 'pil', "
+                             f"found {output_type!r}")
+        if not isinstance(padding_mask_crop, int) or padding_mask_crop < 0:
+            raise ValueError(f"padding_mask_crop={padding_mask_crop!r} must be an int >= 0 (pixels)")
+
+
+def prepare_inputs(image, mask_image, height, width, padding_mask_crop=None):
+    """(pixels in [-1, 1] or given latents, pixel mask 0/1, crop box or None), as diffusers preprocesses them."""
+    box = None
+    if padding_mask_crop is not None:
+        box = crop_region(mask_image, width, height, padding_mask_crop)
+    fill = box is not None
+    return prepare_image(image, height, width, box, fill), prepare_mask(mask_image, height, width, box, fill), box
+
+
+def start(pipe, pixels, mask, *, batch, generator, noise_fn, need_image_latents, masked_image_latents=None,
+          box=None, original=None, original_mask=None):
+    """An InpaintRun, with the random draws in diffusers' order: [image encode] -> noise -> [masked-image encode].
+
+    pipe gives `encode_latents(pixels, generator)` (scaled posterior samples, one per given image) and
+    `skip_encode(pixels, generator)` (the same draws without the encode). A 4-channel UNet never reads the
+    masked-image latents: diffusers encodes them anyway; here only their random draws are made, so a seed
+    gives the same stream (Euler a, DDIM with eta) without the wasted VAE pass."""
+    nine = pipe.unet.config.in_channels == 9
+    given = pixels.shape[1] == 4  # latents (the SDXL refiner continuing the base): no encode
+    image_latents = None
+    if given or need_image_latents:
+        image_latents = repeat_to(pixels if given else pipe.encode_latents(pixels, generator), batch, "image")
+    noise = noise_fn()
+    masked = None
+    if masked_image_latents is not None:
+        masked = masked_image_latents
+    elif nine and given:
+        raise ValueError("a 9-channel (inpainting) UNet given latents as image= needs masked_image_latents= too")
+    elif nine:
+        masked = pipe.encode_latents(masked_image(pixels, mask), generator)
+    elif not given:
+        pipe.skip_encode(pixels, generator)
+    if masked is not None:
+        masked = repeat_to(masked.to(pipe.device, torch.float32), batch, "masked_image_latents")
+    small = repeat_to(latent_mask(mask, pipe.vae_scale), batch, "mask_image").to(pipe.device)
+    return InpaintRun(small, masked, image_latents, noise, box, original, original_mask)
+
+
+def repeat_to(x, batch, name):
+    """(n, ...) -> (batch, ...) by repeating the whole batch, when n divides batch (diffusers' rule)."""
+    if x.shape[0] == batch:
+        return x
+    if x.shape[0] > batch or batch % x.shape[0]:
+        raise ValueError(f"{name} has a batch of {x.shape[0]}, which cannot be repeated to the {batch} samples "
+                         f"asked for (prompts x num_images_per_prompt)")
+    return x.repeat(batch // x.shape[0], *[1] * (x.ndim - 1))

@@ -15,9 +15,11 @@ from pathlib import Path
 
 import torch
 
+from . import inpaint
 from .images import from_pil, to_pil
 from .io import CheckpointError, looks_like_repo_id
 from .loading import family, load_unet, load_unet_single_file
+from .micro_conditioning import time_ids
 from .noise import check_generators, randn
 from .schedulers import Schedule, sample_ddim, sample_euler, sample_euler_ancestral
 from .text import TextConditioner
@@ -171,7 +173,9 @@ class Pipeline:
                  generator=None, latents=None, image=None, strength=None, denoising_start=None, denoising_end=None,
                  original_size=None, crops_coords_top_left=(0, 0), target_size=None, aesthetic_score=6.0,
                  negative_aesthetic_score=2.5, guidance_rescale=0.0, clip_skip=None, output_type="pil", callback=None,
-                 progress=True):
+                 progress=True, mask_image=None, masked_image_latents=None, padding_mask_crop=None,
+                 negative_original_size=None, negative_crops_coords_top_left=None, negative_target_size=None,
+                 negative_ids="diffusers"):
         if sampler not in SAMPLERS:
             raise ValueError(f"sampler '{sampler}' is not one of {sorted(SAMPLERS)}")
         if output_type not in ("pil", "pt", "latent"):
@@ -180,17 +184,28 @@ class Pipeline:
         xl = self.family in ("sdxl", "sdxl-refiner")
         if guidance_scale is None:  # diffusers' defaults: 7.5 for SD 1.x / 2.x, 5.0 for SDXL
             guidance_scale = 5.0 if xl else 7.5
-        if strength is None:  # img2img: 0.8 for SD 1.x / 2.x, 0.3 for SDXL
-            strength = 0.3 if xl else 0.8
-        height, width = self._size(height, width, image)
+        inpainting = mask_image is not None
+        if strength is None:  # img2img: 0.8 for SD 1.x / 2.x, 0.3 for SDXL; inpainting: 1.0 / 0.9999
+            strength = (0.9999 if xl else 1.0) if inpainting else (0.3 if xl else 0.8)
+        if inpainting:
+            inpaint.check_inputs(image, mask_image, padding_mask_crop, output_type, self.unet.config.in_channels)
+        elif self.unet.config.in_channels != 4:
+            raise ValueError(f"this UNet has {self.unet.config.in_channels} input channels (an inpainting model): "
+                             "give image= and mask_image=")
+        height, width = self._size(height, width, image, inpainting)
         cfg = guidance_scale > 1.0
         with self._running(self.text):
             cond = self.text.encode(prompt, negative_prompt, prompt_2, negative_prompt_2, guidance=cfg,
                                     num_images_per_prompt=num_images_per_prompt, clip_skip=clip_skip)
         context, pooled, neg_context, neg_pooled = cond
         batch = context.shape[0]
-        added = self._added_conditioning(pooled, neg_pooled, height, width, original_size, crops_coords_top_left,
-                                         target_size, aesthetic_score, negative_aesthetic_score, cfg)
+        mode = "inpainting" if inpainting else "img2img" if image is not None else "text-to-image"
+        ids = time_ids(self.family == "sdxl-refiner", mode, height, width, original_size=original_size,
+                       crops_coords_top_left=crops_coords_top_left, target_size=target_size,
+                       aesthetic_score=aesthetic_score, negative_aesthetic_score=negative_aesthetic_score,
+                       negative_original_size=negative_original_size, negative_target_size=negative_target_size,
+                       negative_crops_coords_top_left=negative_crops_coords_top_left, negative_ids=negative_ids)
+        added = self._added_conditioning(pooled, neg_pooled, ids, cfg)
         if cfg:
             context = torch.cat([neg_context, context])
         dev = self.device
@@ -199,8 +214,13 @@ class Pipeline:
 
         img2img = image is not None
         window = dict(denoising_end=denoising_end)
-        init = None
-        if img2img:
+        init = run = None
+        if inpainting:
+            run, init, noise, start = self._inpaint_start(image, mask_image, masked_image_latents, padding_mask_crop,
+                                                          height, width, batch, generator, latents, shape, strength,
+                                                          denoising_start)
+            window.update(start)
+        elif img2img:
             init = self._image_latents(image, generator, batch)
             if denoising_start is not None:
                 window["denoising_start"] = denoising_start
@@ -208,7 +228,9 @@ class Pipeline:
                 window["strength"] = strength
         elif denoising_start is not None:
             raise ValueError("denoising_start needs image= (the latents from the base model)")
-        if latents is not None:
+        if inpainting:
+            pass  # the noise was drawn between the image and the masked-image encodes, as diffusers
+        elif latents is not None:
             noise = latents.to(dev, torch.float32)
         elif init is not None and "denoising_start" in window:
             noise = None  # the refiner continues the base's latents and draws no starting noise
@@ -217,6 +239,8 @@ class Pipeline:
 
         def model_fn(x, t):
             x_in = torch.cat([x, x]) if cfg else x
+            if run is not None:
+                x_in = run.unet_input(x_in, 2 if cfg else 1)
             out = self.unet_fn(x_in.to(self.unet.dtype), t, context, **added).float()
             if not cfg:
                 return out
@@ -228,25 +252,28 @@ class Pipeline:
                 guided = guidance_rescale * rescaled + (1 - guidance_rescale) * guided
             return guided
 
-        total = len(self.schedule.timesteps(num_inference_steps, name, **{k: v for k, v in window.items()
-                                                                          if v is not None}))
-        with self._running(self.unet), _progress(total, progress, callback) as step_callback:
+        window = {k: v for k, v in window.items() if v is not None}
+        steps = self.schedule.steps(num_inference_steps, name, **window)
+        blend = None if run is None else (lambda i, t, x: run.after_step(steps, i, x))
+        with self._running(self.unet), _progress(len(steps.timesteps), progress, callback, blend) as step_callback:
             kw = dict(eta=eta) if name == "ddim" else {}
-            x = sample(model_fn, noise, self.schedule, num_inference_steps, init_latents=init, generator=generator,
-                       callback=step_callback, **{k: v for k, v in window.items() if v is not None}, **kw)
+            x = sample(model_fn, noise if "denoising_start" not in window else None, self.schedule,
+                       num_inference_steps, init_latents=init, generator=generator, callback=step_callback,
+                       **window, **kw)
         if output_type == "latent":
             return PipelineOutput(images=x)
         with self._running(self.vae):
             decoded = self.vae.decode(x.to(dev) / self.vae.scaling_factor)
         if output_type == "pt":
             return PipelineOutput(images=(decoded.float() * 0.5 + 0.5).clamp(0, 1))
-        return PipelineOutput(images=to_pil(decoded))
+        images = to_pil(decoded)
+        return PipelineOutput(images=images if run is None else run.finish(images))
 
     # ---- pieces ----------------------------------------------------------------------------------------------
-    def _size(self, height, width, image):
+    def _size(self, height, width, image, inpainting=False):
         if image is not None and isinstance(image, torch.Tensor) and image.shape[1] == 4:  # latents (refiner)
             height, width = image.shape[2] * self.vae_scale, image.shape[3] * self.vae_scale
-        elif image is not None:
+        elif image is not None and not inpainting:  # img2img keeps the image's size; inpainting resizes to the output
             pixels = from_pil(image) if not isinstance(image, torch.Tensor) else image
             height, width = pixels.shape[2], pixels.shape[3]
         height = height or self.default_size
@@ -256,24 +283,56 @@ class Pipeline:
                 raise ValueError(f"{name}={v} must be a positive multiple of {self.vae_scale}")
         return height, width
 
-    def _added_conditioning(self, pooled, neg_pooled, height, width, original_size, crops, target_size,
-                            aesthetic, neg_aesthetic, cfg):
-        """SDXL micro-conditioning: pooled text + (original size, crop top-left, target size | aesthetic score)."""
+    def _added_conditioning(self, pooled, neg_pooled, ids, cfg):
+        """SDXL micro-conditioning: pooled text + the (positive, negative) ids of minunet.micro_conditioning."""
         if self.unet.config.adm_in_channels is None:
             return {}
-        original_size = tuple(original_size or (height, width))
-        target_size = tuple(target_size or (height, width))
-        if self.family == "sdxl-refiner":
-            ids, neg_ids = original_size + tuple(crops) + (aesthetic,), original_size + tuple(crops) + (neg_aesthetic,)
-        else:
-            ids = neg_ids = original_size + tuple(crops) + target_size
         b = pooled.shape[0]
         dev, dtype = self.device, self.unet.dtype
-        time_ids = torch.tensor([ids], dtype=dtype, device=dev).repeat(b, 1)
+        time_ids = torch.tensor([ids[0]], dtype=dtype, device=dev).repeat(b, 1)
         if cfg:
-            neg = torch.tensor([neg_ids], dtype=dtype, device=dev).repeat(b, 1)
+            neg = torch.tensor([ids[1]], dtype=dtype, device=dev).repeat(b, 1)
             return {"text_embeds": torch.cat([neg_pooled, pooled]).to(dev, dtype), "time_ids": torch.cat([neg, time_ids])}
         return {"text_embeds": pooled.to(dev, dtype), "time_ids": time_ids}
+
+    def _inpaint_start(self, image, mask_image, masked_image_latents, padding_mask_crop, height, width, batch,
+                       generator, latents, shape, strength, denoising_start):
+        """(InpaintRun, start latents or None, noise, window) for an inpainting run (see minunet.inpaint)."""
+        if denoising_start is not None:  # the refiner: start from the given latents, no noise added
+            window = {"denoising_start": denoising_start}
+        else:  # strength 1: pure noise, as text-to-image; else the image latents noised to the first step
+            window = {} if strength == 1.0 else {"strength": strength}
+        check_generators(generator, batch)
+        pixels, mask, box = inpaint.prepare_inputs(image, mask_image, height, width, padding_mask_crop)
+        dev = self.device
+        noise_fn = (lambda: latents.to(dev, torch.float32)) if latents is not None else (lambda: randn(shape, generator, dev))
+        run = inpaint.start(self, pixels.to(dev), mask.to(dev), batch=batch, generator=generator, noise_fn=noise_fn,
+                            need_image_latents=self.unet.config.in_channels == 4 or bool(window),
+                            masked_image_latents=masked_image_latents, box=box, original=image,
+                            original_mask=mask_image)
+        return run, (run.image_latents if window else None), run.noise, window
+
+    def encode_latents(self, pixels, generator):
+        """Scaled VAE posterior samples of (n, 3, H, W) pixels in [-1, 1], as diffusers' inpainting pipelines draw
+        them: one draw for the batch, or with a list of generators image i from generator i."""
+        with self._running(self.vae):
+            pixels = pixels.to(self.device, self.vae.dtype)
+            if isinstance(generator, (list, tuple)):
+                out = torch.cat([self.vae.encode(pixels[i:i + 1]).sample(generator[i]) for i in range(len(pixels))])
+            else:
+                out = self.vae.encode(pixels).sample(generator)
+        return (out * self.vae.scaling_factor).float()
+
+    def skip_encode(self, pixels, generator):
+        """The random draws encode_latents would make for these pixels, without the VAE."""
+        h, w = pixels.shape[2] // self.vae_scale, pixels.shape[3] // self.vae_scale
+        c = self.vae.config.latent_channels
+        fp16_upcast = self.vae.dtype == torch.float16 and self.vae.config.force_upcast
+        dtype = torch.float32 if fp16_upcast else self.vae.dtype  # the dtype the posterior samples in
+        gens = generator if isinstance(generator, (list, tuple)) else [generator]
+        n = 1 if isinstance(generator, (list, tuple)) else len(pixels)
+        for g in gens[:len(pixels)]:
+            randn((n, c, h, w), g, self.device, dtype)
 
     def _image_latents(self, image, generator, batch):
         """img2img start: VAE posterior sample * scaling factor (drawn before the noise, as diffusers).
@@ -311,14 +370,18 @@ def _repeat_to(x, batch, name):
 
 
 @contextmanager
-def _progress(total, enabled, callback):
+def _progress(total, enabled, callback, blend=None):
+    """The sampler's callback: progress bar, then the inpainting blend, then the user's callback (which may
+    return a tensor that replaces x)."""
     from tqdm import tqdm
 
     with tqdm(total=total, disable=not enabled, desc="sampling", leave=False) as bar:
         def step(i, t, x):
             bar.update(1)
-            if callback is not None:
-                callback(i, t, x)
+            if blend is not None:
+                x = blend(i, t, x)
+            out = callback(i, t, x) if callback is not None else None
+            return x if out is None else out
         yield step
 
 

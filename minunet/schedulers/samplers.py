@@ -41,7 +41,7 @@ def sample_euler(model_fn, noise, schedule, num_steps, *, init_latents=None, str
         d = (x - x0) / sigma  # dx/dsigma
         x = x + d * (sigma_next - sigma)
         if callback is not None:
-            callback(i, t, x)
+            x = _replaced(callback(i, t, x), x)
     return x
 
 
@@ -65,7 +65,7 @@ def sample_euler_ancestral(model_fn, noise, schedule, num_steps, *, init_latents
         # drawn on every step, the last (sigma_up = 0) too
         x = x + randn(x.shape, generator, x.device, x.dtype) * sigma_up
         if callback is not None:
-            callback(i, t, x)
+            x = _replaced(callback(i, t, x), x)
     return x
 
 
@@ -91,7 +91,7 @@ def sample_ddim(model_fn, noise, schedule, num_steps, *, eta=0.0, init_latents=N
         if eta > 0:
             x = x + std * randn(x.shape, generator, x.device, x.dtype)
         if callback is not None:
-            callback(i, t, x)
+            x = _replaced(callback(i, t, x), x)
     return x
 
 
@@ -110,3 +110,7 @@ def _first_latents(steps, noise, init_latents, strength, denoising_start):
     if noise is None:
         raise ValueError("noise is needed to start a text-to-image run")
     return noise.float() * steps.init_noise_sigma
+
+
+def _replaced(out, x):
+    return x if out is None else out
