@@ -182,9 +182,9 @@ class Pipeline:
             raise ValueError(f"output_type '{output_type}' is not one of 'pil', 'pt', 'latent'")
         name, sample = SAMPLERS[sampler]
         xl = self.family in ("sdxl", "sdxl-refiner")
-        if guidance_scale is None:  # diffusers' defaults: 7.5 for SD 1.x / 2.x, 5.0 for SDXL
-            guidance_scale = 5.0 if xl else 7.5
         inpainting = mask_image is not None
+        if guidance_scale is None:  # diffusers' defaults: 7.5 for SD 1.x / 2.x, 5.0 for SDXL, 7.5 for SDXL inpainting
+            guidance_scale = 5.0 if xl and not inpainting else 7.5
         if strength is None:  # img2img: 0.8 for SD 1.x / 2.x, 0.3 for SDXL; inpainting: 1.0 / 0.9999
             strength = (0.9999 if xl else 1.0) if inpainting else (0.3 if xl else 0.8)
         if inpainting:

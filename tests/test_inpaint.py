@@ -135,3 +135,22 @@ def test_masked_image_and_latent_mask():
     assert (kept[mask.expand_as(kept) == 1] == 0).all()
     assert torch.equal(kept[mask.expand_as(kept) == 0], pixels[mask.expand_as(pixels) == 0])
     assert torch.equal(inpaint.latent_mask(mask, 2), torch.nn.functional.interpolate(mask, size=(4, 4)))
+
+
+def test_negative_ids_rules_and_as_given():
+    """diffusers' rules (the parity tests check them against its pipelines) and the opt-in negative_ids="as_given"."""
+    from minunet.micro_conditioning import time_ids
+
+    crops = dict(crops_coords_top_left=(2, 6), negative_crops_coords_top_left=(4, 12))
+    pos, neg = time_ids(False, "text-to-image", 64, 48, **crops)
+    assert pos == neg == (64, 48, 2, 6, 64, 48)  # negative crops alone: ignored
+    pos, neg = time_ids(False, "img2img", 64, 48, negative_original_size=(8, 8), negative_target_size=(16, 16), **crops)
+    assert neg == (8, 8, 2, 6, 16, 16)  # img2img / inpainting: the positive crops, always
+    pos, neg = time_ids(False, "inpainting", 64, 48, negative_ids="as_given", **crops)
+    assert neg == (64, 48, 4, 12, 64, 48)
+    pos, neg = time_ids(True, "img2img", 64, 48, aesthetic_score=7.0, **crops)
+    assert pos == (64, 48, 2, 6, 7.0) and neg == (64, 48, 4, 12, 2.5)  # the refiner reads its negative crops
+    with pytest.raises(ValueError, match="negative_target_size=.* must be a pair"):
+        time_ids(False, "img2img", 64, 48, negative_target_size=(1, 2, 3))
+    with pytest.raises(ValueError, match="negative_ids='x' must be one of"):
+        time_ids(False, "img2img", 64, 48, negative_ids="x")
