@@ -4,7 +4,8 @@ from .freeu import FreeU, fourier_filter, list_presets
 from .images import from_pil, to_pil
 from .io import CheckpointError
 from .loading import config_from_shapes, load_unet, original_state_dict
-from .schedulers import SAMPLERS, AlphaSteps, Schedule, SigmaSteps, sample_ddim, sample_euler, sample_euler_ancestral
+from .schedulers import (SAMPLERS, AlphaSteps, Schedule, SigmaSteps, sample_ddim, sample_dpmpp_2m, sample_euler,
+                         sample_euler_ancestral)
 from .unet import UNet
 from .vae import SD as VAE_SD
 from .vae import SDXL as VAE_SDXL
@@ -26,6 +27,6 @@ __all__ = [
     "PRESETS", "SD15", "SD21", "SDXL", "SDXL_REFINER", "UNetConfig", "UNet", "load_unet", "config_from_shapes",
     "original_state_dict", "CheckpointError", "FreeU", "fourier_filter", "list_presets", "from_pil", "to_pil",
     "Pipeline", "PipelineOutput", "SAMPLERS", "AlphaSteps", "Schedule", "SigmaSteps", "sample_ddim", "sample_euler",
-    "sample_euler_ancestral", "TextConditioner", "TextEmbeddings", "load_text_conditioner", "tiny_text_config",
+    "sample_euler_ancestral", "sample_dpmpp_2m", "TextConditioner", "TextEmbeddings", "load_text_conditioner", "tiny_text_config",
     "VAE_SD", "VAE_SDXL", "VAE", "DiagonalGaussian", "VAEConfig", "load_vae",
 ]

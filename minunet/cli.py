@@ -12,6 +12,8 @@ import sys
 import tempfile
 from pathlib import Path
 
+from .schedulers.samplers import SAMPLERS  # the one sampler table (light: no torch model code)
+
 # official single files: name -> (Hub repo, file, path in LFS_POINTERS.tsv or None when no pointer is known)
 OFFICIAL = {
     "sd15": ("stable-diffusion-v1-5/stable-diffusion-v1-5", "v1-5-pruned-emaonly.safetensors",
@@ -130,48 +132,63 @@ def parse_freeu(text, mapping, version):
 
 def cmd_generate(args):
     import torch
-    from PIL import Image
-    from PIL.PngImagePlugin import PngInfo
 
     size = parse_size(args.size) if args.size else None
     freeu = parse_freeu(args.freeu, args.freeu_mapping, args.freeu_version)
     if args.compare_freeu and freeu is None:
         raise UsageError("--compare-freeu needs --freeu PRESET or b1,b2,s1,s2")
-    dtype = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}[args.dtype]
-    pipe = load_pipeline(args.model, dtype=dtype, device=args.device)
+    pipe = load_pipeline(args.model, dtype=getattr(torch, args.dtype), device=args.device)
+    if args.karras:
+        pipe.schedule = dataclasses.replace(pipe.schedule, use_karras_sigmas=True)
     width, height = size or (None, None)
-
-    def run(with_freeu):
-        if with_freeu is not None:
-            pipe.enable_freeu(with_freeu)
-        else:
-            pipe.disable_freeu()
-        gen = torch.Generator().manual_seed(args.seed)
-        try:
-            return pipe(args.prompt, negative_prompt=args.negative, height=height, width=width, sampler=args.sampler,
-                        num_inference_steps=args.steps, guidance_scale=args.cfg, clip_skip=args.clip_skip,
-                        generator=gen).images[0]
-        except ValueError as e:  # bad --steps, --clip-skip, ...: the pipeline's message, without a traceback
-            raise UsageError(str(e)) from None
-
     if args.compare_freeu:
-        left, right = run(None), run(freeu)
-        image = Image.new("RGB", (left.width * 2, left.height))
-        image.paste(left, (0, 0))
-        image.paste(right, (left.width, 0))
+        image = side_by_side(run_pipeline(pipe, args, height, width, None), run_pipeline(pipe, args, height, width, freeu))
     else:
-        image = run(freeu)
-    meta = PngInfo()
+        image = run_pipeline(pipe, args, height, width, freeu)
+    save_png(image, args, freeu)
+    print(f"wrote {args.out} ({image.width}x{image.height})" +
+          (" -- left without FreeU, right with" if args.compare_freeu else ""))
+
+
+def run_pipeline(pipe, args, height, width, freeu):
+    """One generation with the command line's settings (same seed each call), FreeU on or off."""
+    import torch
+
+    if freeu is not None:
+        pipe.enable_freeu(freeu)
+    else:
+        pipe.disable_freeu()
+    try:
+        return pipe(args.prompt, negative_prompt=args.negative, height=height, width=width, sampler=args.sampler,
+                    num_inference_steps=args.steps, guidance_scale=args.cfg, clip_skip=args.clip_skip,
+                    generator=torch.Generator().manual_seed(args.seed)).images[0]
+    except ValueError as e:  # bad --steps, --clip-skip, ...: the pipeline's message, without a traceback
+        raise UsageError(str(e)) from None
+
+
+def side_by_side(left, right):
+    from PIL import Image
+
+    image = Image.new("RGB", (left.width + right.width, max(left.height, right.height)))
+    image.paste(left, (0, 0))
+    image.paste(right, (left.width, 0))
+    return image
+
+
+def save_png(image, args, freeu):
+    """The PNG with the generation parameters in its `parameters` text chunk."""
+    from PIL.PngImagePlugin import PngInfo
+
     params = {"prompt": args.prompt, "negative_prompt": args.negative, "model": args.model, "sampler": args.sampler,
-              "steps": args.steps, "cfg": args.cfg, "clip_skip": args.clip_skip, "seed": args.seed,
-              "size": f"{image.width}x{image.height}",
+              "karras": args.karras, "steps": args.steps, "cfg": args.cfg, "clip_skip": args.clip_skip,
+              "seed": args.seed, "size": f"{image.width}x{image.height}",
               "freeu": None if freeu is None else dataclasses.asdict(freeu), "compare_freeu": args.compare_freeu,
               "generator": "minunet"}
+    meta = PngInfo()
     meta.add_text("parameters", json.dumps(params))
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     image.save(out, pnginfo=meta)
-    print(f"wrote {out} ({image.width}x{image.height})" + (" -- left without FreeU, right with" if args.compare_freeu else ""))
 
 
 def cmd_parity(args):
@@ -207,9 +224,10 @@ def build_parser():
     p.add_argument("prompt")
     p.add_argument("--model", default="tiny", help="repo id | folder | file.safetensors | " + " | ".join(MODEL_NAMES))
     p.add_argument("--negative", default=None)
-    p.add_argument("--sampler", default="euler", choices=["euler", "euler_a", "ddim"])
+    p.add_argument("--sampler", default="euler", choices=list(SAMPLERS))
+    p.add_argument("--karras", action="store_true", help="Karras sigmas (euler, euler_a, dpmpp_2m)")
     p.add_argument("--steps", type=int, default=30)
-    p.add_argument("--cfg", type=float, default=7.5)
+    p.add_argument("--cfg", type=float, default=None, help="guidance scale (default: the model's, 7.5 SD / 5.0 SDXL)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--clip-skip", type=int, default=None, help="use the text encoder's state this many layers earlier")
     p.add_argument("--size", default=None, help="WIDTHxHEIGHT, multiples of 8 (default: the model's)")

@@ -211,15 +211,10 @@ def unet_input(x_in, mask, masked_latents):
 
 
 def known_latents(steps, image_latents, noise, i):
-    """The kept region's latents at step i of a run, in the sampler's coordinates: the image latents noised with
-    the run's starting noise (Euler: x0 + sigma_i eps; DDIM: sqrt(abar_i) x0 + sqrt(1 - abar_i) eps), the clean
-    image latents once i is past the last step (diffusers' scheduler.add_noise at timesteps[i])."""
-    if i >= len(steps.timesteps):
-        return image_latents
-    if hasattr(steps, "sigmas"):
-        return image_latents + noise * steps.sigmas[i]
-    abar = steps.alphas_cumprod[i]
-    return abar**0.5 * image_latents + (1 - abar) ** 0.5 * noise
+    """The kept region's latents at step i of a run: the image latents noised to timesteps[i] with the run's
+    starting noise (Steps.add_noise, diffusers' scheduler.add_noise), the clean image latents once i is past the
+    last step."""
+    return image_latents if i >= len(steps.timesteps) else steps.add_noise(image_latents, noise, i)
 
 
 def blend(x, mask, known):
@@ -239,19 +234,22 @@ class InpaintRun:
         self.noise = noise                      # (B, 4, h, w) the run's starting noise, also the blend's
         self.box, self.original, self.original_mask = box, original, original_mask
 
-    def unet_input(self, x_in, copies):
-        """The UNet's input for the (copies * B, 4, h, w) scaled latents: 9 channels, or x_in as it is."""
+    def unet_input(self, x_in):
+        """The UNet's input for the (k * B, 4, h, w) scaled latents (k = 2 with guidance: [uncond; cond]):
+        9 channels, or x_in as it is for a 4-channel UNet."""
         if self.masked_latents is None:
             return x_in
-        rep = lambda t: t.to(x_in.device).repeat(copies, 1, 1, 1)  # noqa: E731  (cfg: [uncond; cond])
+        copies = x_in.shape[0] // self.mask.shape[0]
+        rep = lambda t: t.to(x_in.device).repeat(copies, 1, 1, 1)  # noqa: E731
         return unet_input(x_in, rep(self.mask), rep(self.masked_latents))
 
-    def after_step(self, steps, i, x):
-        """x after sampler step i: a 4-channel UNet's blend with the kept region at step i + 1; else x itself."""
+    def after_step(self, steps, i, latents):
+        """The latents after sampler step i (diffusers' convention, as the sampler's callback gets them): a
+        4-channel UNet's blend with the kept region at step i + 1; else the latents as they are."""
         if self.masked_latents is not None:
-            return x
-        known = known_latents(steps, self.image_latents.to(x.device), self.noise.to(x.device), i + 1)
-        return blend(x, self.mask.to(x.device, x.dtype), known)
+            return latents
+        known = known_latents(steps, self.image_latents.to(latents.device), self.noise.to(latents.device), i + 1)
+        return blend(latents, self.mask.to(latents.device, latents.dtype), known)
 
     def finish(self, images):
         """PIL outputs with padding_mask_crop: each pasted back into the original image (`overlay`)."""

@@ -21,13 +21,11 @@ from .io import CheckpointError, looks_like_repo_id
 from .loading import family, load_unet, load_unet_single_file
 from .micro_conditioning import time_ids
 from .noise import check_generators, randn
-from .schedulers import Schedule, sample_ddim, sample_euler, sample_euler_ancestral
+from .schedulers import SAMPLERS, Schedule, guided, sample
 from .text import TextConditioner
 from .vae import load_vae
 from .weights import CONFIGS
 
-SAMPLERS = {"euler": ("euler", sample_euler), "euler_a": ("euler_ancestral", sample_euler_ancestral),
-            "ddim": ("ddim", sample_ddim)}
 # a single file carries no scheduler config or default size: the official ones for its family
 FAMILY_DEFAULTS = {"sd1": ("stable-diffusion-v1-5", 512), "sd2": ("stable-diffusion-2-1", 768),
                    "sdxl": ("stable-diffusion-xl-base-1.0", 1024), "sdxl-refiner": ("stable-diffusion-xl-refiner-1.0", 1024)}
@@ -47,7 +45,6 @@ class Pipeline:
         self.vae_scale = vae.config.downscale
         self.default_size = default_size or FAMILY_DEFAULTS[self.family][1]
         self.offload_device = None  # set by enable_model_cpu_offload
-        self.unet_fn = unet
 
     # ---- construction ----------------------------------------------------------------------------------------
     @classmethod
@@ -136,8 +133,10 @@ class Pipeline:
         sched = json.loads((CONFIGS / "stable-diffusion-v1-5" / "scheduler" / "scheduler_config.json").read_text())
         return cls(unet, vae, text, Schedule.from_config(sched), default_size=128)  # 16 x 16 latents
 
-    def compile(self):
-        self.unet_fn = torch.compile(self.unet)
+    def compile(self, **options):
+        """torch.compile the UNet; the same as `pipe.unet = torch.compile(pipe.unet, **options)`, which also works
+        (the pipeline calls whatever `pipe.unet` is at call time)."""
+        self.unet = torch.compile(self.unet, **options)
         return self
 
     def enable_freeu(self, *args, **kwargs):
@@ -176,98 +175,120 @@ class Pipeline:
                  progress=True, mask_image=None, masked_image_latents=None, padding_mask_crop=None,
                  negative_original_size=None, negative_crops_coords_top_left=None, negative_target_size=None,
                  negative_ids="diffusers"):
-        if sampler not in SAMPLERS:
-            raise ValueError(f"sampler '{sampler}' is not one of {sorted(SAMPLERS)}")
-        if output_type not in ("pil", "pt", "latent"):
-            raise ValueError(f"output_type '{output_type}' is not one of 'pil', 'pt', 'latent'")
-        name, sample = SAMPLERS[sampler]
-        xl = self.family in ("sdxl", "sdxl-refiner")
+        """Prompt (and, for img2img / the refiner, an image or latents; for inpainting, an image and a mask) ->
+        images; see the module docstring, minunet.inpaint and minunet.micro_conditioning."""
         inpainting = mask_image is not None
-        if guidance_scale is None:  # diffusers' defaults: 7.5 for SD 1.x / 2.x, 5.0 for SDXL, 7.5 for SDXL inpainting
-            guidance_scale = 5.0 if xl and not inpainting else 7.5
-        if strength is None:  # img2img: 0.8 for SD 1.x / 2.x, 0.3 for SDXL; inpainting: 1.0 / 0.9999
-            strength = (0.9999 if xl else 1.0) if inpainting else (0.3 if xl else 0.8)
-        if inpainting:
-            inpaint.check_inputs(image, mask_image, padding_mask_crop, output_type, self.unet.config.in_channels)
-        elif self.unet.config.in_channels != 4:
-            raise ValueError(f"this UNet has {self.unet.config.in_channels} input channels (an inpainting model): "
-                             "give image= and mask_image=")
+        self._check_call(sampler, output_type, image, mask_image, padding_mask_crop)
+        guidance_scale, strength = self._defaults(guidance_scale, strength, inpainting)
         height, width = self._size(height, width, image, inpainting)
         cfg = guidance_scale > 1.0
-        with self._running(self.text):
-            cond = self.text.encode(prompt, negative_prompt, prompt_2, negative_prompt_2, guidance=cfg,
-                                    num_images_per_prompt=num_images_per_prompt, clip_skip=clip_skip)
-        context, pooled, neg_context, neg_pooled = cond
-        batch = context.shape[0]
+        # 1. text -> context (and SDXL's pooled text + size ids)
         mode = "inpainting" if inpainting else "img2img" if image is not None else "text-to-image"
         ids = time_ids(self.family == "sdxl-refiner", mode, height, width, original_size=original_size,
                        crops_coords_top_left=crops_coords_top_left, target_size=target_size,
                        aesthetic_score=aesthetic_score, negative_aesthetic_score=negative_aesthetic_score,
                        negative_original_size=negative_original_size, negative_target_size=negative_target_size,
                        negative_crops_coords_top_left=negative_crops_coords_top_left, negative_ids=negative_ids)
+        context, added = self._conditioning(prompt, negative_prompt, prompt_2, negative_prompt_2, num_images_per_prompt,
+                                            clip_skip, cfg, ids)
+        # 2. where the run starts: noise, or an image's latents (img2img, refiner, inpainting)
+        batch = context.shape[0] // (2 if cfg else 1)
+        shape = (batch, self.unet.config.out_channels, height // self.vae_scale, width // self.vae_scale)
+        run = None
+        if inpainting:
+            start, run = self._inpaint_start(shape, image, mask_image, masked_image_latents, padding_mask_crop,
+                                             latents, strength, denoising_start, denoising_end, generator)
+        else:
+            start = self._start(shape, image, latents, strength, denoising_start, denoising_end, generator)
+        # 3. the denoising loop: the UNet (with classifier-free guidance) inside the sampler
+        model_fn = self.model_fn(context, added, guidance_scale if cfg else None, guidance_rescale,
+                                 None if run is None else run.unet_input)
+        x = self._sample(sampler, model_fn, num_inference_steps, start, eta, generator, callback, progress, run)
+        # 4. latents -> images (inpainting with padding_mask_crop: pasted into the original)
+        if output_type == "latent":
+            return PipelineOutput(images=x)
+        images = self._decode(x, output_type)
+        return PipelineOutput(images=images if run is None else run.finish(images))
+
+    def model_fn(self, context, added, guidance_scale=None, guidance_rescale=0.0, extra_input=None):
+        """The sampler's model_fn(x_in, t) -> raw UNet output, with classifier-free guidance when guidance_scale is
+        given (context and the added conditioning then hold [negative; positive]). `self.unet` is read at each call,
+        so `pipe.unet = torch.compile(pipe.unet, ...)` takes effect. extra_input(x_in) -> the UNet's input (a
+        9-channel inpainting UNet's mask and masked-image latents)."""
+        def unet_fn(x_in, t):
+            if extra_input is not None:
+                x_in = extra_input(x_in)
+            return self.unet(x_in.to(self.unet.dtype), t, context, **added).float()
+        return unet_fn if guidance_scale is None else guided(unet_fn, guidance_scale, guidance_rescale)
+
+    def _check_call(self, sampler, output_type, image, mask_image, padding_mask_crop):
+        if sampler not in SAMPLERS:
+            raise ValueError(f"sampler '{sampler}' is not one of {tuple(SAMPLERS)}")
+        if output_type not in ("pil", "pt", "latent"):
+            raise ValueError(f"output_type '{output_type}' is not one of 'pil', 'pt', 'latent'")
+        if mask_image is not None:
+            inpaint.check_inputs(image, mask_image, padding_mask_crop, output_type, self.unet.config.in_channels)
+        elif self.unet.config.in_channels != 4:
+            raise ValueError(f"this UNet has {self.unet.config.in_channels} input channels (an inpainting model): "
+                             "give image= and mask_image=")
+
+    def _defaults(self, guidance_scale, strength, inpainting):
+        """diffusers' defaults: guidance 7.5 (SDXL text-to-image / img2img 5.0; SDXL inpainting 7.5 again);
+        strength 0.8 / 0.3 (SDXL) for img2img, 1.0 / 0.9999 (SDXL) for inpainting."""
+        xl = self.family in ("sdxl", "sdxl-refiner")
+        if guidance_scale is None:
+            guidance_scale = 5.0 if xl and not inpainting else 7.5
+        if strength is None:
+            strength = (0.9999 if xl else 1.0) if inpainting else (0.3 if xl else 0.8)
+        return guidance_scale, strength
+
+    def _conditioning(self, prompt, negative_prompt, prompt_2, negative_prompt_2, num_images_per_prompt, clip_skip,
+                      cfg, ids):
+        """Text encoders -> (context, UNet keyword arguments); with CFG both are [negative; positive]."""
+        with self._running(self.text):
+            context, pooled, neg_context, neg_pooled = self.text.encode(
+                prompt, negative_prompt, prompt_2, negative_prompt_2, guidance=cfg,
+                num_images_per_prompt=num_images_per_prompt, clip_skip=clip_skip)
         added = self._added_conditioning(pooled, neg_pooled, ids, cfg)
         if cfg:
             context = torch.cat([neg_context, context])
-        dev = self.device
-        context = context.to(dev, self.unet.dtype)
-        shape = (batch, self.unet.config.out_channels, height // self.vae_scale, width // self.vae_scale)
+        return context.to(self.device, self.unet.dtype), added
 
-        img2img = image is not None
-        window = dict(denoising_end=denoising_end)
-        init = run = None
-        if inpainting:
-            run, init, noise, start = self._inpaint_start(image, mask_image, masked_image_latents, padding_mask_crop,
-                                                          height, width, batch, generator, latents, shape, strength,
-                                                          denoising_start)
-            window.update(start)
-        elif img2img:
-            init = self._image_latents(image, generator, batch)
-            if denoising_start is not None:
+    def _start(self, shape, image, latents, strength, denoising_start, denoising_end, generator):
+        """What the sampler starts from: dict(noise=, init_latents=, and the window arguments of Schedule.steps)."""
+        window = {"denoising_end": denoising_end}
+        init = None
+        if image is not None:
+            init = self._image_latents(image, generator, shape[0])
+            if denoising_start is not None:  # the refiner: continue where the base stopped
                 window["denoising_start"] = denoising_start
-            else:
+            else:  # img2img: noise the image to the strength's step
                 window["strength"] = strength
         elif denoising_start is not None:
             raise ValueError("denoising_start needs image= (the latents from the base model)")
-        if inpainting:
-            pass  # the noise was drawn between the image and the masked-image encodes, as diffusers
-        elif latents is not None:
-            noise = latents.to(dev, torch.float32)
-        elif init is not None and "denoising_start" in window:
+        if latents is not None:
+            noise = latents.to(self.device, torch.float32)
+        elif denoising_start is not None:
             noise = None  # the refiner continues the base's latents and draws no starting noise
         else:
-            noise = randn(shape, generator, dev)
+            noise = randn(shape, generator, self.device)
+        return dict(noise=noise, init_latents=init, **{k: v for k, v in window.items() if v is not None})
 
-        def model_fn(x, t):
-            x_in = torch.cat([x, x]) if cfg else x
-            if run is not None:
-                x_in = run.unet_input(x_in, 2 if cfg else 1)
-            out = self.unet_fn(x_in.to(self.unet.dtype), t, context, **added).float()
-            if not cfg:
-                return out
-            uncond, text = out.chunk(2)
-            guided = uncond + guidance_scale * (text - uncond)
-            if guidance_rescale > 0:  # Lin et al. 2023, eq. 15-16: match the std of the text-conditioned output
-                dims = list(range(1, text.ndim))
-                rescaled = guided * (text.std(dim=dims, keepdim=True) / guided.std(dim=dims, keepdim=True))
-                guided = guidance_rescale * rescaled + (1 - guidance_rescale) * guided
-            return guided
-
-        window = {k: v for k, v in window.items() if v is not None}
-        steps = self.schedule.steps(num_inference_steps, name, **window)
-        blend = None if run is None else (lambda i, t, x: run.after_step(steps, i, x))
+    def _sample(self, sampler, model_fn, num_steps, start, eta, generator, callback, progress, run=None):
+        window = {k: v for k, v in start.items() if k not in ("noise", "init_latents")}
+        steps = self.schedule.steps(num_steps, sampler, **window)
+        blend = None if run is None else (lambda i, x: run.after_step(steps, i, x))  # 4-channel inpainting
+        options = {"eta": eta} if "eta" in SAMPLERS[sampler].options else {}
         with self._running(self.unet), _progress(len(steps.timesteps), progress, callback, blend) as step_callback:
-            kw = dict(eta=eta) if name == "ddim" else {}
-            x = sample(model_fn, noise if "denoising_start" not in window else None, self.schedule,
-                       num_inference_steps, init_latents=init, generator=generator, callback=step_callback,
-                       **window, **kw)
-        if output_type == "latent":
-            return PipelineOutput(images=x)
+            return sample(sampler, model_fn, start["noise"], self.schedule, num_steps, init_latents=start["init_latents"],
+                          generator=generator, callback=step_callback, **window, **options)
+
+    def _decode(self, latents, output_type):
         with self._running(self.vae):
-            decoded = self.vae.decode(x.to(dev) / self.vae.scaling_factor)
+            decoded = self.vae.decode(latents.to(self.device) / self.vae.scaling_factor)
         if output_type == "pt":
-            return PipelineOutput(images=(decoded.float() * 0.5 + 0.5).clamp(0, 1))
-        images = to_pil(decoded)
-        return PipelineOutput(images=images if run is None else run.finish(images))
+            return (decoded.float() * 0.5 + 0.5).clamp(0, 1)
+        return to_pil(decoded)
 
     # ---- pieces ----------------------------------------------------------------------------------------------
     def _size(self, height, width, image, inpainting=False):
@@ -295,22 +316,26 @@ class Pipeline:
             return {"text_embeds": torch.cat([neg_pooled, pooled]).to(dev, dtype), "time_ids": torch.cat([neg, time_ids])}
         return {"text_embeds": pooled.to(dev, dtype), "time_ids": time_ids}
 
-    def _inpaint_start(self, image, mask_image, masked_image_latents, padding_mask_crop, height, width, batch,
-                       generator, latents, shape, strength, denoising_start):
-        """(InpaintRun, start latents or None, noise, window) for an inpainting run (see minunet.inpaint)."""
+    def _inpaint_start(self, shape, image, mask_image, masked_image_latents, padding_mask_crop, latents, strength,
+                       denoising_start, denoising_end, generator):
+        """(sampler start as _start gives it, InpaintRun) for an inpainting run (see minunet.inpaint)."""
         if denoising_start is not None:  # the refiner: start from the given latents, no noise added
             window = {"denoising_start": denoising_start}
         else:  # strength 1: pure noise, as text-to-image; else the image latents noised to the first step
             window = {} if strength == 1.0 else {"strength": strength}
-        check_generators(generator, batch)
+        check_generators(generator, shape[0])
+        height, width = shape[2] * self.vae_scale, shape[3] * self.vae_scale
         pixels, mask, box = inpaint.prepare_inputs(image, mask_image, height, width, padding_mask_crop)
         dev = self.device
         noise_fn = (lambda: latents.to(dev, torch.float32)) if latents is not None else (lambda: randn(shape, generator, dev))
-        run = inpaint.start(self, pixels.to(dev), mask.to(dev), batch=batch, generator=generator, noise_fn=noise_fn,
+        run = inpaint.start(self, pixels.to(dev), mask.to(dev), batch=shape[0], generator=generator, noise_fn=noise_fn,
                             need_image_latents=self.unet.config.in_channels == 4 or bool(window),
                             masked_image_latents=masked_image_latents, box=box, original=image,
                             original_mask=mask_image)
-        return run, (run.image_latents if window else None), run.noise, window
+        window["denoising_end"] = denoising_end
+        start = dict(noise=None if denoising_start is not None else run.noise,
+                     init_latents=run.image_latents if "strength" in window or denoising_start is not None else None)
+        return {**start, **{k: v for k, v in window.items() if v is not None}}, run
 
     def encode_latents(self, pixels, generator):
         """Scaled VAE posterior samples of (n, 3, H, W) pixels in [-1, 1], as diffusers' inpainting pipelines draw
@@ -371,17 +396,17 @@ def _repeat_to(x, batch, name):
 
 @contextmanager
 def _progress(total, enabled, callback, blend=None):
-    """The sampler's callback: progress bar, then the inpainting blend, then the user's callback (which may
-    return a tensor that replaces x)."""
+    """The sampler's callback: progress bar, then the inpainting blend, then the user's callback; a tensor
+    returned replaces the latents."""
     from tqdm import tqdm
 
     with tqdm(total=total, disable=not enabled, desc="sampling", leave=False) as bar:
         def step(i, t, x):
             bar.update(1)
             if blend is not None:
-                x = blend(i, t, x)
-            out = callback(i, t, x) if callback is not None else None
-            return x if out is None else out
+                x = blend(i, x)
+            out = None if callback is None else callback(i, t, x)
+            return x if out is None and blend is not None else out
         yield step
 
 

@@ -22,6 +22,30 @@ def test_generate_tiny_writes_png_with_parameters(tmp_path, capsys):
     assert params["model"] == "tiny" and params["freeu"] is None and params["clip_skip"] is None
 
 
+def test_generate_leaves_guidance_and_sampler_options_to_the_pipeline(tmp_path, monkeypatch):
+    """--cfg defaults to None (the Pipeline's own default: 7.5 for SD, 5.0 for SDXL); --sampler takes every entry
+    of the sampler table; --karras switches the schedule to Karras sigmas."""
+    from minunet.pipeline import Pipeline
+    from minunet.schedulers import SAMPLERS
+
+    seen = []
+    real_call = Pipeline.__call__
+
+    def spy(self, prompt, **kw):
+        seen.append((kw, self.schedule.use_karras_sigmas))
+        return real_call(self, prompt, **kw)
+    monkeypatch.setattr(Pipeline, "__call__", spy)
+    for sampler in SAMPLERS:
+        argv = ["generate", "x", "--model", "tiny", "--steps", "2", "--size", "32x32", "--sampler", sampler,
+                "--out", str(tmp_path / f"{sampler}.png")] + (["--karras"] if sampler != "ddim" else [])
+        assert main(argv) == 0
+    assert [kw["sampler"] for kw, _ in seen] == list(SAMPLERS)
+    assert all(kw["guidance_scale"] is None for kw, _ in seen)
+    assert [karras for _, karras in seen] == [sampler != "ddim" for sampler in SAMPLERS]
+    params = json.loads(Image.open(tmp_path / "dpmpp_2m.png").text["parameters"])
+    assert params["sampler"] == "dpmpp_2m" and params["karras"] and params["cfg"] is None
+
+
 def test_generate_compare_freeu_side_by_side(tmp_path):
     out = tmp_path / "cmp.png"
     argv = ["generate", "x", "--model", "tiny", "--steps", "2", "--size", "64x48", "--freeu", "sd15",

@@ -46,10 +46,19 @@ def diffusers_pipe(cls_name, folder, scheduler="EulerDiscreteScheduler", **kw):
     return pipe
 
 
-SCHEDULERS = {"euler": "EulerDiscreteScheduler", "euler_a": "EulerAncestralDiscreteScheduler", "ddim": "DDIMScheduler"}
+SCHEDULERS = {"euler": "EulerDiscreteScheduler", "euler_a": "EulerAncestralDiscreteScheduler", "ddim": "DDIMScheduler",
+              "dpmpp_2m": "DPMSolverMultistepScheduler"}
 
 
-@pytest.mark.parametrize("sampler", ["euler", "euler_a", "ddim"])
+def with_karras(ours, theirs):
+    """Karras sigmas on both sides: minunet's schedule option, diffusers' scheduler config."""
+    import dataclasses
+
+    ours.schedule = dataclasses.replace(ours.schedule, use_karras_sigmas=True)
+    theirs.scheduler = type(theirs.scheduler).from_config(theirs.scheduler.config, use_karras_sigmas=True)
+
+
+@pytest.mark.parametrize("sampler", ["euler", "euler_a", "ddim", "dpmpp_2m"])
 def test_sd_text_to_image(sd, sampler):
     folder, ours = sd
     theirs = diffusers_pipe("StableDiffusionPipeline", folder, SCHEDULERS[sampler], safety_checker=None,
@@ -143,6 +152,50 @@ def test_sdxl_text_to_image_micro_conditioning(sdxl):
               height=64, width=48, original_size=(512, 384), target_size=(640, 480), crops_coords_top_left=(8, 16),
               guidance_rescale=0.7)
     check(lambda **o: ours(**kw, **o, generator=gen()), lambda **o: theirs(**kw, **o, generator=gen()))
+
+
+@pytest.mark.parametrize("karras", [False, True], ids=["plain", "karras"])
+def test_sdxl_dpmpp_2m(sdxl, karras):
+    base, _, ours, _ = sdxl
+    theirs = diffusers_pipe("StableDiffusionXLPipeline", base, SCHEDULERS["dpmpp_2m"])
+    saved = ours.schedule
+    if karras:
+        with_karras(ours, theirs)
+    try:
+        kw = dict(prompt="a red fox", negative_prompt="blurry", num_inference_steps=6, height=64, width=48)
+        check(lambda **o: ours(**kw, **o, sampler="dpmpp_2m", generator=gen()),
+              lambda **o: theirs(**kw, **o, generator=gen()))
+    finally:
+        ours.schedule = saved
+
+
+def test_sd_img2img_dpmpp_2m(sd):
+    folder, ours = sd
+    theirs = diffusers_pipe("StableDiffusionImg2ImgPipeline", folder, SCHEDULERS["dpmpp_2m"], safety_checker=None,
+                            requires_safety_checker=False)
+    image = torch.rand(1, 3, 48, 64, generator=gen(3))
+    kw = dict(prompt="a cat", image=image, strength=0.6, num_inference_steps=8, guidance_scale=6.0)
+    check(lambda **o: ours(**kw, **o, sampler="dpmpp_2m", generator=gen()),
+          lambda **o: theirs(**kw, **o, generator=gen()))
+
+
+def test_assigning_pipe_unet_takes_effect(sd):
+    """The SDXL guide's idiom `pipe.unet = torch.compile(pipe.unet, ...)`: the pipeline calls whatever pipe.unet is
+    at call time; fullgraph=True compiles the UNet in one graph (backend "eager": dynamo's tracing without
+    inductor's minutes of CPU codegen; the idiom's mode="reduce-overhead" only changes inductor's backend)."""
+    _, ours = sd
+    plain = ours.unet
+    kw = dict(prompt="a fox", num_inference_steps=2, height=32, width=32, output_type="latent", progress=False)
+    expected = ours(**kw, generator=gen()).images
+    calls = []
+    compiled = torch.compile(plain, fullgraph=True, backend=lambda gm, inputs: calls.append(gm) or gm.forward)
+    try:
+        ours.unet = compiled
+        got = ours(**kw, generator=gen()).images
+    finally:
+        ours.unet = plain
+    assert len(calls) >= 1  # dynamo traced the UNet as one graph (fullgraph=True raises on any graph break)
+    assert_close(got, expected, rel=1e-5)
 
 
 def test_sdxl_img2img(sdxl):

@@ -10,10 +10,10 @@ from types import SimpleNamespace
 
 import pytest
 import torch
-from diffusers import (DDIMScheduler, EulerAncestralDiscreteScheduler, EulerDiscreteScheduler,
+from diffusers import (DDIMScheduler, DPMSolverMultistepScheduler, EulerAncestralDiscreteScheduler, EulerDiscreteScheduler,
                        StableDiffusionImg2ImgPipeline, StableDiffusionXLImg2ImgPipeline)
 
-from minunet.schedulers import Schedule, sample_ddim, sample_euler, sample_euler_ancestral
+from minunet.schedulers import SAMPLERS, Schedule, sample_ddim, sample_dpmpp_2m, sample_euler, sample_euler_ancestral
 
 # diffusers 0.42's Euler schedulers call np.array on a tensor in a way NumPy 2 deprecates
 pytestmark = pytest.mark.filterwarnings("ignore:__array__ implementation doesn't accept a copy keyword")
@@ -31,9 +31,11 @@ SDXL = official("stable-diffusion-xl-base-1.0")  # Euler, leading
 TURBO = official("sdxl-turbo")  # Euler ancestral, trailing
 ZERO_SNR = {"timestep_spacing": "trailing", "rescale_betas_zero_snr": True}
 
-ORACLE = {"euler": EulerDiscreteScheduler, "euler_ancestral": EulerAncestralDiscreteScheduler,
-          "ddim": DDIMScheduler}
-SAMPLER = {"euler": sample_euler, "euler_ancestral": sample_euler_ancestral, "ddim": sample_ddim}
+# DPMSolverMultistepScheduler's defaults are the configuration minunet implements: dpmsolver++, solver_order 2,
+# midpoint, lower_order_final, final_sigmas_type "zero"
+ORACLE = {"euler": EulerDiscreteScheduler, "euler_a": EulerAncestralDiscreteScheduler,
+          "ddim": DDIMScheduler, "dpmpp_2m": DPMSolverMultistepScheduler}
+SAMPLER = {"euler": sample_euler, "euler_a": sample_euler_ancestral, "ddim": sample_ddim, "dpmpp_2m": sample_dpmpp_2m}
 SHAPE = (2, 4, 8, 8)
 
 
@@ -106,11 +108,11 @@ CASES = {  # id: (sampler, config, sampler kwargs)
     "sdxl-euler-zero-snr-eps": ("euler", {**SDXL, **ZERO_SNR}, {}),
     "sdxl-euler-zero-snr-v": ("euler", {**SDXL, **ZERO_SNR, "prediction_type": "v_prediction"}, {}),
     "trained-betas-euler": ("euler", {**SD15, "trained_betas": torch.linspace(1e-4, 0.02, 1000).tolist()}, {}),
-    "turbo-ancestral": ("euler_ancestral", TURBO, {}),
-    "sdxl-ancestral-leading": ("euler_ancestral", SDXL, {}),
-    "sd15-ancestral-linspace": ("euler_ancestral", SD15, {}),
-    "sd21-ancestral-v": ("euler_ancestral", SD21, {}),
-    "turbo-ancestral-zero-snr-v": ("euler_ancestral", {**TURBO, **ZERO_SNR, "prediction_type": "v_prediction"}, {}),
+    "turbo-ancestral": ("euler_a", TURBO, {}),
+    "sdxl-ancestral-leading": ("euler_a", SDXL, {}),
+    "sd15-ancestral-linspace": ("euler_a", SD15, {}),
+    "sd21-ancestral-v": ("euler_a", SD21, {}),
+    "turbo-ancestral-zero-snr-v": ("euler_a", {**TURBO, **ZERO_SNR, "prediction_type": "v_prediction"}, {}),
     "sd15-ddim-leading": ("ddim", SD15, {}),
     "sd15-ddim-linspace": ("ddim", {**SD15, "timestep_spacing": "linspace"}, {}),
     "sdxl-ddim-trailing": ("ddim", {**SDXL, "timestep_spacing": "trailing"}, {}),
@@ -120,7 +122,30 @@ CASES = {  # id: (sampler, config, sampler kwargs)
     "sd21-ddim-zero-snr-v-eta0.3": ("ddim", {**SD21, **ZERO_SNR}, {"eta": 0.3}),
     "sd15-ddim-sample-clipped": ("ddim", {**SD15, "prediction_type": "sample", "clip_sample": True}, {}),
     "ddim-defaults": ("ddim", {}, {}),  # diffusers' DDIM defaults: linear betas, clip_sample, set_alpha_to_one
+    "sd15-dpm-linspace": ("dpmpp_2m", SD15, {}),
+    "sd15-dpm-leading": ("dpmpp_2m", {**SD15, "timestep_spacing": "leading"}, {}),
+    "sd15-dpm-trailing": ("dpmpp_2m", {**SD15, "timestep_spacing": "trailing"}, {}),
+    "sd15-dpm-karras": ("dpmpp_2m", {**SD15, "use_karras_sigmas": True}, {}),
+    "sd21-dpm-v": ("dpmpp_2m", SD21, {}),
+    "sd21-dpm-v-karras": ("dpmpp_2m", {**SD21, "use_karras_sigmas": True}, {}),
+    "sdxl-dpm": ("dpmpp_2m", SDXL, {}),
+    "sdxl-dpm-karras": ("dpmpp_2m", {**SDXL, "use_karras_sigmas": True}, {}),
+    "turbo-dpm-trailing": ("dpmpp_2m", TURBO, {}),
+    "sdxl-dpm-zero-snr-v": ("dpmpp_2m", {**SDXL, **ZERO_SNR, "prediction_type": "v_prediction"}, {}),
+    "sd15-dpm-sample": ("dpmpp_2m", {**SD15, "prediction_type": "sample"}, {}),
 }
+
+
+def test_one_sampler_table():
+    """The package, Pipeline and CLI read one table; every entry has its diffusers oracle here."""
+    import minunet
+    from minunet import cli, pipeline
+
+    assert set(SAMPLERS) == set(ORACLE) == set(SAMPLER)
+    assert minunet.SAMPLERS is SAMPLERS and pipeline.SAMPLERS is SAMPLERS
+    assert cli.build_parser()._subparsers._group_actions[0].choices["generate"]._option_string_actions[
+        "--sampler"].choices == list(SAMPLERS)
+    assert all(SAMPLERS[name].oracle == ORACLE[name].__name__ for name in SAMPLERS)
 
 
 @pytest.mark.parametrize("num_steps", [1, 2, 10, 50])
@@ -134,6 +159,9 @@ def test_steps_match_diffusers(case, num_steps):
     torch.testing.assert_close(steps.timesteps, theirs.timesteps, rtol=0, atol=0)
     if sampler == "ddim":
         torch.testing.assert_close(steps.alphas_cumprod, theirs.alphas_cumprod[theirs.timesteps], rtol=0, atol=0)
+    elif sampler == "dpmpp_2m":
+        torch.testing.assert_close(steps.sigmas, theirs.sigmas, rtol=0, atol=0)
+        torch.testing.assert_close(steps.init_noise_sigma, torch.tensor(theirs.init_noise_sigma), rtol=0, atol=0)
     else:  # log_linear: diffusers appends a final 0 that no step reaches
         torch.testing.assert_close(steps.sigmas, theirs.sigmas[:num_steps + 1], rtol=0, atol=0)
         torch.testing.assert_close(steps.init_noise_sigma, theirs.init_noise_sigma, rtol=0, atol=0)
@@ -161,7 +189,7 @@ def test_ancestral_with_karras_sigmas_steps_as_diffusers_on_those_sigmas(num_ste
     oracle.set_timesteps = lambda n: None  # keep the Karras schedule set below
     oracle.timesteps, oracle.sigmas = karras.timesteps, karras.sigmas
     noise, generator = noise_and_generator()
-    theirs = diffusers_sample("euler_ancestral", config, num_steps, noise, generator, scheduler=oracle)
+    theirs = diffusers_sample("euler_a", config, num_steps, noise, generator, scheduler=oracle)
     noise, generator = noise_and_generator()
     ours = sample_euler_ancestral(model_fn, noise, Schedule.from_config(config), num_steps, generator=generator)
     assert_latents_close(ours, theirs)
@@ -172,7 +200,7 @@ def test_trailing_gives_num_steps_timesteps_where_diffusers_gives_one_more():
     last is -1); ours are its first 61."""
     theirs = EulerDiscreteScheduler.from_config(TURBO)
     theirs.set_timesteps(61)
-    ours = Schedule.from_config(TURBO).timesteps(61, "euler_ancestral")
+    ours = Schedule.from_config(TURBO).timesteps(61, "euler_a")
     assert len(theirs.timesteps) == 62 and theirs.timesteps[-1] == -1
     torch.testing.assert_close(ours, theirs.timesteps[:61], rtol=0, atol=0)
 
@@ -186,9 +214,32 @@ def test_callback_sees_every_step():
     assert seen[-1][2] is x
 
 
+@pytest.mark.parametrize("sampler,config", [("euler", SDXL), ("dpmpp_2m", SDXL), ("ddim", SD21)])
+def test_callback_latents_are_diffusers_latents_and_its_return_replaces_them(sampler, config):
+    """callback(i, t, latents) sees what diffusers' loop holds after step i (Euler's x, DPM's and DDIM's x_t);
+    a tensor it returns replaces the latents, as diffusers' pipelines overwrite `latents` (inpainting's blend)."""
+    scheduler = ORACLE[sampler].from_config(config)
+    scheduler.set_timesteps(6)
+    noise, _ = noise_and_generator()
+    latents, theirs = noise * scheduler.init_noise_sigma, []
+    for i, t in enumerate(scheduler.timesteps):
+        latents = scheduler.step(model_fn(scheduler.scale_model_input(latents, t), t), t, latents).prev_sample
+        latents = latents * 0.5 if i == 2 else latents  # the callback's replacement, written into diffusers' loop
+        theirs.append(latents)
+    seen = []
+
+    def callback(i, t, x):
+        seen.append(x if i != 2 else x * 0.5)
+        return seen[-1] if i == 2 else None
+    ours = SAMPLER[sampler](model_fn, noise, Schedule.from_config(config), 6, callback=callback)
+    for a, b in zip(seen, theirs):
+        assert_latents_close(a, b)
+    assert_latents_close(ours, theirs[-1])
+
+
 # ---- per-sample generators ----
 
-@pytest.mark.parametrize("sampler, config, kw", [("euler_ancestral", TURBO, {}), ("ddim", SD15, {"eta": 0.7})])
+@pytest.mark.parametrize("sampler, config, kw", [("euler_a", TURBO, {}), ("ddim", SD15, {"eta": 0.7})])
 def test_generator_list_draws_per_sample_as_diffusers(sampler, config, kw):
     """A list of generators: sample i's noise comes from generator i alone, as diffusers' randn_tensor draws it,
     so each sample equals a batch-of-one run seeded with its own generator."""
@@ -233,7 +284,7 @@ WINDOWS = {
 PARTIAL_CONFIGS = {"sd15": SD15, "sdxl": SDXL, "sdxl-karras": {**SDXL, "use_karras_sigmas": True}, "turbo": TURBO}
 
 
-PARTIAL_CASES = [(sampler, config) for sampler in ("euler", "ddim") for config in PARTIAL_CONFIGS
+PARTIAL_CASES = [(sampler, config) for sampler in ("euler", "ddim", "dpmpp_2m") for config in PARTIAL_CONFIGS
                  if (sampler, config) != ("ddim", "sdxl-karras")]  # DDIM rejects Karras sigmas (tested below)
 
 
@@ -251,7 +302,7 @@ def test_partial_timesteps_match_diffusers_pipelines(sampler, config, window, nu
         return
     steps = schedule.steps(num_steps, sampler, **window)
     torch.testing.assert_close(steps.timesteps, theirs, rtol=0, atol=0)
-    if sampler == "euler":  # diffusers' step index starts at the begin index the pipeline set
+    if sampler != "ddim":  # diffusers' step index starts at the begin index the pipeline set
         begin = scheduler.begin_index
         torch.testing.assert_close(steps.sigmas, scheduler.sigmas[begin:begin + len(theirs) + 1], rtol=0, atol=0)
     if "strength" in window:  # the SD 1.x img2img pipeline's rounding is the SDXL one's
@@ -262,9 +313,12 @@ def test_partial_timesteps_match_diffusers_pipelines(sampler, config, window, nu
 
 IMG2IMG = {  # id: (sampler, config, kwargs)
     "sd15-euler": ("euler", SD15, {}),
-    "turbo-ancestral": ("euler_ancestral", TURBO, {}),
+    "turbo-ancestral": ("euler_a", TURBO, {}),
     "sd15-ddim-eta0.5": ("ddim", SD15, {"eta": 0.5}),
     "sd21-ddim-v": ("ddim", SD21, {}),
+    "sd15-dpm": ("dpmpp_2m", SD15, {}),
+    "sdxl-dpm-karras": ("dpmpp_2m", {**SDXL, "use_karras_sigmas": True}, {}),
+    "sd21-dpm-v": ("dpmpp_2m", SD21, {}),
 }
 
 
@@ -284,7 +338,8 @@ def test_img2img_matches_diffusers(case, num_steps, strength):
 
 
 @pytest.mark.parametrize("num_steps", [10, 40])
-@pytest.mark.parametrize("sampler,config", [("euler", SDXL), ("euler_ancestral", TURBO), ("ddim", SD21)])
+@pytest.mark.parametrize("sampler,config", [("euler", SDXL), ("euler_a", TURBO), ("ddim", SD21), ("dpmpp_2m", SDXL),
+                                            ("dpmpp_2m", {**SDXL, "use_karras_sigmas": True})])
 def test_base_to_refiner_hand_over_matches_diffusers(sampler, config, num_steps):
     noise, generator = noise_and_generator()
     base = diffusers_sample(sampler, config, num_steps, noise, generator, denoising_end=0.8)

@@ -30,3 +30,31 @@ def x0_and_eps(model_output, x_t, alpha_bar, prediction_type):
     if prediction_type == "v_prediction":
         return a * x_t - b * model_output, a * model_output + b * x_t
     return model_output, (x_t - a * model_output) / b  # "sample"
+
+
+class Denoiser:
+    """denoise(x, sigma) -> x0 for Euler's x = x0 + sigma eps, around model_fn(x_in, t) -> raw UNet output.
+
+    k-diffusion's CompVisDenoiser / CompVisVDenoiser in one: the UNet sees x / sqrt(sigma^2 + 1) and the timestep
+    sigma_to_t(sigma) (for a run, the exact timestep diffusers passes at that sigma: SigmaSteps.timestep)."""
+
+    def __init__(self, model_fn, prediction_type, sigma_to_t):
+        self.model_fn, self.prediction_type, self.sigma_to_t = model_fn, prediction_type, sigma_to_t
+
+    def __call__(self, x, sigma):
+        out = self.model_fn(unet_input(x, sigma), self.sigma_to_t(sigma))
+        return denoised(out, x, sigma, self.prediction_type)
+
+
+class AlphaDenoiser:
+    """denoise(x_t, t, abar) -> (x0, eps) for DDIM's x_t = sqrt(abar) x0 + sqrt(1 - abar) eps; x0 clamped to
+    +-clip_range when clip_range is not None (diffusers' DDIM clip_sample)."""
+
+    def __init__(self, model_fn, prediction_type, clip_range=None):
+        self.model_fn, self.prediction_type, self.clip_range = model_fn, prediction_type, clip_range
+
+    def __call__(self, x_t, t, alpha_bar):
+        x0, eps = x0_and_eps(self.model_fn(x_t, t), x_t, alpha_bar, self.prediction_type)
+        if self.clip_range is not None:
+            x0 = x0.clamp(-self.clip_range, self.clip_range)
+        return x0, eps

@@ -1,7 +1,8 @@
 """The noise schedule: which timesteps a sampler visits and how much noise there is at each.
 
     schedule = Schedule.from_config(json.load(open(".../scheduler/scheduler_config.json")))
-    steps = schedule.steps(30, "euler")               # SigmaSteps: timesteps (30,), sigmas (31,)
+    steps = schedule.steps(30)                        # SigmaSteps for Euler: timesteps (30,), sigmas (31,)
+    steps = schedule.steps(30, "dpmpp_2m")            # SigmaSteps on DPM-Solver's integer timesteps
     steps = schedule.steps(30, "ddim", strength=0.6)  # AlphaSteps for the last 18 of 30 steps (img2img)
 
 Two views of the same forward process, as the two sampler families use them:
@@ -9,8 +10,9 @@ Two views of the same forward process, as the two sampler families use them:
   variance exploding (Euler, Karras et al. 2022):      x   = x0 + sigma_t eps,  sigma_t = sqrt((1 - abar_t) / abar_t)
 so x = x_t / sqrt(abar_t) and the UNet input is x / sqrt(sigma^2 + 1).
 
-Everything matches diffusers 0.42 (EulerDiscreteScheduler, EulerAncestralDiscreteScheduler, DDIMScheduler and
-the Stable Diffusion / SDXL pipelines' partial schedules) with these deliberate differences:
+Everything matches diffusers 0.42 (EulerDiscreteScheduler, EulerAncestralDiscreteScheduler, DDIMScheduler,
+DPMSolverMultistepScheduler and the Stable Diffusion / SDXL pipelines' partial schedules) with these deliberate
+differences:
 - `timestep_spacing="trailing"` always gives `num_steps` timesteps; diffusers' float `np.arange` gives one extra
   timestep (-1) for 62 step counts out of 1..1000 (61, 103, 121, ...). Where diffusers gives n, both agree.
 - Euler ancestral uses exactly Euler's sigmas, so `use_karras_sigmas` and `interpolation_type` apply to it;
@@ -19,16 +21,19 @@ the Stable Diffusion / SDXL pipelines' partial schedules) with these deliberate 
   them), for a `leading` schedule that would index past the last training timestep (diffusers: IndexError), and
   for an epsilon model on a zero-SNR schedule that visits abar = 0 (diffusers divides by zero there).
 - Euler with `rescale_betas_zero_snr` is diffusers' choice: the last abar is clamped to 2**-24 (sigma ~ 4096).
+- DPM-Solver++ raises for `interpolation_type="log_linear"` (diffusers' DPMSolverMultistepScheduler has no such
+  option and ignores the key).
 """
 from dataclasses import dataclass, fields
 
 import numpy as np
 import torch
 
+from .prediction import AlphaDenoiser, Denoiser
+from .samplers import sampler_spec
+
 PREDICTION_TYPES = ("epsilon", "v_prediction", "sample")
 SPACINGS = ("leading", "trailing", "linspace")
-SAMPLERS = ("euler", "euler_ancestral", "ddim")
-DEFAULT_SPACING = {"euler": "linspace", "euler_ancestral": "linspace", "ddim": "leading"}  # diffusers' defaults
 
 # diffusers options this module does not implement: a config may name them only with these (default) values
 _UNSUPPORTED = {
@@ -57,9 +62,9 @@ class Schedule:
     beta_schedule: str = "linear"  # "linear" | "scaled_linear"; ignored when trained_betas is given
     trained_betas: tuple | None = None
     prediction_type: str = "epsilon"  # what the UNet predicts: "epsilon" | "v_prediction" | "sample"
-    timestep_spacing: str | None = None  # None: the sampler's diffusers default (Euler "linspace", DDIM "leading")
+    timestep_spacing: str | None = None  # None: the sampler's diffusers default (SAMPLERS[...].default_spacing)
     steps_offset: int = 0  # added to "leading" timesteps only
-    use_karras_sigmas: bool = False  # Euler family only
+    use_karras_sigmas: bool = False  # Euler family and DPM-Solver++
     interpolation_type: str = "linear"  # Euler family only: "linear" | "log_linear"
     rescale_betas_zero_snr: bool = False  # Lin et al. 2023, Algorithm 1
     set_alpha_to_one: bool = True  # DDIM only: the last step goes to abar = 1 (else to abar_0)
@@ -115,27 +120,26 @@ class Schedule:
 
     # ---- inference steps ----
 
-    def timesteps(self, num_steps, sampler, *, strength=None, denoising_start=None, denoising_end=None):
-        """The timesteps `sampler` passes to the UNet: float32 for the Euler family, int64 for DDIM."""
+    def timesteps(self, num_steps, sampler="euler", *, strength=None, denoising_start=None, denoising_end=None):
+        """The timesteps `sampler` passes to the UNet: float32 for the Euler family, int64 for DDIM and DPM."""
         return self.steps(num_steps, sampler, strength=strength, denoising_start=denoising_start,
                           denoising_end=denoising_end).timesteps
 
-    def steps(self, num_steps, sampler, *, strength=None, denoising_start=None, denoising_end=None):
-        """What one run of `sampler` visits: SigmaSteps (euler, euler_ancestral) or AlphaSteps (ddim).
+    def steps(self, num_steps, sampler="euler", *, strength=None, denoising_start=None, denoising_end=None):
+        """What one run of `sampler` visits: SigmaSteps (euler, euler_a, dpmpp_2m) or AlphaSteps (ddim).
 
         num_steps is the full schedule's length; the optional window keeps part of it, as diffusers' pipelines:
           strength         img2img: the last int(num_steps * strength) steps
           denoising_start  SDXL refiner: the steps with t < round(T * (1 - denoising_start))
           denoising_end    SDXL base: stop before the first step with t < round(T * (1 - denoising_end))
         """
-        _choice("sampler", sampler, SAMPLERS)
-        if not isinstance(num_steps, int) or not 1 <= num_steps <= self.num_train_timesteps:
+        spec = sampler_spec(sampler)
+        if isinstance(num_steps, bool) or not isinstance(num_steps, int) or not 1 <= num_steps <= self.num_train_timesteps:
             raise ValueError(f"num_steps={num_steps!r} must be an integer from 1 to num_train_timesteps="
                              f"{self.num_train_timesteps}")
-        spacing = self.timestep_spacing or DEFAULT_SPACING[sampler]
-        if sampler == "ddim":
-            return self._alpha_steps(num_steps, spacing, strength, denoising_start, denoising_end)
-        return self._sigma_steps(num_steps, spacing, strength, denoising_start, denoising_end)
+        spacing = self.timestep_spacing or spec.default_spacing
+        build = {"euler": self._sigma_steps, "dpm": self._dpm_steps, "ddim": self._alpha_steps}[spec.steps]
+        return build(num_steps, spacing, strength, denoising_start, denoising_end)
 
     def _spaced(self, n, spacing):
         """n descending timesteps (float64), before any rounding to integers or Karras re-spacing."""
@@ -167,6 +171,30 @@ class Schedule:
         init_noise_sigma = sigmas.max() if spacing != "leading" else (sigmas.max() ** 2 + 1) ** 0.5
         begin, end = self._window(timesteps, n, strength, denoising_start, denoising_end)
         return SigmaSteps(timesteps[begin:end], sigmas[begin:end + 1], init_noise_sigma)
+
+    def _dpm_steps(self, n, spacing, strength, denoising_start, denoising_end):
+        """DPMSolverMultistepScheduler's integer timesteps (its own linspace / leading rules: n + 1 points with the
+        last dropped), sigma interpolated at each, or Karras sigmas over the whole training range with rounded
+        timesteps; a final sigma 0 (final_sigmas_type "zero"). Its latents are x_t (init_noise_sigma 1)."""
+        if self.interpolation_type != "linear":
+            raise ValueError("DPM-Solver++ has no interpolation_type option: set interpolation_type='linear'")
+        T = self.num_train_timesteps
+        if spacing == "linspace":
+            timesteps = np.linspace(0, T - 1, n + 1).round()[::-1][:-1]
+        elif spacing == "leading":
+            timesteps = (np.arange(n + 1) * (T // (n + 1))).round()[::-1][:-1] + self.steps_offset
+        else:
+            timesteps = self._spaced(n, "trailing")
+        train = self.train_sigmas().numpy()  # float32 (T,)
+        if self.use_karras_sigmas:  # between the largest and smallest training sigma, whatever the spacing
+            sigmas = _karras_sigmas(float(train[-1]), float(train[0]), n)
+            timesteps = np.round(_sigma_to_t(sigmas, np.log(train)))
+        else:
+            sigmas = np.interp(timesteps, np.arange(T), train)
+        sigmas = torch.from_numpy(np.append(sigmas, 0.0).astype(np.float32))
+        timesteps = torch.from_numpy(timesteps.astype(np.int64))
+        begin, end = self._window(timesteps, n, strength, denoising_start, denoising_end)
+        return SigmaSteps(timesteps[begin:end], sigmas[begin:end + 1], torch.tensor(1.0), latents="x_t")
 
     def _alpha_steps(self, n, spacing, strength, denoising_start, denoising_end):
         T = self.num_train_timesteps
@@ -216,15 +244,51 @@ class Schedule:
 
 @dataclass(frozen=True)
 class SigmaSteps:
-    """An Euler-family run: x = x0 + sigma * eps, the UNet sees x / sqrt(sigma^2 + 1) and the timestep."""
+    """An Euler-family or DPM-Solver run. Its loop works on x = x0 + sigma * eps; the UNet sees
+    x / sqrt(sigma^2 + 1) and the timestep. The latents it takes in and gives out are diffusers': x itself for
+    the Euler schedulers (latents="x"), x_t = x / sqrt(sigma^2 + 1) for DPM-Solver (latents="x_t")."""
 
-    timesteps: torch.Tensor  # (n,) float32, as diffusers passes them to the UNet (fractional with Karras)
+    timesteps: torch.Tensor  # (n,) as diffusers passes them to the UNet (float32, fractional with Karras; DPM int64)
     sigmas: torch.Tensor  # (n + 1,) float32: sigma at each timestep, then where the last step lands
     init_noise_sigma: torch.Tensor  # 0-d float32: scale of the unit noise a full text-to-image run starts from
+    latents: str = "x"
 
-    def add_noise(self, x0, noise):
-        """x0 noised to the first step (img2img), as diffusers' Euler add_noise."""
-        return x0 + noise * self.sigmas[0]
+    def timestep(self, sigma):
+        """The timestep at one of this run's sigmas (what the Denoiser passes to the UNet)."""
+        hits = (self.sigmas[:-1] == sigma).nonzero()
+        if len(hits) == 0:
+            raise ValueError(f"sigma={float(sigma)} is not one of this run's sigmas")
+        return self.timesteps[int(hits[0])]
+
+    def denoiser(self, model_fn, schedule):
+        return Denoiser(model_fn, schedule.prediction_type, self.timestep)
+
+    def to_x(self, latents, i):
+        """diffusers' latents at step i's noise level -> the loop's x."""
+        return latents if self.latents == "x" else latents * (self.sigmas[i] ** 2 + 1) ** 0.5
+
+    def from_x(self, x, i):
+        return x if self.latents == "x" else x / (self.sigmas[i] ** 2 + 1) ** 0.5
+
+    def add_noise(self, x0, noise, i=0):
+        """x0 noised to step i's level, as diffusers' add_noise at timesteps[i] (img2img start: i = 0)."""
+        return self.from_x(x0 + noise * self.sigmas[i], i)
+
+    def start(self, noise, init_latents, strength, denoising_start):
+        return self.to_x(_first_latents(self, noise, init_latents, strength, denoising_start), 0)
+
+    def finish(self, x):
+        return self.from_x(x, len(self.timesteps))
+
+    def wrap_callback(self, callback):
+        """The loop's callback(i, t, x) -> the user's callback(i, t, latents), in diffusers' latents."""
+        if callback is None or self.latents == "x":
+            return callback
+
+        def in_latents(i, t, x):
+            out = callback(i, t, self.from_x(x, i + 1))
+            return None if out is None else self.to_x(out, i + 1)
+        return in_latents
 
 
 @dataclass(frozen=True)
@@ -236,10 +300,40 @@ class AlphaSteps:
     alphas_cumprod_prev: torch.Tensor  # (n,) float32: abar each step goes to
     init_noise_sigma: float = 1.0
 
-    def add_noise(self, x0, noise):
-        """x0 noised to the first step (img2img), as diffusers' DDIM add_noise."""
-        abar = self.alphas_cumprod[0]
+    def denoiser(self, model_fn, schedule):
+        clip = schedule.clip_sample_range if schedule.clip_sample else None
+        return AlphaDenoiser(model_fn, schedule.prediction_type, clip)
+
+    def add_noise(self, x0, noise, i=0):
+        """x0 noised to step i's timestep, as diffusers' DDIM add_noise at timesteps[i] (img2img start: i = 0)."""
+        abar = self.alphas_cumprod[i]
         return abar**0.5 * x0 + (1 - abar) ** 0.5 * noise
+
+    def start(self, noise, init_latents, strength, denoising_start):
+        return _first_latents(self, noise, init_latents, strength, denoising_start)
+
+    def finish(self, x):
+        return x
+
+    def wrap_callback(self, callback):
+        return callback
+
+
+def _first_latents(steps, noise, init_latents, strength, denoising_start):
+    """The latents a run starts from; see samplers.py."""
+    if denoising_start is not None:
+        if init_latents is None:
+            raise ValueError("denoising_start needs init_latents: the latents the base run stopped at")
+        return init_latents.float()
+    if strength is not None:
+        if init_latents is None or noise is None:
+            raise ValueError("strength (img2img) needs init_latents (the clean image latents) and noise")
+        return steps.add_noise(init_latents.float(), noise.float())
+    if init_latents is not None:
+        raise ValueError("init_latents are used only with strength (img2img) or denoising_start (refiner)")
+    if noise is None:
+        raise ValueError("noise is needed to start a text-to-image run")
+    return noise.float() * steps.init_noise_sigma
 
 
 def _check_fraction(name, value):
