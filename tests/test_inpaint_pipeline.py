@@ -12,7 +12,8 @@ from helpers import assert_close
 from minunet import inpaint
 from minunet.pipeline import Pipeline
 
-SCHEDULERS = {"euler": "EulerDiscreteScheduler", "euler_a": "EulerAncestralDiscreteScheduler", "ddim": "DDIMScheduler"}
+SCHEDULERS = {"euler": "EulerDiscreteScheduler", "euler_a": "EulerAncestralDiscreteScheduler", "ddim": "DDIMScheduler",
+              "dpmpp_2m": "DPMSolverMultistepScheduler"}
 
 
 def gen(seed=0):
@@ -105,7 +106,7 @@ def test_sd_padding_mask_crop(fixture, soft, request):
     assert (out[0][black] == np.asarray(image)[black]).all()
 
 
-@pytest.mark.parametrize("sampler", ["euler_a", "ddim"])
+@pytest.mark.parametrize("sampler", ["euler_a", "ddim", "dpmpp_2m"])
 def test_sd_soft_mask_default_size_and_random_stream(sd4, sampler):
     """A blurred mask (binarised inside the loop), no height/width (the UNet's default size, not the image's),
     and samplers that draw noise every step: the skipped masked-image encode still makes diffusers' draws."""
@@ -147,6 +148,28 @@ def test_sd_single_file_inpainting_equals_folder(tmp_path):
     folder = Pipeline.from_pretrained(tmp_path / "pipe")
     a = ours(**kw, output_type="latent", generator=gen(), progress=False).images
     torch.testing.assert_close(a, folder(**kw, output_type="latent", generator=gen(), progress=False).images)
+    shared = Pipeline.from_single_file(path, **folder.components("vae", "text_encoder"))  # loads the UNet only
+    assert shared.vae is folder.vae and shared.text.encoders[0] is folder.text.encoders[0]
+    torch.testing.assert_close(shared(**kw, output_type="latent", generator=gen(), progress=False).images, a)
+
+
+def test_sdxl_refiner_shares_the_base_vae_and_bigG(sdxl):
+    """The refiner built on the base's VAE and bigG text encoder: the same objects, nothing loaded twice, and the
+    same result as the refiner loaded alone (the tiny base and refiner were made with the same VAE and bigG)."""
+    base, refiner, ours_base, ours_refiner = sdxl
+    shared = Pipeline.from_pretrained(refiner, **ours_base.components("vae", "text_encoder_2"))
+    assert shared.vae is ours_base.vae and shared.text.encoders[0] is ours_base.text.encoders[1]
+    again = Pipeline.from_pipe(shared)
+    assert again.unet is shared.unet and again.vae is ours_base.vae and again.text is shared.text
+    kw = dict(prompt="a lighthouse", image=torch.rand(1, 3, 32, 32, generator=gen(11)), num_inference_steps=4, strength=0.5,
+              output_type="latent", progress=False)
+    torch.testing.assert_close(shared(**kw, generator=gen()).images, ours_refiner(**kw, generator=gen()).images)
+    with pytest.raises(ValueError, match="the shared text encoder does not fit"):
+        Pipeline.from_pretrained(refiner, text_encoder_2=ours_base.text.encoders[0])
+    with pytest.raises(ValueError, match="cannot share \\['text_encoder'\\]"):
+        Pipeline.from_pretrained(refiner, text_encoder=ours_base.text.encoders[0])
+    with pytest.raises(ValueError, match="has no \\['text_encoder_2'\\]"):
+        Pipeline.tiny().components("text_encoder_2")
 
 
 def test_inpainting_errors(sd9, sd4):
