@@ -171,8 +171,8 @@ def run_pipeline(pipe, args, height, width, freeu, inputs=None, refiner=None):
     try:
         if refiner is None:
             return pipe(args.prompt, generator=torch.Generator().manual_seed(args.seed), **kw).images
-        latents = pipe(args.prompt, generator=torch.Generator().manual_seed(args.seed), denoising_end=args.high_noise_frac,
-                       output_type="latent", **kw).images
+        latents = pipe(args.prompt, generator=torch.Generator().manual_seed(args.seed),
+                       denoising_end=args.high_noise_frac, output_type="latent", **kw).images
         kw.update(image=latents, denoising_start=args.high_noise_frac)
         return refiner(args.prompt, generator=torch.Generator().manual_seed(args.seed), **kw).images
     except ValueError as e:  # bad --steps, --clip-skip, ...: the pipeline's message, without a traceback

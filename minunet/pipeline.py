@@ -6,7 +6,8 @@
 Argument names and meanings are diffusers' (StableDiffusion[XL][Img2Img]Pipeline). With the same generator the
 random draws happen in diffusers' order (initial noise; in img2img the VAE sample, then the noise), so a seed
 gives the same image as diffusers. One deliberate difference: `clip_skip` applies to the negative prompt too
-(see minunet.text).
+(see minunet.text). Inpainting (mask_image=) is StableDiffusion[XL]InpaintPipeline's: see minunet.inpaint; the
+SDXL negative size / crop ids follow diffusers' rules, ignored arguments included: see minunet.micro_conditioning.
 """
 import json
 from contextlib import contextmanager
@@ -99,7 +100,8 @@ class Pipeline:
         schedule=, default_size= replaced."""
         unknown = sorted(set(changes) - {"unet", "vae", "text", "schedule", "default_size"})
         if unknown:
-            raise TypeError(f"from_pipe: unknown components {unknown}; expected unet, vae, text, schedule, default_size")
+            raise TypeError(f"from_pipe: unknown components {unknown}; expected unet, vae, text, schedule, "
+                            "default_size")
         parts = {**dict(unet=pipe.unet, vae=pipe.vae, text=pipe.text, schedule=pipe.schedule,
                         default_size=pipe.default_size), **changes}
         return cls(parts.pop("unet"), parts.pop("vae"), parts.pop("text"), parts.pop("schedule"), **parts)
@@ -327,7 +329,8 @@ class Pipeline:
         height, width = shape[2] * self.vae_scale, shape[3] * self.vae_scale
         pixels, mask, box = inpaint.prepare_inputs(image, mask_image, height, width, padding_mask_crop)
         dev = self.device
-        noise_fn = (lambda: latents.to(dev, torch.float32)) if latents is not None else (lambda: randn(shape, generator, dev))
+        def noise_fn():  # drawn between the image encode and the masked-image encode, as diffusers
+            return latents.to(dev, torch.float32) if latents is not None else randn(shape, generator, dev)
         run = inpaint.start(self, pixels.to(dev), mask.to(dev), batch=shape[0], generator=generator, noise_fn=noise_fn,
                             need_image_latents=self.unet.config.in_channels == 4 or bool(window),
                             masked_image_latents=masked_image_latents, box=box, original=image,

@@ -161,8 +161,8 @@ def test_sdxl_refiner_shares_the_base_vae_and_bigG(sdxl):
     assert shared.vae is ours_base.vae and shared.text.encoders[0] is ours_base.text.encoders[1]
     again = Pipeline.from_pipe(shared)
     assert again.unet is shared.unet and again.vae is ours_base.vae and again.text is shared.text
-    kw = dict(prompt="a lighthouse", image=torch.rand(1, 3, 32, 32, generator=gen(11)), num_inference_steps=4, strength=0.5,
-              output_type="latent", progress=False)
+    kw = dict(prompt="a lighthouse", image=torch.rand(1, 3, 32, 32, generator=gen(11)), num_inference_steps=4,
+              strength=0.5, output_type="latent", progress=False)
     torch.testing.assert_close(shared(**kw, generator=gen()).images, ours_refiner(**kw, generator=gen()).images)
     with pytest.raises(ValueError, match="the shared text encoder does not fit"):
         Pipeline.from_pretrained(refiner, text_encoder_2=ours_base.text.encoders[0])
