@@ -6,7 +6,8 @@
 Argument names and meanings are diffusers' (StableDiffusion[XL][Img2Img]Pipeline). With the same generator the
 random draws happen in diffusers' order (initial noise; in img2img the VAE sample, then the noise), so a seed
 gives the same image as diffusers. One deliberate difference: `clip_skip` applies to the negative prompt too
-(see minunet.text).
+(see minunet.text). Inpainting (mask_image=) is StableDiffusion[XL]InpaintPipeline's: see minunet.inpaint; the
+SDXL negative size / crop ids follow diffusers' rules, ignored arguments included: see minunet.micro_conditioning.
 """
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -14,10 +15,11 @@ from pathlib import Path
 
 import torch
 
-from . import checks
+from . import checks, inpaint
 from .images import from_pil, to_pil
 from .io import CheckpointError, hub_offline, looks_like_repo_id, read_json
 from .loading import family, load_unet, load_unet_single_file
+from .micro_conditioning import time_ids
 from .noise import check_generators, randn
 from .schedulers import SAMPLERS, Schedule, guided, sample
 from .text import TextConditioner
@@ -47,9 +49,11 @@ class Pipeline:
 
     # ---- construction ----------------------------------------------------------------------------------------
     @classmethod
-    def from_pretrained(cls, source, *, dtype=None, device=None, variant=None, compile=False):
+    def from_pretrained(cls, source, *, dtype=None, device=None, variant=None, compile=False, unet=None, vae=None,
+                        text_encoder=None, text_encoder_2=None):
         """A diffusers pipeline folder (model_index.json, unet/, vae/, text_encoder*/, tokenizer*/, scheduler/)
-        or a Hub repo id of one."""
+        or a Hub repo id of one. unet= / vae= / text_encoder= / text_encoder_2=: already loaded modules used
+        as they are (shared, not loaded again), e.g. the base's VAE and bigG for the refiner."""
         folder = Path(source)
         if not folder.is_dir():
             if not looks_like_repo_id(source):
@@ -57,23 +61,28 @@ class Pipeline:
             folder = _fetch_pipeline(str(source), variant)
         if not (folder / "unet").is_dir():
             raise CheckpointError(f"{folder}: not a diffusers pipeline folder (no unet/)")
-        unet = load_unet(folder / "unet", dtype=dtype, device=device, variant=variant)
-        vae = load_vae(folder / "vae", dtype=dtype, device=device)
-        text = TextConditioner.from_pretrained(folder, dtype=dtype, device=device)
-        sched_file = folder / "scheduler" / "scheduler_config.json"
-        schedule = schedule_from_file(sched_file)
+        unet = unet if unet is not None else load_unet(folder / "unet", dtype=dtype, device=device, variant=variant)
+        vae = vae if vae is not None else load_vae(folder / "vae", dtype=dtype, device=device)
+        text = TextConditioner.from_pretrained(folder, dtype=dtype, device=device,
+                                               encoders=_shared_encoders(text_encoder, text_encoder_2))
+        schedule = schedule_from_file(folder / "scheduler" / "scheduler_config.json")
         size = read_json(folder / "unet" / "config.json", "UNet config").get("sample_size")
         pipe = cls(unet, vae, text, schedule,
                    default_size=size * vae.config.downscale if isinstance(size, int) else None)
         return pipe.compile() if compile else pipe
 
     @classmethod
-    def from_single_file(cls, path, *, dtype=None, device=None, prediction_type=None, compile=False):
+    def from_single_file(cls, path, *, dtype=None, device=None, prediction_type=None, compile=False, unet=None,
+                         vae=None, text_encoder=None, text_encoder_2=None):
         """An original checkpoint holding UNet, VAE and text encoders. SD 2.x files do not say whether they
-        predict epsilon (512 base) or v (768-v): pass prediction_type, else the heuristic below decides."""
-        unet = load_unet_single_file(path, dtype=dtype, device=device)
-        vae = load_vae(path, dtype=dtype, device=device)
-        text = TextConditioner.from_single_file(path, dtype=dtype, device=device)
+        predict epsilon (512 base) or v (768-v): pass prediction_type, else the heuristic below decides.
+        unet= / vae= / text_encoder= / text_encoder_2=: already loaded modules used as they are (shared): the
+        refiner with the base's VAE and bigG is `from_single_file(refiner_file, **base.components("vae",
+        "text_encoder_2"))`; a shared text encoder must have the file's shapes."""
+        unet = unet if unet is not None else load_unet_single_file(path, dtype=dtype, device=device)
+        vae = vae if vae is not None else load_vae(path, dtype=dtype, device=device)
+        text = TextConditioner.from_single_file(path, dtype=dtype, device=device,
+                                                encoders=_shared_encoders(text_encoder, text_encoder_2))
         fam = family(unet.config)
         repo, size = FAMILY_DEFAULTS[fam]
         sched = read_json(CONFIGS / repo / "scheduler" / "scheduler_config.json", "scheduler config")
@@ -86,9 +95,31 @@ class Pipeline:
         return pipe.compile() if compile else pipe
 
     @classmethod
-    def tiny(cls, family_name="sd1", seed=0):
+    def from_pipe(cls, pipe, **changes):
+        """A pipeline on the same loaded modules (nothing is copied or loaded), with any of unet=, vae=, text=,
+        schedule=, default_size= replaced."""
+        unknown = sorted(set(changes) - {"unet", "vae", "text", "schedule", "default_size"})
+        if unknown:
+            raise TypeError(f"from_pipe: unknown components {unknown}; expected unet, vae, text, schedule, "
+                            "default_size")
+        parts = {**dict(unet=pipe.unet, vae=pipe.vae, text=pipe.text, schedule=pipe.schedule,
+                        default_size=pipe.default_size), **changes}
+        return cls(parts.pop("unet"), parts.pop("vae"), parts.pop("text"), parts.pop("schedule"), **parts)
+
+    def components(self, *names):
+        """{name: module} of this pipeline's unet, vae, text_encoder, text_encoder_2 (all, or those named), to
+        pass to another pipeline's from_single_file / from_pretrained so that it shares them."""
+        found = {"unet": self.unet, "vae": self.vae}
+        found.update({s.subfolder: e for s, e in zip(self.text.specs, self.text.encoders)})
+        missing = [n for n in names if n not in found]
+        if missing:
+            raise ValueError(f"this {self.family} pipeline has no {missing}; it has {sorted(found)}")
+        return {n: found[n] for n in (names or found)}
+
+    @classmethod
+    def tiny(cls, family_name="sd1", seed=0, *, in_channels=4):
         """A small random-initialised pipeline built in memory from a fixed seed: it runs anywhere in seconds and
-        makes noise, not pictures."""
+        makes noise, not pictures. in_channels=9: the inpainting UNet structure."""
         from .config import UNetConfig
         from .vae import VAE, VAEConfig
         from .unet import UNet
@@ -99,7 +130,7 @@ class Pipeline:
             torch.manual_seed(seed)
             text = TextConditioner.tiny("sd1", seed=seed)
             unet = UNet(UNetConfig(block_out_channels=(32, 64), attention_levels=(True, False), transformer_depth=(1, 0),
-                                   num_heads=(2, 2), context_dim=text.context_dim)).eval()
+                                   num_heads=(2, 2), context_dim=text.context_dim, in_channels=in_channels)).eval()
             vae = VAE(VAEConfig(block_out_channels=(32, 32, 32, 32), layers_per_block=1, sample_size=128)).eval()
         sched = read_json(CONFIGS / "stable-diffusion-v1-5" / "scheduler" / "scheduler_config.json", "scheduler config")
         return cls(unet, vae, text, Schedule.from_config(sched), default_size=128)  # 16 x 16 latents
@@ -161,51 +192,87 @@ class Pipeline:
                  generator=None, latents=None, image=None, strength=None, denoising_start=None, denoising_end=None,
                  original_size=None, crops_coords_top_left=(0, 0), target_size=None, aesthetic_score=6.0,
                  negative_aesthetic_score=2.5, guidance_rescale=0.0, clip_skip=None, output_type="pil", callback=None,
-                 progress=True):
-        """Prompt (and, for img2img / the refiner, an image or latents) -> images; see the module docstring."""
+                 progress=True, mask_image=None, masked_image_latents=None, padding_mask_crop=None,
+                 negative_original_size=None, negative_crops_coords_top_left=None, negative_target_size=None,
+                 negative_ids="diffusers"):
+        """Prompt (and, for img2img / the refiner, an image or latents; for inpainting, an image and a mask) ->
+        images; see the module docstring, minunet.inpaint and minunet.micro_conditioning."""
         image = checks.pipeline_arguments(self, locals())  # one named ValueError / TypeError per bad argument
+        inpainting = mask_image is not None
+        self._check_call(sampler, output_type, image, mask_image, padding_mask_crop)
+        guidance_scale, strength = self._defaults(guidance_scale, strength, inpainting)
+        height, width = self._size(height, width, image, inpainting)
+        cfg = guidance_scale > 1.0
+        # 1. text -> context (and SDXL's pooled text + size ids)
+        mode = "inpainting" if inpainting else "img2img" if image is not None else "text-to-image"
+        ids = time_ids(self.family == "sdxl-refiner", mode, height, width, original_size=original_size,
+                       crops_coords_top_left=crops_coords_top_left, target_size=target_size,
+                       aesthetic_score=aesthetic_score, negative_aesthetic_score=negative_aesthetic_score,
+                       negative_original_size=negative_original_size, negative_target_size=negative_target_size,
+                       negative_crops_coords_top_left=negative_crops_coords_top_left, negative_ids=negative_ids)
+        context, added = self._conditioning(prompt, negative_prompt, prompt_2, negative_prompt_2, num_images_per_prompt,
+                                            clip_skip, cfg, ids)
+        checks.finite_output(context, "text encoder", self.text.encoders[-1].dtype)
+        # 2. where the run starts: noise, or an image's latents (img2img, refiner, inpainting)
+        batch = context.shape[0] // (2 if cfg else 1)
+        shape = (batch, self.unet.config.out_channels, height // self.vae_scale, width // self.vae_scale)
+        run = None
+        if inpainting:
+            start, run = self._inpaint_start(shape, image, mask_image, masked_image_latents, padding_mask_crop,
+                                             latents, strength, denoising_start, denoising_end, generator)
+        else:
+            start = self._start(shape, image, latents, strength, denoising_start, denoising_end, generator)
+        # 3. the denoising loop: the UNet (with classifier-free guidance) inside the sampler
+        model_fn = self.model_fn(context, added, guidance_scale if cfg else None, guidance_rescale,
+                                 None if run is None else run.unet_input)
+        model_fn = checks.first_call_finite(model_fn, "UNet", self.unet.dtype)  # NaN at step 1: a named error
+        x = self._sample(sampler, model_fn, num_inference_steps, start, eta, generator, callback, progress, run)
+        # 4. latents -> images (inpainting with padding_mask_crop: pasted into the original)
+        if output_type == "latent":
+            return PipelineOutput(images=x)
+        images = self._decode(x, output_type)
+        return PipelineOutput(images=images if run is None else run.finish(images))
+
+    def model_fn(self, context, added, guidance_scale=None, guidance_rescale=0.0, extra_input=None):
+        """The sampler's model_fn(x_in, t) -> raw UNet output, with classifier-free guidance when guidance_scale is
+        given (context and the added conditioning then hold [negative; positive]). `self.unet` is read at each call,
+        so `pipe.unet = torch.compile(pipe.unet, ...)` takes effect. extra_input(x_in) -> the UNet's input (a
+        9-channel inpainting UNet's mask and masked-image latents)."""
+        def unet_fn(x_in, t):
+            if extra_input is not None:
+                x_in = extra_input(x_in)
+            return self.unet(x_in.to(self.unet.dtype), t, context, **added).float()
+        return unet_fn if guidance_scale is None else guided(unet_fn, guidance_scale, guidance_rescale)
+
+    def _check_call(self, sampler, output_type, image, mask_image, padding_mask_crop):
         if sampler not in SAMPLERS:
             raise ValueError(f"sampler '{sampler}' is not one of {tuple(SAMPLERS)}")
         if output_type not in ("pil", "pt", "latent"):
             raise ValueError(f"output_type '{output_type}' is not one of 'pil', 'pt', 'latent'")
-        xl = self.family in ("sdxl", "sdxl-refiner")
-        guidance_scale = (5.0 if xl else 7.5) if guidance_scale is None else guidance_scale  # diffusers' defaults
-        strength = (0.3 if xl else 0.8) if strength is None else strength  # img2img only
-        height, width = self._size(height, width, image)
-        cfg = guidance_scale > 1.0
-        # 1. text -> context (and SDXL's pooled text + size ids)
-        context, added = self._conditioning(prompt, negative_prompt, prompt_2, negative_prompt_2, num_images_per_prompt,
-                                            clip_skip, cfg, (height, width), original_size, crops_coords_top_left,
-                                            target_size, aesthetic_score, negative_aesthetic_score)
-        checks.finite_output(context, "text encoder", self.text.encoders[-1].dtype)
-        # 2. where the run starts: noise, or an image's latents (img2img, refiner)
-        batch = context.shape[0] // (2 if cfg else 1)
-        shape = (batch, self.unet.config.out_channels, height // self.vae_scale, width // self.vae_scale)
-        start = self._start(shape, image, latents, strength, denoising_start, denoising_end, generator)
-        # 3. the denoising loop: the UNet (with classifier-free guidance) inside the sampler
-        model_fn = self.model_fn(context, added, guidance_scale if cfg else None, guidance_rescale)
-        model_fn = checks.first_call_finite(model_fn, "UNet", self.unet.dtype)  # NaN at step 1: a named error
-        x = self._sample(sampler, model_fn, num_inference_steps, start, eta, generator, callback, progress)
-        # 4. latents -> images
-        return PipelineOutput(images=x if output_type == "latent" else self._decode(x, output_type))
+        if mask_image is not None:
+            inpaint.check_inputs(image, mask_image, padding_mask_crop, output_type, self.unet.config.in_channels)
+        elif self.unet.config.in_channels != 4:
+            raise ValueError(f"this UNet has {self.unet.config.in_channels} input channels (an inpainting model): "
+                             "give image= and mask_image=")
 
-    def model_fn(self, context, added, guidance_scale=None, guidance_rescale=0.0):
-        """The sampler's model_fn(x_in, t) -> raw UNet output, with classifier-free guidance when guidance_scale is
-        given (context and the added conditioning then hold [negative; positive]). `self.unet` is read at each call,
-        so `pipe.unet = torch.compile(pipe.unet, ...)` takes effect."""
-        def unet_fn(x_in, t):
-            return self.unet(x_in.to(self.unet.dtype), t, context, **added).float()
-        return unet_fn if guidance_scale is None else guided(unet_fn, guidance_scale, guidance_rescale)
+    def _defaults(self, guidance_scale, strength, inpainting):
+        """diffusers' defaults: guidance 7.5 (SDXL text-to-image / img2img 5.0; SDXL inpainting 7.5 again);
+        strength 0.8 / 0.3 (SDXL) for img2img, 1.0 / 0.9999 (SDXL) for inpainting."""
+        xl = self.family in ("sdxl", "sdxl-refiner")
+        if guidance_scale is None:
+            guidance_scale = 5.0 if xl and not inpainting else 7.5
+        if strength is None:
+            strength = (0.9999 if xl else 1.0) if inpainting else (0.3 if xl else 0.8)
+        return guidance_scale, strength
 
     def _conditioning(self, prompt, negative_prompt, prompt_2, negative_prompt_2, num_images_per_prompt, clip_skip,
-                      cfg, size, original_size, crops, target_size, aesthetic, neg_aesthetic):
+                      cfg, ids):
         """Text encoders -> (context, UNet keyword arguments); with CFG both are [negative; positive]."""
         with self._running(self.text):
             context, pooled, neg_context, neg_pooled = self.text.encode(
                 prompt, negative_prompt, prompt_2, negative_prompt_2, guidance=cfg,
                 num_images_per_prompt=num_images_per_prompt, clip_skip=clip_skip)
-        added = self._added_conditioning(pooled, neg_pooled, *size, original_size, crops, target_size, aesthetic,
-                                         neg_aesthetic, cfg)
+        added = self._added_conditioning(pooled, neg_pooled, ids, cfg)
         if cfg:
             context = torch.cat([neg_context, context])
         return context.to(self.device, self.unet.dtype), added
@@ -230,11 +297,12 @@ class Pipeline:
             noise = randn(shape, generator, self.device)
         return dict(noise=noise, init_latents=init, **{k: v for k, v in window.items() if v is not None})
 
-    def _sample(self, sampler, model_fn, num_steps, start, eta, generator, callback, progress):
+    def _sample(self, sampler, model_fn, num_steps, start, eta, generator, callback, progress, run=None):
         window = {k: v for k, v in start.items() if k not in ("noise", "init_latents")}
-        total = len(self.schedule.timesteps(num_steps, sampler, **window))
+        steps = self.schedule.steps(num_steps, sampler, **window)
+        blend = None if run is None else (lambda i, x: run.after_step(steps, i, x))  # 4-channel inpainting
         options = {"eta": eta} if "eta" in SAMPLERS[sampler].options else {}
-        with self._running(self.unet), _progress(total, progress, callback) as step_callback:
+        with self._running(self.unet), _progress(len(steps.timesteps), progress, callback, blend) as step_callback:
             return sample(sampler, model_fn, start["noise"], self.schedule, num_steps, init_latents=start["init_latents"],
                           generator=generator, callback=step_callback, **window, **options)
 
@@ -247,10 +315,10 @@ class Pipeline:
         return to_pil(decoded)
 
     # ---- pieces ----------------------------------------------------------------------------------------------
-    def _size(self, height, width, image):
+    def _size(self, height, width, image, inpainting=False):
         if image is not None and isinstance(image, torch.Tensor) and image.shape[1] == 4:  # latents (refiner)
             height, width = image.shape[2] * self.vae_scale, image.shape[3] * self.vae_scale
-        elif image is not None:
+        elif image is not None and not inpainting:  # img2img keeps the image's size; inpainting resizes to the output
             pixels = from_pil(image) if not isinstance(image, torch.Tensor) else image
             height, width = pixels.shape[2], pixels.shape[3]
         height = height or self.default_size
@@ -260,24 +328,61 @@ class Pipeline:
                 raise ValueError(f"{name}={v} must be a positive multiple of {self.vae_scale}")
         return height, width
 
-    def _added_conditioning(self, pooled, neg_pooled, height, width, original_size, crops, target_size,
-                            aesthetic, neg_aesthetic, cfg):
-        """SDXL micro-conditioning: pooled text + (original size, crop top-left, target size | aesthetic score)."""
+    def _added_conditioning(self, pooled, neg_pooled, ids, cfg):
+        """SDXL micro-conditioning: pooled text + the (positive, negative) ids of minunet.micro_conditioning."""
         if self.unet.config.adm_in_channels is None:
             return {}
-        original_size = tuple(original_size or (height, width))
-        target_size = tuple(target_size or (height, width))
-        if self.family == "sdxl-refiner":
-            ids, neg_ids = original_size + tuple(crops) + (aesthetic,), original_size + tuple(crops) + (neg_aesthetic,)
-        else:
-            ids = neg_ids = original_size + tuple(crops) + target_size
         b = pooled.shape[0]
         dev, dtype = self.device, self.unet.dtype
-        time_ids = torch.tensor([ids], dtype=dtype, device=dev).repeat(b, 1)
+        time_ids = torch.tensor([ids[0]], dtype=dtype, device=dev).repeat(b, 1)
         if cfg:
-            neg = torch.tensor([neg_ids], dtype=dtype, device=dev).repeat(b, 1)
+            neg = torch.tensor([ids[1]], dtype=dtype, device=dev).repeat(b, 1)
             return {"text_embeds": torch.cat([neg_pooled, pooled]).to(dev, dtype), "time_ids": torch.cat([neg, time_ids])}
         return {"text_embeds": pooled.to(dev, dtype), "time_ids": time_ids}
+
+    def _inpaint_start(self, shape, image, mask_image, masked_image_latents, padding_mask_crop, latents, strength,
+                       denoising_start, denoising_end, generator):
+        """(sampler start as _start gives it, InpaintRun) for an inpainting run (see minunet.inpaint)."""
+        if denoising_start is not None:  # the refiner: start from the given latents, no noise added
+            window = {"denoising_start": denoising_start}
+        else:  # strength 1: pure noise, as text-to-image; else the image latents noised to the first step
+            window = {} if strength == 1.0 else {"strength": strength}
+        check_generators(generator, shape[0])
+        height, width = shape[2] * self.vae_scale, shape[3] * self.vae_scale
+        pixels, mask, box = inpaint.prepare_inputs(image, mask_image, height, width, padding_mask_crop)
+        dev = self.device
+        def noise_fn():  # drawn between the image encode and the masked-image encode, as diffusers
+            return latents.to(dev, torch.float32) if latents is not None else randn(shape, generator, dev)
+        run = inpaint.start(self, pixels.to(dev), mask.to(dev), batch=shape[0], generator=generator, noise_fn=noise_fn,
+                            need_image_latents=self.unet.config.in_channels == 4 or bool(window),
+                            masked_image_latents=masked_image_latents, box=box, original=image,
+                            original_mask=mask_image)
+        window["denoising_end"] = denoising_end
+        start = dict(noise=None if denoising_start is not None else run.noise,
+                     init_latents=run.image_latents if "strength" in window or denoising_start is not None else None)
+        return {**start, **{k: v for k, v in window.items() if v is not None}}, run
+
+    def encode_latents(self, pixels, generator):
+        """Scaled VAE posterior samples of (n, 3, H, W) pixels in [-1, 1], as diffusers' inpainting pipelines draw
+        them: one draw for the batch, or with a list of generators image i from generator i."""
+        with self._running(self.vae):
+            pixels = pixels.to(self.device, self.vae.dtype)
+            if isinstance(generator, (list, tuple)):
+                out = torch.cat([self.vae.encode(pixels[i:i + 1]).sample(generator[i]) for i in range(len(pixels))])
+            else:
+                out = self.vae.encode(pixels).sample(generator)
+        return (out * self.vae.scaling_factor).float()
+
+    def skip_encode(self, pixels, generator):
+        """The random draws encode_latents would make for these pixels, without the VAE."""
+        h, w = pixels.shape[2] // self.vae_scale, pixels.shape[3] // self.vae_scale
+        c = self.vae.config.latent_channels
+        fp16_upcast = self.vae.dtype == torch.float16 and self.vae.config.force_upcast
+        dtype = torch.float32 if fp16_upcast else self.vae.dtype  # the dtype the posterior samples in
+        gens = generator if isinstance(generator, (list, tuple)) else [generator]
+        n = 1 if isinstance(generator, (list, tuple)) else len(pixels)
+        for g in gens[:len(pixels)]:
+            randn((n, c, h, w), g, self.device, dtype)
 
     def _image_latents(self, image, generator, batch):
         """img2img start: VAE posterior sample * scaling factor (drawn before the noise, as diffusers).
@@ -300,6 +405,10 @@ class Pipeline:
         return _repeat_to(out, batch, "image latents" if latents else "image")
 
 
+def _shared_encoders(text_encoder, text_encoder_2):
+    return {k: v for k, v in (("text_encoder", text_encoder), ("text_encoder_2", text_encoder_2)) if v is not None}
+
+
 def _repeat_to(x, batch, name):
     """(n, ...) -> (batch, ...) by repeating the whole batch, when n divides batch (diffusers' rule)."""
     if x.shape[0] == batch:
@@ -311,13 +420,18 @@ def _repeat_to(x, batch, name):
 
 
 @contextmanager
-def _progress(total, enabled, callback):
+def _progress(total, enabled, callback, blend=None):
+    """The sampler's callback: progress bar, then the inpainting blend, then the user's callback; a tensor
+    returned replaces the latents."""
     from tqdm import tqdm
 
     with tqdm(total=total, disable=not enabled, desc="sampling", leave=False) as bar:
         def step(i, t, x):
             bar.update(1)
-            return None if callback is None else callback(i, t, x)  # a returned tensor replaces the latents
+            if blend is not None:
+                x = blend(i, x)
+            out = None if callback is None else callback(i, t, x)
+            return x if out is None and blend is not None else out
         yield step
 
 

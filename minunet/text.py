@@ -144,9 +144,11 @@ class TextConditioner(nn.Module):
 
     # ---- loading
     @classmethod
-    def from_pretrained(cls, folder, *, dtype=None, device=None, variant=None):
+    def from_pretrained(cls, folder, *, dtype=None, device=None, variant=None, encoders=None):
         """From a diffusers pipeline folder (text_encoder/, text_encoder_2/, tokenizer/, tokenizer_2/,
-        model_index.json). `variant="fp16"` reads model.fp16.safetensors. Pickle .bin weights are refused."""
+        model_index.json). `variant="fp16"` reads model.fp16.safetensors. Pickle .bin weights are refused.
+        `encoders`: {"text_encoder" | "text_encoder_2": an already loaded model} to use instead of loading that one
+        (the same object, shared; its shapes must be the folder's)."""
         folder = Path(folder)
         refuse_pickle(folder)
         if not folder.is_dir():
@@ -154,17 +156,22 @@ class TextConditioner(nn.Module):
         index = folder / "model_index.json"
         info = read_json(index, "model_index") if index.is_file() else {}
         family = folder_family(folder, info)
-        encoders = [load_encoder_folder(folder / s.subfolder, s.projection, dtype=dtype, device=device,
-                                        variant=variant) for s in SPECS[family]]
+        shared = check_shared(encoders, family, folder)
+        encoders = [shared_folder_encoder(shared[s.subfolder], folder / s.subfolder, s.projection)
+                    if s.subfolder in shared else
+                    load_encoder_folder(folder / s.subfolder, s.projection, dtype=dtype, device=device, variant=variant)
+                    for s in SPECS[family]]
         tokenizers = [load_tokenizer(folder / s.tokenizer, s.pad_token) for s in SPECS[family]]
         # diffusers' SDXL pipelines default to True when model_index.json does not say
         force = info.get("force_zeros_for_empty_prompt", family.startswith("sdxl"))
         return cls(family, encoders, tokenizers, force_zeros_for_empty_prompt=force, source=folder)
 
     @classmethod
-    def from_single_file(cls, path, *, dtype=None, device=None, configs=None):
+    def from_single_file(cls, path, *, dtype=None, device=None, configs=None, encoders=None):
         """From an original checkpoint (`cond_stage_model.*` / `conditioner.*`); other components' keys are skipped.
-        `configs`: one CLIPTextConfig per encoder instead of the shipped configs fitted to the shapes."""
+        `configs`: one CLIPTextConfig per encoder instead of the shipped configs fitted to the shapes.
+        `encoders`: {"text_encoder" | "text_encoder_2": an already loaded model} used (shared) instead of loading
+        that encoder's tensors from the file; its shapes must be the file's."""
         header, _, _ = read_header(path)
         family = detect_family(header)
         if family is None:
@@ -186,10 +193,15 @@ class TextConditioner(nn.Module):
             raise CheckpointError(f"{path}: {len(unknown)} unknown keys under '{TEXT_ROOT[family]}' for a {family} "
                                   "text conditioner: " + ", ".join(unknown[:15])
                                   + (" ..." if len(unknown) > 15 else ""))
-        tensors = load_safetensors(path, keys={emb.prefix + r.original for emb, (rows, _, _) in
-                                               zip(SPECS[family], plans) for r in rows})
+        shared = check_shared(encoders, family, path)
+        skip = [spec.subfolder in shared for spec in SPECS[family]]
+        tensors = load_safetensors(path, keys={emb.prefix + r.original for emb, (rows, _, _), s in
+                                               zip(SPECS[family], plans, skip) if not s for r in rows})
         encoders = []
         for emb, (rows, _, model) in zip(SPECS[family], plans):
+            if emb.subfolder in shared:
+                encoders.append(check_fits(shared[emb.subfolder], model, f"{path} ({emb.prefix}*)"))
+                continue
             state = {t: v for r in rows for t, v in zip(r.targets, convert(r, tensors[emb.prefix + r.original]))}
             encoders.append(assign(model, state, path, dtype, device))
         tokenizers = [load_tokenizer(None, s.pad_token) for s in SPECS[family]]
@@ -456,6 +468,27 @@ def plan_embedder(path, shapes, spec, config=None):
     return rows, ignored, model
 
 
+def check_shared(encoders, family, source):
+    """{subfolder: model} of the encoders given to share, after checking that the family has them."""
+    shared = dict(encoders or {})
+    names = [s.subfolder for s in SPECS[family]]
+    unknown = sorted(set(shared) - set(names))
+    if unknown:
+        raise ValueError(f"{source}: a {family} pipeline has text encoders {names}; cannot share {unknown}")
+    return shared
+
+
+def check_fits(model, meta, source):
+    """A given (shared) encoder must have exactly the tensors, by name and shape, that the source would load."""
+    want = {k: list(v.shape) for k, v in file_names(meta).items()}
+    have = {k: list(v.shape) for k, v in file_names(model).items()}
+    if want != have:
+        diff = sorted(k for k in set(want) | set(have) if want.get(k) != have.get(k))
+        raise ValueError(f"{source}: the shared text encoder does not fit: "
+                         + "; ".join(f"'{k}': expected {want.get(k)}, found {have.get(k)}" for k in diff[:6]))
+    return model
+
+
 def folder_family(folder, info):
     """The family of a diffusers folder: which text encoders it has (model_index.json may mark one absent),
     and for a single encoder its activation (OpenCLIP's gelu -> sd2; OpenAI CLIP's quick_gelu -> sd1)."""
@@ -473,6 +506,13 @@ def folder_family(folder, info):
         return "sd2" if act == "gelu" else "sd1"
     raise CheckpointError(f"{folder}: no text_encoder/config.json nor text_encoder_2/config.json: not a diffusers "
                           "pipeline folder with text encoders")
+
+
+def shared_folder_encoder(model, sub, projection):
+    """A given model in place of the `text_encoder*/` folder `sub`, after checking it fits its config.json."""
+    if not (sub / "config.json").is_file():
+        raise CheckpointError(f"{sub}: no config.json")
+    return check_fits(model, build(CLIPTextConfig.from_json_file(str(sub / "config.json")), projection), sub)
 
 
 def load_encoder_folder(sub, projection, *, dtype=None, device=None, variant=None):

@@ -89,19 +89,20 @@ def sdxl_pipeline(folder, refiner=False, seed=0):
     return pipe
 
 
-def sd_single_file(folder, seed=0):
+def sd_single_file(folder, seed=0, in_channels=4):
     """A tiny SD 1.x pipeline saved as a diffusers folder and as one original-layout .safetensors file holding
     UNet, VAE and text encoder. Sizes follow the rules a single file is read with (32 norm groups, 8 UNet heads,
-    text head size 64), so the file's configuration read off its shapes is the folder's."""
+    text head size 64), so the file's configuration read off its shapes is the folder's. in_channels=9: the
+    SD 1.5 inpainting structure, returned as a StableDiffusionInpaintPipeline."""
     import safetensors.torch as st
-    from diffusers import EulerDiscreteScheduler, StableDiffusionPipeline
+    from diffusers import EulerDiscreteScheduler, StableDiffusionInpaintPipeline, StableDiffusionPipeline
 
     from minunet import load_unet, original_state_dict
     from minunet.keymaps import vae as vae_keys
 
     cfg = UNetConfig(block_out_channels=(32, 64), attention_levels=(True, True), transformer_depth=(1, 1),
-                     num_heads=(8, 8), context_dim=64)
-    pipe = StableDiffusionPipeline(
+                     num_heads=(8, 8), context_dim=64, in_channels=in_channels)
+    pipe = (StableDiffusionInpaintPipeline if in_channels == 9 else StableDiffusionPipeline)(
         vae=diffusers_vae(seed, groups=32), text_encoder=text_encoder(64, 2, seed=seed + 1, heads=1),
         tokenizer=tokenizer(folder / "tok"), unet=unet(cfg, seed + 2),
         scheduler=EulerDiscreteScheduler.from_pretrained(SD_SCHEDULER.parent),
@@ -136,5 +137,20 @@ def latent_upscaler_pipeline(folder, seed=0):
         tokenizer=tokenizer(folder / "tok", "sd-x2-latent-upscaler"),
         unet=randomize_(UNet2DConditionModel(**cfg.to_diffusers()).eval(), seed + 2),
         scheduler=EulerDiscreteScheduler.from_pretrained(UPSCALER_SCHEDULER.parent))
+    pipe.save_pretrained(folder)
+    return pipe
+
+
+def sd_inpaint_pipeline(folder, seed=0):
+    """A StableDiffusionInpaintPipeline with tiny random parts and the SD 1.5 inpainting UNet structure (9 input
+    channels: latents, mask, masked-image latents), saved to `folder` and returned."""
+    from diffusers import EulerDiscreteScheduler, StableDiffusionInpaintPipeline
+
+    cfg = UNetConfig(in_channels=9, block_out_channels=(32, 64), attention_levels=(True, True),
+                     transformer_depth=(1, 1), num_heads=(2, 2), context_dim=32, norm_num_groups=8)
+    pipe = StableDiffusionInpaintPipeline(
+        vae=diffusers_vae(seed), text_encoder=text_encoder(32, 2, seed=seed + 1), tokenizer=tokenizer(folder / "tok"),
+        unet=unet(cfg, seed + 2), scheduler=EulerDiscreteScheduler.from_pretrained(SD_SCHEDULER.parent),
+        safety_checker=None, feature_extractor=None, requires_safety_checker=False)
     pipe.save_pretrained(folder)
     return pipe
