@@ -354,12 +354,48 @@ def side_by_side(left, right):
     return image
 
 
-    if model in ("tiny", "tiny-inpainting"):
-        print(f"minunet: {flag} {model} is a small RANDOM-weight model: it makes noise, not pictures.")
-        pipe = Pipeline.tiny(in_channels=9 if model == "tiny-inpainting" else 4)
-        for module in (pipe.unet, pipe.vae, pipe.text):  # --dtype / --device as for any other model
-            module.to(device=device, dtype=dtype)
-        return pipe
+# --upscale names: (Hub repo, revision); the official repo's main branch holds pickles, its safetensors are on refs/pr/5
+UPSCALERS = {"x2": ("stabilityai/sd-x2-latent-upscaler", "refs/pr/5")}
+
+
+def add_upscale_arguments(p):
+    g = p.add_argument_group("x2 latent upscaler (SD latents -> an image twice the size, one command)")
+    g.add_argument("--upscale", default=None, metavar="MODEL",
+                   help="tiny | x2 (stabilityai/sd-x2-latent-upscaler) | a diffusers folder | a Hub repo id")
+    g.add_argument("--upscale-steps", type=int, default=75, help="upscaler steps (diffusers' default 75)")
+    g.add_argument("--upscale-cfg", type=float, default=9.0,
+                   help="upscaler guidance (diffusers' default 9.0; 0 = empty prompt, as the documented examples)")
+    g.add_argument("--upscale-revision", default=None, help="Hub ref of a repo id given to --upscale")
+
+
+def load_upscaler(model, args, dtype):
+    from .upscale_pipeline import UpscalePipeline
+
+    if model == "tiny":
+        print("minunet: --upscale tiny is a small RANDOM-weight upscaler: it makes noise, not pictures.")
+        return UpscalePipeline.tiny()
+    repo, revision = UPSCALERS.get(model, (model, args.upscale_revision))
+    if Path(repo).is_dir() or (repo.count("/") == 1 and not Path(repo).exists()):
+        return UpscalePipeline.from_pretrained(repo, dtype=dtype, device=args.device, revision=revision)
+    raise UsageError(f"--upscale {model}: not a folder, Hub repo id or known name (tiny, {', '.join(UPSCALERS)})")
+
+
+class UpscaledPipeline:
+    """A Pipeline whose latents go on to the upscaler, with the same prompt and generator (the API page's chain);
+    FreeU settings go to the first pipeline."""
+
+    def __init__(self, pipe, upscaler, args):
+        self.pipe, self.upscaler, self.args = pipe, upscaler, args
+        self.enable_freeu, self.disable_freeu = pipe.enable_freeu, pipe.disable_freeu
+
+    def __call__(self, prompt, *, negative_prompt=None, generator=None, **kwargs):
+        latents = self.pipe(prompt, negative_prompt=negative_prompt, generator=generator, output_type="latent",
+                            **kwargs).images
+        return self.upscaler(prompt, image=latents, negative_prompt=negative_prompt, generator=generator,
+                             num_inference_steps=self.args.upscale_steps, guidance_scale=self.args.upscale_cfg)
+
+
+def save_png(image, args, freeu, out=None):
     """The PNG with the generation parameters in its `parameters` text chunk."""
     from PIL.PngImagePlugin import PngInfo
 

@@ -69,6 +69,7 @@ class VideoUNetConfig:
         return UNetConfig(
             in_channels=self.in_channels, out_channels=self.out_channels, block_out_channels=self.block_out_channels,
             layers_per_block=self.layers_per_block, attention_levels=self.attention_levels,
+            transformer_depth=(1,) * len(self.block_out_channels), transformer_depth_mid=1,
             num_heads=tuple(c // self.head_size for c in self.block_out_channels), context_dim=self.context_dim,
             use_linear_projection=True, norm_num_groups=self.norm_num_groups, norm_eps=self.norm_eps)
 
