@@ -26,6 +26,8 @@ import torch
 import torch.nn.functional as F
 from PIL import Image, ImageFilter, ImageOps
 
+from .noise import repeat_to
+
 LANCZOS = Image.Resampling.LANCZOS
 
 
@@ -315,13 +317,3 @@ def start(pipe, pixels, mask, *, batch, generator, noise_fn, need_image_latents,
         masked = repeat_to(masked.to(pipe.device, torch.float32), batch, "masked_image_latents")
     small = repeat_to(latent_mask(mask, pipe.vae_scale), batch, "mask_image").to(pipe.device)
     return InpaintRun(small, masked, image_latents, noise, box, original, original_mask)
-
-
-def repeat_to(x, batch, name):
-    """(n, ...) -> (batch, ...) by repeating the whole batch, when n divides batch (diffusers' rule)."""
-    if x.shape[0] == batch:
-        return x
-    if x.shape[0] > batch or batch % x.shape[0]:
-        raise ValueError(f"{name} has a batch of {x.shape[0]}, which cannot be repeated to the {batch} samples "
-                         f"asked for (prompts x num_images_per_prompt)")
-    return x.repeat(batch // x.shape[0], *[1] * (x.ndim - 1))

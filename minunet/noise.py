@@ -24,3 +24,13 @@ def check_generators(generator, batch):
     if isinstance(generator, (list, tuple)) and len(generator) != batch:
         raise ValueError(f"a list of {len(generator)} generators was given for a batch of {batch} samples: pass one "
                          f"generator per sample (prompts x num_images_per_prompt), or a single generator")
+
+
+def repeat_to(x, batch, name):
+    """(n, ...) -> (batch, ...) by repeating the whole batch, when n divides batch (diffusers' rule)."""
+    if x.shape[0] == batch:
+        return x
+    if x.shape[0] > batch or batch % x.shape[0]:
+        raise ValueError(f"{name} has a batch of {x.shape[0]}, which cannot be repeated to the {batch} samples "
+                         f"asked for (prompts x num_images_per_prompt)")
+    return x.repeat(batch // x.shape[0], *[1] * (x.ndim - 1))

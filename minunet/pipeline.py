@@ -20,7 +20,7 @@ from .images import from_pil, to_pil
 from .io import CheckpointError, hub_offline, looks_like_repo_id, read_json
 from .loading import family, load_unet, load_unet_single_file
 from .micro_conditioning import time_ids
-from .noise import check_generators, randn
+from .noise import check_generators, randn, repeat_to
 from .schedulers import SAMPLERS, Schedule, guided, sample
 from .text import TextConditioner
 from .vae import load_vae
@@ -398,25 +398,15 @@ class Pipeline:
             pixels = image * 2 - 1 if isinstance(image, torch.Tensor) else from_pil(image)  # tensors are in [0, 1]
             if isinstance(generator, (list, tuple)):
                 check_generators(generator, batch)
-                pixels = _repeat_to(pixels, batch, "image")
+                pixels = repeat_to(pixels, batch, "image")
             with self._running(self.vae):
                 posterior = self.vae.encode(pixels.to(dev, self.vae.dtype))
                 out = (posterior.sample(generator) * self.vae.scaling_factor).float()
-        return _repeat_to(out, batch, "image latents" if latents else "image")
+        return repeat_to(out, batch, "image latents" if latents else "image")
 
 
 def _shared_encoders(text_encoder, text_encoder_2):
     return {k: v for k, v in (("text_encoder", text_encoder), ("text_encoder_2", text_encoder_2)) if v is not None}
-
-
-def _repeat_to(x, batch, name):
-    """(n, ...) -> (batch, ...) by repeating the whole batch, when n divides batch (diffusers' rule)."""
-    if x.shape[0] == batch:
-        return x
-    if x.shape[0] > batch or batch % x.shape[0]:
-        raise ValueError(f"{name} has a batch of {x.shape[0]}, which cannot be repeated to the {batch} samples "
-                         f"asked for (prompts x num_images_per_prompt)")
-    return x.repeat(batch // x.shape[0], *[1] * (x.ndim - 1))
 
 
 @contextmanager

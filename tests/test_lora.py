@@ -167,7 +167,8 @@ def test_cli_generate_with_loras(tmp_path, capsys):
     assert (pixels["plain"] - pixels["one"]).abs().max() > 10 and (pixels["one"] - pixels["two"]).abs().max() > 10
     st.save_file({"lora_unet_nothing_here.lora_down.weight": torch.zeros(1, 1)}, tmp_path / "bad.safetensors")
     capsys.readouterr()
-    assert main(base + ["--lora", str(tmp_path / "bad.safetensors"), "--out", str(tmp_path / "x.png")]) == 2
+    # a broken file is a model error (exit 1), not a usage error (exit 2)
+    assert main(base + ["--lora", str(tmp_path / "bad.safetensors"), "--out", str(tmp_path / "x.png")]) == 1
     assert "lora_unet_nothing_here.lora_down.weight" in capsys.readouterr().err
 
 
