@@ -9,35 +9,16 @@ diffusers of the fastest runs (median in brackets; <= 1 is the target). CUDA is 
 import argparse
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 import torch
 
 sys.path.insert(0, str(Path(__file__).parents[1] / "tests"))
+sys.path.insert(0, str(Path(__file__).parent))
 import pipes  # noqa: E402
+from pipeline import seconds  # noqa: E402  (benchmarks/pipeline.py: interleaved fastest / median)
 
 from minunet.upscale_pipeline import UpscalePipeline  # noqa: E402
-
-
-def sync():
-    if torch.cuda.is_available():
-        torch.cuda.synchronize()
-
-
-def seconds(fns, repeat):
-    """Interleaved runs after one warm-up each: {name: (fastest s, median s)}."""
-    for fn in fns.values():
-        fn()
-    times = {k: [] for k in fns}
-    for _ in range(repeat):
-        for name, fn in fns.items():
-            sync()
-            t0 = time.perf_counter()
-            fn()
-            sync()
-            times[name].append(time.perf_counter() - t0)
-    return {k: (min(v), sorted(v)[len(v) // 2]) for k, v in times.items()}
 
 
 def main():
