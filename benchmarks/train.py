@@ -5,11 +5,15 @@ diffusers in the same run.
     python benchmarks/train.py --quick    # the same structure at 0.3 x the width (96/192/384/384)
 
 One step = forward, epsilon-MSE loss, backward into every parameter (a full fine-tune; an optimizer's state
-would add the same for both). Each case runs in a fresh process: the model and inputs are built, the peak RSS
-(VmHWM) is reset to the current RSS, then the step runs; the figure is the peak above that baseline, i.e. the
-activations and gradients the step allocates (CPU allocations are invisible to torch.cuda's counters). RSS
-depends on the allocator (glibc keeps freed blocks), so the exact figure is printed too: the bytes of the
-activations autograd keeps for backward (saved-tensor hooks; the weights excluded).
+would add the same for both). Each case runs in a fresh process and measures three things:
+- peak live tensor bytes: every allocation and free torch makes during the step, in order (the profiler's memory
+  events), summed; the exact peak, independent of the allocator (the CPU twin of torch.cuda.max_memory_allocated);
+- activations kept for backward: the bytes of the tensors autograd saves (saved-tensor hooks; weights excluded);
+- peak RSS above the model (VmHWM reset to VmRSS before the step): what the machine sees, allocator included
+  (glibc keeps freed blocks, so this is above the live peak and noisier).
+`torch.utils.checkpoint` imports torch._dynamo (about 900 modules, ~100 MiB of RSS and 2 s) on its first call, and
+diffusers imports it at import time: every case imports it before the baseline, or minunet's first checkpointed
+step would be charged for an import diffusers paid earlier. Time is of a second step (first-call costs excluded).
 """
 import argparse
 import dataclasses
@@ -17,17 +21,17 @@ import json
 import os
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 CASE = r"""
 import json, sys, time, torch
+import torch._dynamo  # what torch.utils.checkpoint's first call imports (diffusers: at import); see the docstring
 from pathlib import Path
 impl, quick, ckpt, threads = sys.argv[1], sys.argv[2] == "1", sys.argv[3] == "1", int(sys.argv[4])
 torch.set_num_threads(threads)
 torch.manual_seed(0)
 sys.path.insert(0, sys.argv[5])
-from train import config, status_kib, reset_peak_rss
+from train import config, status_kib, reset_peak_rss, live_peak_mib
 cfg = config(quick)
 if impl == "minunet":
     from minunet import UNet
@@ -42,6 +46,7 @@ if ckpt:
     model.enable_gradient_checkpointing()
 x, t = torch.randn(1, 4, 64, 64), torch.tensor([500.0])
 ctx, target = torch.randn(1, 77, cfg.context_dim), torch.randn(1, 4, 64, 64)
+step = lambda: torch.nn.functional.mse_loss(run(x, t, ctx), target)
 base = status_kib("VmRSS")
 reset_peak_rss()
 saved = {}  # storage -> bytes of every tensor autograd keeps for backward (an exact, allocator-free measure)
@@ -50,14 +55,18 @@ def pack(z):
     if z.untyped_storage().data_ptr() not in params:
         saved[z.untyped_storage().data_ptr()] = z.untyped_storage().nbytes()
     return z
-t0 = time.perf_counter()
 with torch.autograd.graph.saved_tensors_hooks(pack, lambda z: z):
-    loss = torch.nn.functional.mse_loss(run(x, t, ctx), target)
+    loss = step()
 loss.backward()
-seconds = time.perf_counter() - t0
 peak = status_kib("VmHWM")
+model.zero_grad(set_to_none=True)
+t0 = time.perf_counter()
+step().backward()
+seconds = time.perf_counter() - t0
+model.zero_grad(set_to_none=True)
+live = live_peak_mib(lambda: step().backward())
 params = sum(p.numel() for p in model.parameters())
-print(json.dumps({"peak_mib": (peak - base) / 1024, "seconds": seconds, "params": params,
+print(json.dumps({"peak_mib": (peak - base) / 1024, "live_mib": live, "seconds": seconds, "params": params,
                   "grad_mib": params * 4 / 2**20, "saved_mib": sum(saved.values()) / 2**20, "loss": float(loss)}))
 """
 
@@ -82,6 +91,22 @@ def reset_peak_rss():
     Path("/proc/self/clear_refs").write_text("5")  # Linux >= 4.0: VmHWM := current RSS
 
 
+def live_peak_mib(fn):
+    """Run fn under the profiler's memory tracking -> the peak of the bytes torch holds during it, in MiB
+    (allocations and frees as the profiler records them, in time order; what was held before fn counts as 0)."""
+    from torch.profiler import ProfilerActivity, profile
+
+    with profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
+        fn()
+    events = sorted((e for e in prof.profiler.kineto_results.events() if e.name() == "[memory]"),
+                    key=lambda e: e.start_ns())
+    held = peak = 0
+    for e in events:
+        held += e.nbytes()  # negative for a free
+        peak = max(peak, held)
+    return peak / 2**20
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--quick", action="store_true", help="0.3 x SD 1.5's width (96/192/384/384)")
@@ -97,16 +122,18 @@ def main():
                 raise SystemExit(f"{impl} (checkpointing {ckpt}) failed:\n{run.stderr[-3000:]}")
             r = json.loads(run.stdout.strip().splitlines()[-1])
             rows.append((impl, ckpt, r))
-            print(f"{impl:<10} checkpointing {'on ' if ckpt else 'off'}  peak above model {r['peak_mib']:8.0f} MiB "
+            print(f"{impl:<10} checkpointing {'on ' if ckpt else 'off'}  peak live tensors {r['live_mib']:7.0f} MiB "
                   f"(gradients {r['grad_mib']:.0f} MiB of it)   kept for backward {r['saved_mib']:7.0f} MiB   "
-                  f"step {r['seconds']:6.2f} s", flush=True)
+                  f"peak RSS above model {r['peak_mib']:7.0f} MiB   step {r['seconds']:6.2f} s", flush=True)
     by = {(i, c): r for i, c, r in rows}
     for impl in ("minunet", "diffusers"):
-        off, on = by[impl, False]["peak_mib"], by[impl, True]["peak_mib"]
-        print(f"{impl:<10} checkpointing saves {off - on:8.0f} MiB ({on / off:.2f} x the peak without)")
+        for key, what in (("live_mib", "live peak"), ("peak_mib", "RSS peak")):
+            off, on = by[impl, False][key], by[impl, True][key]
+            print(f"{impl:<10} checkpointing saves {off - on:8.0f} MiB of the {what} ({on / off:.2f} x without)")
     for ckpt in (False, True):
         a, b = by["minunet", ckpt], by["diffusers", ckpt]
-        print(f"minunet / diffusers, checkpointing {'on ' if ckpt else 'off'}: peak {a['peak_mib'] / b['peak_mib']:.2f}, "
+        print(f"minunet / diffusers, checkpointing {'on ' if ckpt else 'off'}: live peak "
+              f"{a['live_mib'] / b['live_mib']:.2f}, RSS peak {a['peak_mib'] / b['peak_mib']:.2f}, "
               f"time {a['seconds'] / b['seconds']:.2f}")
     print(f"({'quick: 96/192/384/384' if args.quick else 'full-size SD 1.5'}, {rows[0][2]['params'] / 1e6:.0f} M "
           "parameters, batch 1, 64 x 64 latents, CPU float32)")
