@@ -183,6 +183,24 @@ def load_into(module, state_dict, source, dtype=None, device=None, file_keys=Non
     return module
 
 
+def load_mapped(path, model_class, config, file_keys, prefix, key_map, what, dtype=None, device=None, convert=None):
+    """An original-layout file into a fresh `model_class(config)`: built on the meta device, each file key (under
+    `prefix`) renamed through `key_map(model's names, config)` -> {original: ours}, keys the map does not know
+    refused (naming them and `what` was looked for), then loaded strictly. `convert(tensor, our_name)` reshapes
+    where the layouts differ (the video UNet's Conv1d weights)."""
+    with torch.device("meta"):
+        model = model_class(config)
+    mapping = key_map(list(model.state_dict()), config)
+    unknown = sorted(k[len(prefix):] for k in file_keys if k[len(prefix):] not in mapping)
+    if unknown:
+        raise CheckpointError(f"{path}: {len(unknown)} unknown {what}: {', '.join(unknown[:15])}")
+    state, origin = {}, {}
+    for k, v in load_safetensors(path, keys=set(file_keys)).items():
+        ours = mapping[k[len(prefix):]]
+        state[ours], origin[ours] = (v if convert is None else convert(v, ours)), k
+    return load_into(model, state, path, dtype, device, file_keys=origin).eval()
+
+
 # float8 is a storage format (PyTorch has no float8 convolutions): such weights compute in float16, which holds
 # every float8 value (e4m3 and e5m2) exactly
 COMPUTE_DTYPE = {torch.float8_e4m3fn: torch.float16, torch.float8_e5m2: torch.float16}

@@ -3,15 +3,15 @@
 Models are built on the meta device (no memory) and the file's memory-mapped tensors are assigned into them,
 so a load costs one copy of the weights at most (none when dtype and device already match the file).
 """
-import re
 from pathlib import Path
 
 import torch
 
-from .config import UNetConfig, describe, family, preset_name  # noqa: F401 (family, preset_name: re-exported)
-from .io import (CheckpointError, hub_download, load_folder_weights, load_into, load_safetensors, looks_like_repo_id,
+from .config import UNetConfig, describe
+from .io import (CheckpointError, hub_download, load_folder_weights, load_into, load_mapped, looks_like_repo_id,
                  read_header, read_json, refuse_pickle)
 from . import video
+from .keymaps import count_indices
 from .keymaps.unet import PREFIX, unet_key_map
 from .unet import UNet
 from .upscaler import KUNet, KUNetConfig, is_kunet_config
@@ -69,21 +69,8 @@ def load_unet_single_file(path, *, dtype=None, device=None, config=None) -> UNet
                               "config.json in a folder: pass the folder.")
     shapes = {k[len(PREFIX):]: header[k]["shape"] for k in keys}
     config = config or config_from_shapes(shapes, path)
-    with torch.device("meta"):
-        model = UNet(config)
-    mapping = unet_key_map(list(model.state_dict()), config)
-    unknown = sorted(k for k in shapes if k not in mapping)
-    if unknown:
-        raise CheckpointError(f"{path}: {len(unknown)} unknown UNet keys under '{PREFIX}' for the detected "
-                              f"{describe(config)}: {', '.join(unknown[:15])}")
-    tensors = load_safetensors(path, keys=set(keys))
-    state = {mapping[k[len(PREFIX):]]: v for k, v in tensors.items()}
-    file_keys = {mapping[k[len(PREFIX):]]: k for k in tensors}
-    return load_into(model, state, path, dtype, device, file_keys=file_keys).eval()
-
-
-def _count(shapes, pattern):
-    return len({m.group(1) for k in shapes if (m := re.match(pattern, k))})
+    return load_mapped(path, UNet, config, keys, PREFIX, unet_key_map,
+                       f"UNet keys under '{PREFIX}' for the detected {describe(config)}", dtype, device)
 
 
 def config_from_shapes(shapes, source="state dict"):
@@ -103,16 +90,16 @@ def config_from_shapes(shapes, source="state dict"):
                                   "ControlNet or video UNets are not SD 1.x / 2.x / SDXL)")
     if len(conv_in) != 4:
         raise CheckpointError(f"{source}: unsupported UNet architecture (conv_in weight has shape {conv_in})")
-    n = _count(shapes, r"input_blocks\.(\d+)\.0\.op\.weight") + 1
-    n_in = _count(shapes, r"input_blocks\.(\d+)\.")
+    n = count_indices(shapes, r"input_blocks\.(\d+)\.0\.op\.weight") + 1
+    n_in = count_indices(shapes, r"input_blocks\.(\d+)\.")
     if n_in % n:
         raise CheckpointError(f"{source}: unsupported UNet architecture ({n_in} input blocks for {n} levels)")
     L = n_in // n - 1
     first = [1 + i * (L + 1) for i in range(n)]
     widths = tuple(need(f"input_blocks.{k}.0.out_layers.3.weight")[0] for k in first)
     attn = tuple(f"input_blocks.{k}.1.proj_in.weight" in shapes for k in first)
-    depth = tuple(_count(shapes, rf"input_blocks\.{k}\.1\.transformer_blocks\.(\d+)\.") for k in first)
-    mid_depth = _count(shapes, r"middle_block\.1\.transformer_blocks\.(\d+)\.")
+    depth = tuple(count_indices(shapes, rf"input_blocks\.{k}\.1\.transformer_blocks\.(\d+)\.") for k in first)
+    mid_depth = count_indices(shapes, r"middle_block\.1\.transformer_blocks\.(\d+)\.")
     proj = need("middle_block.1.proj_in.weight")
     linear = len(proj) == 2
     heads = tuple(max(w // 64, 1) for w in widths) if linear else (8,) * n

@@ -16,9 +16,10 @@ from pathlib import Path
 import torch
 
 from . import checks, inpaint
+from .config import family
 from .images import from_pil, to_pil
 from .io import CheckpointError, hub_offline, looks_like_repo_id, read_json
-from .loading import family, load_unet, load_unet_single_file
+from .loading import load_unet, load_unet_single_file
 from .micro_conditioning import time_ids
 from .noise import check_generators, randn, repeat_to
 from .schedulers import SAMPLERS, Schedule, guided, sample

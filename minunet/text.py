@@ -40,7 +40,6 @@ heads = width / 64 (true of every official CLIP text encoder), so any width of a
 vocabulary files, else the shipped CLIP BPE files with the encoder's pad token (`<|endoftext|>` for CLIP ViT-L,
 `!` for the OpenCLIP encoders). Models are built on the meta device and the file's tensors assigned strictly.
 """
-import json
 import re
 import warnings
 from dataclasses import dataclass

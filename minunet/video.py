@@ -17,7 +17,6 @@ The temporal modules' GroupNorms run on (B, C, F, H, W), so frames share their s
 projection everywhere; heads = width / head_size (diffusers' `attention_head_dim` is the head size here).
 Module names are diffusers', so a diffusers `unet/` loads strictly; keymaps/video.py maps the ModelScope layout.
 """
-import re
 from dataclasses import asdict, dataclass
 
 import torch
@@ -30,7 +29,8 @@ from .blocks.resnet import TimestepEmbedding, timestep_embedding
 from .blocks.unet_blocks import DownBlock, MidBlock, UpBlock
 from .config import UNetConfig
 from .freeu import FreeUMixin, decoder_input
-from .io import CheckpointError, load_into, load_safetensors, read_header
+from .io import CheckpointError, load_mapped, read_header
+from .keymaps import count_indices
 from .keymaps.video import MARKER, OPTIONAL_PREFIX, to_minunet, to_original, video_key_map
 
 IN_HEADS = 8  # transformer_in has 8 heads of head_size whatever the width (diffusers and ModelScope hard-code it)
@@ -305,8 +305,8 @@ def video_config_from_shapes(shapes, source="state dict"):
         return shapes[key]
 
     conv_in = need("input_blocks.0.0.weight")
-    n = _count(shapes, r"input_blocks\.(\d+)\.op\.weight") + 1
-    n_in = _count(shapes, r"input_blocks\.(\d+)\.")
+    n = count_indices(shapes, r"input_blocks\.(\d+)\.op\.weight") + 1
+    n_in = count_indices(shapes, r"input_blocks\.(\d+)\.")
     if n_in % n:
         raise CheckpointError(f"{source}: unsupported video UNet ({n_in} input blocks for {n} levels)")
     L = n_in // n - 1
@@ -319,10 +319,6 @@ def video_config_from_shapes(shapes, source="state dict"):
         context_dim=need("middle_block.1.transformer_blocks.0.attn2.to_k.weight")[1])
 
 
-def _count(shapes, pattern):
-    return len({m.group(1) for k in shapes if (m := re.match(pattern, k))})
-
-
 def load_video_unet_single_file(path, *, dtype=None, device=None, config=None) -> VideoUNet:
     """A ModelScope-layout .safetensors (keys bare, or under `model.diffusion_model.`; other top-level components
     next to a prefixed UNet are skipped). Convert the published pickle first (see the README)."""
@@ -331,16 +327,8 @@ def load_video_unet_single_file(path, *, dtype=None, device=None, config=None) -
     keys = [k for k in header if k.startswith(prefix)]
     shapes = {k[len(prefix):]: header[k]["shape"] for k in keys}
     config = config or video_config_from_shapes(shapes, path)
-    with torch.device("meta"):
-        model = VideoUNet(config)
-    mapping = video_key_map(list(model.state_dict()), config)
-    unknown = sorted(k for k in shapes if k not in mapping)
-    if unknown:
-        raise CheckpointError(f"{path}: {len(unknown)} unknown video UNet keys for widths "
-                              f"{list(config.block_out_channels)}: {', '.join(unknown[:15])}")
-    state = {mapping[k[len(prefix):]]: to_minunet(v, mapping[k[len(prefix):]])
-             for k, v in load_safetensors(path, keys=set(keys)).items()}
-    return load_into(model, state, path, dtype, device).eval()
+    return load_mapped(path, VideoUNet, config, keys, prefix, video_key_map,
+                       f"video UNet keys for widths {list(config.block_out_channels)}", dtype, device, to_minunet)
 
 
 def original_state_dict(model: VideoUNet, prefix=""):

@@ -3,7 +3,7 @@ import shutil
 
 import torch
 
-from helpers import randomize_
+from helpers import assert_close, randomize_
 from minunet import UNetConfig
 from minunet.weights import CONFIGS, TOKENIZER
 
@@ -154,3 +154,34 @@ def sd_inpaint_pipeline(folder, seed=0):
         safety_checker=None, feature_extractor=None, requires_safety_checker=False)
     pipe.save_pretrained(folder)
     return pipe
+
+
+# ---- comparing minunet's Pipeline with diffusers' -------------------------------------------------------------------
+
+SCHEDULERS = {"euler": "EulerDiscreteScheduler", "euler_a": "EulerAncestralDiscreteScheduler", "ddim": "DDIMScheduler",
+              "dpmpp_2m": "DPMSolverMultistepScheduler"}  # minunet sampler -> the diffusers scheduler it equals
+
+
+def gen(seed=0):
+    return torch.Generator().manual_seed(seed)
+
+
+def diffusers_pipe(cls_name, folder, sampler="euler", **kw):
+    """diffusers.`cls_name` from `folder`, with the scheduler that minunet's `sampler` equals, no progress bar."""
+    import diffusers
+
+    pipe = getattr(diffusers, cls_name).from_pretrained(folder, **kw)
+    pipe.scheduler = getattr(diffusers, SCHEDULERS[sampler]).from_config(pipe.scheduler.config)
+    pipe.set_progress_bar_config(disable=True)
+    return pipe
+
+
+def check(ours_fn, theirs_fn):
+    """Same call through both: latents within 1e-4 of their scale, decoded images ([0, 1]) within 1e-3."""
+    a = ours_fn(output_type="latent", progress=False).images
+    b = theirs_fn(output_type="latent").images
+    assert_close(a, b, rel=1e-4, msg="latents")
+    a = ours_fn(output_type="pt", progress=False).images
+    b = theirs_fn(output_type="pt").images
+    torch.testing.assert_close(a, b, rtol=0, atol=1e-3)
+    return a

@@ -221,7 +221,7 @@ def test_missing_cuda_is_a_runtime_error(capsys):
 
 
 def test_tiny_takes_dtype(tmp_path, monkeypatch):
-    from minunet import cli
+    from minunet.cli import generate as cli
 
     pipe = cli.load_pipeline("tiny", dtype=torch.bfloat16, device=torch.device("cpu"))
     assert pipe.unet.dtype == pipe.vae.dtype == torch.bfloat16

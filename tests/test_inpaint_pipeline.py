@@ -11,33 +11,7 @@ import pipes
 from helpers import assert_close
 from minunet import inpaint
 from minunet.pipeline import Pipeline
-
-SCHEDULERS = {"euler": "EulerDiscreteScheduler", "euler_a": "EulerAncestralDiscreteScheduler", "ddim": "DDIMScheduler",
-              "dpmpp_2m": "DPMSolverMultistepScheduler"}
-
-
-def gen(seed=0):
-    return torch.Generator().manual_seed(seed)
-
-
-def diffusers_pipe(cls_name, folder, sampler="euler", **kw):
-    import diffusers
-
-    pipe = getattr(diffusers, cls_name).from_pretrained(folder, **kw)
-    pipe.scheduler = getattr(diffusers, SCHEDULERS[sampler]).from_config(pipe.scheduler.config)
-    pipe.set_progress_bar_config(disable=True)
-    return pipe
-
-
-def check(ours_fn, theirs_fn):
-    """Same call through both: latents within 1e-4 of their scale, decoded images ([0, 1]) within 1e-3."""
-    a = ours_fn(output_type="latent", progress=False).images
-    b = theirs_fn(output_type="latent").images
-    assert_close(a, b, rel=1e-4, msg="latents")
-    a = ours_fn(output_type="pt", progress=False).images
-    b = theirs_fn(output_type="pt").images
-    torch.testing.assert_close(a, b, rtol=0, atol=1e-3)
-    return a
+from pipes import check, diffusers_pipe, gen
 
 
 def check_pil(ours_fn, theirs_fn):
@@ -66,17 +40,10 @@ def sd9(tmp_path_factory):
     return folder, Pipeline.from_pretrained(folder)
 
 
-@pytest.fixture(scope="module")
-def sd4(tmp_path_factory):
-    folder = tmp_path_factory.mktemp("sd4")
-    pipes.sd_pipeline(folder)
-    return folder, Pipeline.from_pretrained(folder)
-
-
 SD_KW = dict(safety_checker=None, requires_safety_checker=False)
 
 
-@pytest.mark.parametrize("fixture", ["sd9", "sd4"])
+@pytest.mark.parametrize("fixture", ["sd9", "sd"])
 @pytest.mark.parametrize("sampler", ["euler", "ddim"])
 @pytest.mark.parametrize("strength", [1.0, 0.6])
 def test_sd_inpainting(fixture, sampler, strength, request):
@@ -90,7 +57,7 @@ def test_sd_inpainting(fixture, sampler, strength, request):
           lambda **o: theirs(**kw, **o, **eta, generator=gen()))
 
 
-@pytest.mark.parametrize("fixture", ["sd9", "sd4"])
+@pytest.mark.parametrize("fixture", ["sd9", "sd"])
 @pytest.mark.parametrize("soft", [0, 4])
 def test_sd_padding_mask_crop(fixture, soft, request):
     """Only the box around the mask is generated; the output is the original's size, and wherever the mask is
@@ -107,10 +74,10 @@ def test_sd_padding_mask_crop(fixture, soft, request):
 
 
 @pytest.mark.parametrize("sampler", ["euler_a", "ddim", "dpmpp_2m"])
-def test_sd_soft_mask_default_size_and_random_stream(sd4, sampler):
+def test_sd_soft_mask_default_size_and_random_stream(sd, sampler):
     """A blurred mask (binarised inside the loop), no height/width (the UNet's default size, not the image's),
     and samplers that draw noise every step: the skipped masked-image encode still makes diffusers' draws."""
-    folder, ours = sd4
+    folder, ours = sd
     theirs = diffusers_pipe("StableDiffusionInpaintPipeline", folder, sampler, **SD_KW)
     image, mask = picture(24, 40, 3), mask_picture(24, 40, (4, 6, 18, 30), soft=3)
     kw = dict(prompt="a cat", image=image, mask_image=mask, strength=0.8, num_inference_steps=5)
@@ -172,9 +139,9 @@ def test_sdxl_refiner_shares_the_base_vae_and_bigG(sdxl):
         Pipeline.tiny().components("text_encoder_2")
 
 
-def test_inpainting_errors(sd9, sd4):
+def test_inpainting_errors(sd9, sd):
     _, nine = sd9
-    _, four = sd4
+    _, four = sd
     image, mask = picture(32, 32), mask_picture(32, 32, (4, 4, 20, 20))
     with pytest.raises(ValueError, match="mask_image needs image="):
         four("x", mask_image=mask)
@@ -190,14 +157,6 @@ def test_inpainting_errors(sd9, sd4):
         nine("x", image=torch.randn(1, 4, 16, 16), mask_image=mask, num_inference_steps=2, progress=False)
     with pytest.raises(ValueError, match="no steps left"):
         four("x", image=image, mask_image=mask, strength=0.1, num_inference_steps=2, progress=False)
-
-
-@pytest.fixture(scope="module")
-def sdxl(tmp_path_factory):
-    base, refiner = tmp_path_factory.mktemp("xl"), tmp_path_factory.mktemp("xl_refiner")
-    pipes.sdxl_pipeline(base)
-    pipes.sdxl_pipeline(refiner, refiner=True)
-    return base, refiner, Pipeline.from_pretrained(base), Pipeline.from_pretrained(refiner)
 
 
 @pytest.mark.parametrize("sampler", ["euler", "ddim"])

@@ -8,27 +8,12 @@ import safetensors.torch as st
 import torch
 
 import loras
-import pipes
 from helpers import TINY, assert_close, randomize_, unet_inputs
 from minunet import UNet
 from minunet.io import CheckpointError
 from minunet.keymaps.unet import unet_key_map
 from minunet.lora import lora_targets, module_names, parse_key, parse_lora_arg
 from minunet.pipeline import Pipeline
-
-
-@pytest.fixture(scope="module")
-def sd(tmp_path_factory):
-    folder = tmp_path_factory.mktemp("sd")
-    pipes.sd_pipeline(folder)
-    return folder, Pipeline.from_pretrained(folder)
-
-
-@pytest.fixture(scope="module")
-def sdxl(tmp_path_factory):
-    folder = tmp_path_factory.mktemp("xl")
-    pipes.sdxl_pipeline(folder)
-    return folder, Pipeline.from_pretrained(folder)
 
 
 def diffusers_pipe(folder):
@@ -123,7 +108,7 @@ def quiet(fn, *args, **kwargs):
 def test_kohya_and_peft_together_equal_diffusers(family, sd, sdxl, tmp_path):
     """Two LoRAs at once, a kohya one (SDXL: the original layout's names, as kohya writes SDXL) and a PEFT one,
     at different scales, equal diffusers' load_lora_weights + set_adapters on UNet and text encoders."""
-    folder, ours = sd if family == "sd" else sdxl
+    folder, ours = sd if family == "sd" else sdxl[0::2]  # (base folder, base Pipeline)
     kohya_path = kohya_file(ours, tmp_path / "kohya.safetensors", original=family == "sdxl")
     peft_path = peft_file(ours, tmp_path / "peft.safetensors", seed=10)
     theirs = diffusers_pipe(folder)

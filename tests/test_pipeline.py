@@ -6,48 +6,7 @@ import torch
 import pipes
 from helpers import assert_close
 from minunet.pipeline import Pipeline
-
-
-def gen(seed=0):
-    return torch.Generator().manual_seed(seed)
-
-
-def check(ours_fn, theirs_fn):
-    """Same call through both: latents within 1e-4 of their scale, decoded images ([0, 1]) within 1e-3."""
-    a = ours_fn(output_type="latent", progress=False).images
-    b = theirs_fn(output_type="latent").images
-    assert_close(a, b, rel=1e-4, msg="latents")
-    a = ours_fn(output_type="pt", progress=False).images
-    b = theirs_fn(output_type="pt").images
-    torch.testing.assert_close(a, b, rtol=0, atol=1e-3)
-
-
-@pytest.fixture(scope="module")
-def sd(tmp_path_factory):
-    folder = tmp_path_factory.mktemp("sd")
-    pipes.sd_pipeline(folder)
-    return folder, Pipeline.from_pretrained(folder)
-
-
-@pytest.fixture(scope="module")
-def sdxl(tmp_path_factory):
-    base, refiner = tmp_path_factory.mktemp("xl"), tmp_path_factory.mktemp("xl_refiner")
-    pipes.sdxl_pipeline(base)
-    pipes.sdxl_pipeline(refiner, refiner=True)
-    return base, refiner, Pipeline.from_pretrained(base), Pipeline.from_pretrained(refiner)
-
-
-def diffusers_pipe(cls_name, folder, scheduler="EulerDiscreteScheduler", **kw):
-    import diffusers
-
-    pipe = getattr(diffusers, cls_name).from_pretrained(folder, **kw)
-    pipe.scheduler = getattr(diffusers, scheduler).from_config(pipe.scheduler.config)
-    pipe.set_progress_bar_config(disable=True)
-    return pipe
-
-
-SCHEDULERS = {"euler": "EulerDiscreteScheduler", "euler_a": "EulerAncestralDiscreteScheduler", "ddim": "DDIMScheduler",
-              "dpmpp_2m": "DPMSolverMultistepScheduler"}
+from pipes import check, diffusers_pipe, gen
 
 
 def with_karras(ours, theirs):
@@ -61,7 +20,7 @@ def with_karras(ours, theirs):
 @pytest.mark.parametrize("sampler", ["euler", "euler_a", "ddim", "dpmpp_2m"])
 def test_sd_text_to_image(sd, sampler):
     folder, ours = sd
-    theirs = diffusers_pipe("StableDiffusionPipeline", folder, SCHEDULERS[sampler], safety_checker=None,
+    theirs = diffusers_pipe("StableDiffusionPipeline", folder, sampler, safety_checker=None,
                             requires_safety_checker=False)
     kw = dict(prompt=["a red fox in the snow", "a lighthouse"], negative_prompt=["blurry", "ugly"],
               num_inference_steps=5, height=64, width=48)
@@ -74,7 +33,7 @@ def test_sd_text_to_image(sd, sampler):
 def test_sd_with_freeu_equals_diffusers_enable_freeu(sd, sampler):
     """FreeU with mapping="diffusers", version=1 is diffusers' enable_freeu, end to end."""
     folder, ours = sd
-    theirs = diffusers_pipe("StableDiffusionPipeline", folder, SCHEDULERS[sampler], safety_checker=None,
+    theirs = diffusers_pipe("StableDiffusionPipeline", folder, sampler, safety_checker=None,
                             requires_safety_checker=False)
     theirs.enable_freeu(s1=0.9, s2=0.2, b1=1.2, b2=1.4)
     ours.enable_freeu(0.9, 0.2, 1.2, 1.4, mapping="diffusers", version=1)
@@ -114,7 +73,7 @@ def test_sd_clip_skip(sd):
 @pytest.mark.parametrize("sampler", ["euler", "ddim"])
 def test_sd_img2img(sd, sampler):
     folder, ours = sd
-    theirs = diffusers_pipe("StableDiffusionImg2ImgPipeline", folder, SCHEDULERS[sampler], safety_checker=None,
+    theirs = diffusers_pipe("StableDiffusionImg2ImgPipeline", folder, sampler, safety_checker=None,
                             requires_safety_checker=False)
     image = torch.rand(1, 3, 48, 64, generator=gen(3))
     kw = dict(prompt="a cat", image=image, strength=0.6, num_inference_steps=8, guidance_scale=6.0)
@@ -128,7 +87,7 @@ def test_sd_generator_lists_and_images_per_prompt(sd):
     gens = lambda: [gen(s) for s in (5, 6, 7, 8)]  # noqa: E731
     kw = dict(prompt=["a red fox", "a lighthouse"], negative_prompt=["blurry", "dark"], num_inference_steps=4,
               num_images_per_prompt=2, height=48, width=48)
-    theirs = diffusers_pipe("StableDiffusionPipeline", folder, SCHEDULERS["euler_a"], safety_checker=None,
+    theirs = diffusers_pipe("StableDiffusionPipeline", folder, "euler_a", safety_checker=None,
                             requires_safety_checker=False)
     check(lambda **o: ours(**kw, **o, sampler="euler_a", generator=gens()),
           lambda **o: theirs(**kw, **o, generator=gens()))
@@ -157,7 +116,7 @@ def test_sdxl_text_to_image_micro_conditioning(sdxl):
 @pytest.mark.parametrize("karras", [False, True], ids=["plain", "karras"])
 def test_sdxl_dpmpp_2m(sdxl, karras):
     base, _, ours, _ = sdxl
-    theirs = diffusers_pipe("StableDiffusionXLPipeline", base, SCHEDULERS["dpmpp_2m"])
+    theirs = diffusers_pipe("StableDiffusionXLPipeline", base, "dpmpp_2m")
     saved = ours.schedule
     if karras:
         with_karras(ours, theirs)
@@ -171,7 +130,7 @@ def test_sdxl_dpmpp_2m(sdxl, karras):
 
 def test_sd_img2img_dpmpp_2m(sd):
     folder, ours = sd
-    theirs = diffusers_pipe("StableDiffusionImg2ImgPipeline", folder, SCHEDULERS["dpmpp_2m"], safety_checker=None,
+    theirs = diffusers_pipe("StableDiffusionImg2ImgPipeline", folder, "dpmpp_2m", safety_checker=None,
                             requires_safety_checker=False)
     image = torch.rand(1, 3, 48, 64, generator=gen(3))
     kw = dict(prompt="a cat", image=image, strength=0.6, num_inference_steps=8, guidance_scale=6.0)

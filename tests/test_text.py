@@ -1,6 +1,5 @@
 """Text conditioning: single-file key maps (checked against an independent OpenCLIP forward and diffusers' own
 conversion), the shipped tokenizer, prompt encodings against diffusers' encode_prompt, manifest coverage, errors."""
-import json
 import math
 import shutil
 import warnings
@@ -18,7 +17,7 @@ from minunet.keymaps.text import convert, detect_family
 from minunet.text import (SPECS, TextConditioner, build, file_names, load_text_conditioner, load_tokenizer,
                           tokenize,
                           module_names, plan_embedder, shipped_config, tiny_text_config)
-from minunet.weights import CONFIGS, MANIFESTS, TOKENIZER
+from minunet.weights import CONFIGS, TOKENIZER
 
 OTHER_COMPONENTS = {"model.diffusion_model.input_blocks.0.0.weight": torch.zeros(2, 2),
                     "first_stage_model.decoder.conv_in.weight": torch.zeros(2), "betas": torch.zeros(10),

@@ -1,7 +1,6 @@
 """VAE parity with diffusers' AutoencoderKL (float32, random weights where every parameter matters), from every
 layout load_vae reads; key-map coverage of the official manifests; tiling; sampling; fp16 upcast; errors."""
 import json
-import math
 from pathlib import Path
 
 import pytest

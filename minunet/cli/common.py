@@ -1,0 +1,85 @@
+"""What the commands share: the usage error, the official file names, and the size / FreeU / device arguments."""
+import dataclasses
+
+
+class UsageError(Exception):
+    """A mistake in the command line or its inputs: printed as one line, exit status 2."""
+
+
+# official single files: name -> (Hub repo, file, path in LFS_POINTERS.tsv or None when no pointer is known)
+OFFICIAL = {
+    "sd15": ("stable-diffusion-v1-5/stable-diffusion-v1-5", "v1-5-pruned-emaonly.safetensors",
+             "stable-diffusion-v1-5/v1-5-pruned-emaonly.safetensors"),
+    "sd21": ("stabilityai/stable-diffusion-2-1", "v2-1_768-ema-pruned.safetensors", None),
+    "sdxl": ("stabilityai/stable-diffusion-xl-base-1.0", "sd_xl_base_1.0.safetensors",
+             "stable-diffusion-xl-base-1.0/sd_xl_base_1.0.safetensors"),
+    "sdxl-refiner": ("stabilityai/stable-diffusion-xl-refiner-1.0", "sd_xl_refiner_1.0.safetensors",
+                     "stable-diffusion-xl-refiner-1.0/sd_xl_refiner_1.0.safetensors"),
+    "sdxl-turbo": ("stabilityai/sdxl-turbo", "sd_xl_turbo_1.0_fp16.safetensors",
+                   "sdxl-turbo/sd_xl_turbo_1.0_fp16.safetensors"),
+}
+
+
+
+def parse_size(text):
+    try:
+        w, h = (int(v) for v in text.lower().split("x"))
+    except ValueError:
+        raise UsageError(f"--size {text}: expected WIDTHxHEIGHT, e.g. 512x768") from None
+    if w <= 0 or h <= 0 or w % 8 or h % 8:
+        raise UsageError(f"--size {text}: width and height must be positive multiples of 8")
+    return w, h
+
+
+def parse_freeu(text, mapping, version):
+    if text is None:
+        return None
+    from ..freeu import FreeU
+
+    if "," in text:
+        try:
+            b1, b2, s1, s2 = (float(v) for v in text.split(","))
+        except ValueError:
+            raise UsageError(f"--freeu {text}: expected a preset name or four numbers b1,b2,s1,s2") from None
+        return FreeU(b1=b1, b2=b2, s1=s1, s2=s2, mapping=mapping or "official", version=version or 1)
+    try:
+        preset = FreeU.preset(text)
+    except (KeyError, ValueError) as e:
+        raise UsageError(f"--freeu {text}: {e}") from None
+    changes = {k: v for k, v in (("mapping", mapping), ("version", version)) if v is not None}
+    return dataclasses.replace(preset, **changes) if changes else preset
+
+
+def parse_device(text):
+    """None, or a torch device that exists on this machine (a bad name is a usage error, a missing one a runtime
+    error: exit 1)."""
+    import torch
+
+    if text is None:
+        return None
+    try:
+        device = torch.device(text)
+    except (RuntimeError, ValueError):
+        raise UsageError(f"--device {text}: not a device name (cpu, cuda, cuda:1, mps, ...)") from None
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise RuntimeError(f"--device {text}: CUDA is not available on this machine (use --device cpu)")
+    if device.type == "mps" and not torch.backends.mps.is_available():
+        raise RuntimeError(f"--device {text}: MPS is not available on this machine (use --device cpu)")
+    return device
+
+
+def add_freeu_arguments(p, presets="a preset name"):
+    p.add_argument("--freeu", default=None, help=f"{presets} or b1,b2,s1,s2")
+    p.add_argument("--freeu-mapping", choices=["official", "diffusers"], default=None)
+    p.add_argument("--freeu-version", type=int, choices=[1, 2], default=None)
+    p.add_argument("--compare-freeu", action="store_true", help="same seed without and with FreeU, side by side")
+    p.add_argument("--dtype", default="float32", choices=["float32", "float16", "bfloat16"])
+    p.add_argument("--device", default=None)
+
+
+def freeu_from_args(args):
+    """--freeu / --freeu-mapping / --freeu-version -> a FreeU or None; --compare-freeu needs one."""
+    freeu = parse_freeu(args.freeu, args.freeu_mapping, args.freeu_version)
+    if args.compare_freeu and freeu is None:
+        raise UsageError("--compare-freeu needs --freeu PRESET or b1,b2,s1,s2")
+    return freeu
