@@ -3,9 +3,11 @@ diffusers in the same run.
 
     python benchmarks/train.py            # full-size SD 1.5 UNet, batch 1, 64 x 64 latents, CPU float32
     python benchmarks/train.py --quick    # the same structure at 0.3 x the width (96/192/384/384)
+    python benchmarks/train.py --lora 8   # base frozen, a rank-8 LoRA on the attention projections trained
 
-One step = forward, epsilon-MSE loss, backward into every parameter (a full fine-tune; an optimizer's state
-would add the same for both). Each case runs in a fresh process and measures three things:
+One step = forward, epsilon-MSE loss, backward into every parameter (a full fine-tune), or into a LoRA's only
+(minunet.new_lora vs diffusers' add_adapter with a peft LoraConfig, same targets and rank); an optimizer's state
+would add the same for both. Each case runs in a fresh process and measures three things:
 - peak live tensor bytes: every allocation and free torch makes during the step, in order (the profiler's memory
   events), summed; the exact peak, independent of the allocator (the CPU twin of torch.cuda.max_memory_allocated);
 - activations kept for backward: the bytes of the tensors autograd saves (saved-tensor hooks; weights excluded);
@@ -13,7 +15,7 @@ would add the same for both). Each case runs in a fresh process and measures thr
   (glibc keeps freed blocks, so this is above the live peak and noisier).
 `torch.utils.checkpoint` imports torch._dynamo (about 900 modules, ~100 MiB of RSS and 2 s) on its first call, and
 diffusers imports it at import time: every case imports it before the baseline, or minunet's first checkpointed
-step would be charged for an import diffusers paid earlier. Time is of a second step (first-call costs excluded).
+step would be charged for an import diffusers paid earlier. Time: the median of --repeat further steps.
 """
 import argparse
 import dataclasses
@@ -44,30 +46,48 @@ else:
 model.train()
 if ckpt:
     model.enable_gradient_checkpointing()
+rank, repeat, targets = int(sys.argv[6]), int(sys.argv[7]), ["to_q", "to_k", "to_v", "to_out.0"]
+weights = {p.untyped_storage().data_ptr() for p in model.parameters()}  # the base weights (not activations)
+params = sum(p.numel() for p in model.parameters())
+if rank == 0:  # full fine-tune: every weight trained
+    trainable = list(model.parameters())
+elif impl == "minunet":  # LoRA on the attention projections, base frozen
+    from minunet.lora import new_lora
+    model.requires_grad_(False)
+    trainable = list(new_lora(model, rank, include=tuple(targets)).parameters())
+else:
+    from peft import LoraConfig
+    model.requires_grad_(False)
+    model.add_adapter(LoraConfig(r=rank, lora_alpha=rank, target_modules=targets))
+    trainable = [p for p in model.parameters() if p.requires_grad]
+weights |= {p.untyped_storage().data_ptr() for p in trainable}
+clear = lambda: [setattr(p, "grad", None) for p in trainable]
 x, t = torch.randn(1, 4, 64, 64), torch.tensor([500.0])
 ctx, target = torch.randn(1, 77, cfg.context_dim), torch.randn(1, 4, 64, 64)
 step = lambda: torch.nn.functional.mse_loss(run(x, t, ctx), target)
 base = status_kib("VmRSS")
 reset_peak_rss()
 saved = {}  # storage -> bytes of every tensor autograd keeps for backward (an exact, allocator-free measure)
-params = {p.untyped_storage().data_ptr() for p in model.parameters()}
 def pack(z):
-    if z.untyped_storage().data_ptr() not in params:
+    if z.untyped_storage().data_ptr() not in weights:
         saved[z.untyped_storage().data_ptr()] = z.untyped_storage().nbytes()
     return z
 with torch.autograd.graph.saved_tensors_hooks(pack, lambda z: z):
     loss = step()
 loss.backward()
 peak = status_kib("VmHWM")
-model.zero_grad(set_to_none=True)
-t0 = time.perf_counter()
-step().backward()
-seconds = time.perf_counter() - t0
-model.zero_grad(set_to_none=True)
+times = []
+for _ in range(repeat):  # the median of `repeat` more steps (one step's time moves by 20% on a shared machine)
+    clear()
+    t0 = time.perf_counter()
+    step().backward()
+    times.append(time.perf_counter() - t0)
+seconds = sorted(times)[len(times) // 2]
+clear()
 live = live_peak_mib(lambda: step().backward())
-params = sum(p.numel() for p in model.parameters())
+trained = sum(p.numel() for p in trainable)
 print(json.dumps({"peak_mib": (peak - base) / 1024, "live_mib": live, "seconds": seconds, "params": params,
-                  "grad_mib": params * 4 / 2**20, "saved_mib": sum(saved.values()) / 2**20, "loss": float(loss)}))
+                  "trained": trained, "grad_mib": trained * 4 / 2**20, "saved_mib": sum(saved.values()) / 2**20, "loss": float(loss)}))
 """
 
 
@@ -111,12 +131,16 @@ def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--quick", action="store_true", help="0.3 x SD 1.5's width (96/192/384/384)")
     ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--repeat", type=int, default=3, help="steps timed after the measured one (median printed)")
+    ap.add_argument("--lora", type=int, default=0, metavar="RANK",
+                    help="train a rank-RANK LoRA on the attention projections (base frozen) instead of every weight")
     args = ap.parse_args()
     here = str(Path(__file__).parent)
     rows = []
     for ckpt in (False, True):
         for impl in ("minunet", "diffusers"):
-            cmd = [sys.executable, "-c", CASE, impl, str(int(args.quick)), str(int(ckpt)), str(args.threads), here]
+            cmd = [sys.executable, "-c", CASE, impl, str(int(args.quick)), str(int(ckpt)), str(args.threads), here,
+                   str(args.lora), str(args.repeat)]
             run = subprocess.run(cmd, capture_output=True, text=True, env={**os.environ})
             if run.returncode != 0:
                 raise SystemExit(f"{impl} (checkpointing {ckpt}) failed:\n{run.stderr[-3000:]}")
@@ -135,8 +159,9 @@ def main():
         print(f"minunet / diffusers, checkpointing {'on ' if ckpt else 'off'}: live peak "
               f"{a['live_mib'] / b['live_mib']:.2f}, RSS peak {a['peak_mib'] / b['peak_mib']:.2f}, "
               f"time {a['seconds'] / b['seconds']:.2f}")
+    trained = f"a rank-{args.lora} LoRA on to_q/to_k/to_v/to_out.0 trained" if args.lora else "every weight trained"
     print(f"({'quick: 96/192/384/384' if args.quick else 'full-size SD 1.5'}, {rows[0][2]['params'] / 1e6:.0f} M "
-          "parameters, batch 1, 64 x 64 latents, CPU float32)")
+          f"parameters, {trained}, batch 1, 64 x 64 latents, CPU float32)")
 
 
 if __name__ == "__main__":
