@@ -73,6 +73,9 @@ def add_freeu_arguments(p, presets="a preset name"):
     p.add_argument("--freeu-mapping", choices=["official", "diffusers"], default=None)
     p.add_argument("--freeu-version", type=int, choices=[1, 2], default=None)
     p.add_argument("--compare-freeu", action="store_true", help="same seed without and with FreeU, side by side")
+
+
+def add_dtype_device_arguments(p):
     p.add_argument("--dtype", default="float32", choices=["float32", "float16", "bfloat16"])
     p.add_argument("--device", default=None)
 

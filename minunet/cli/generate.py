@@ -5,7 +5,8 @@ import json
 from pathlib import Path
 
 from ..schedulers.samplers import SAMPLERS  # the one sampler table (light: no torch model code)
-from .common import OFFICIAL, UsageError, add_freeu_arguments, freeu_from_args, parse_device, parse_size
+from .common import (OFFICIAL, UsageError, add_dtype_device_arguments, add_freeu_arguments, freeu_from_args, parse_device,
+                     parse_size)
 
 MODEL_NAMES = ("tiny", "tiny-inpainting", *OFFICIAL)
 
@@ -23,6 +24,7 @@ def add_parser(sub):
     p.add_argument("--clip-skip", type=int, default=None, help="use the text encoder's state this many layers earlier")
     p.add_argument("--size", default=None, help="WIDTHxHEIGHT, multiples of 8 (default: the model's)")
     add_freeu_arguments(p)
+    add_dtype_device_arguments(p)
     p.add_argument("--out", default="minunet.png")
     add_lora_arguments(p)
     add_upscale_arguments(p)

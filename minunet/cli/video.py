@@ -2,7 +2,7 @@
 from pathlib import Path
 
 from ..schedulers.samplers import SAMPLERS
-from .common import UsageError, add_freeu_arguments, freeu_from_args, parse_size
+from .common import UsageError, add_dtype_device_arguments, add_freeu_arguments, freeu_from_args, parse_size
 
 # video models by name: name -> Hub repo of a diffusers TextToVideoSDPipeline with safetensors files
 VIDEO_MODELS = {"ms-1.7b": "ali-vilab/text-to-video-ms-1.7b"}
@@ -23,6 +23,7 @@ def add_parser(sub):
     p.add_argument("--cfg", type=float, default=9.0)
     p.add_argument("--seed", type=int, default=0)
     add_freeu_arguments(p, presets="a preset name (video)")
+    add_dtype_device_arguments(p)
     p.add_argument("--out", default="minunet.mp4", help=".mp4 (needs minunet[video]), .gif or .webp")
     p.set_defaults(func=cmd_video)
 
