@@ -25,8 +25,11 @@ class VAEAttention(nn.Module):
     def forward(self, x):
         B, C, H, W = x.shape
         h = self.group_norm(x).flatten(2).transpose(1, 2)  # (B, H*W, C)
-        # one head of size C: softmax(q k^T / sqrt(C)) v
-        h = F.scaled_dot_product_attention(self.to_q(h), self.to_k(h), self.to_v(h))
+        # one head of size C: softmax(q k^T / sqrt(C)) v. The head axis is explicit, (B, 1, H*W, C): given 3-D
+        # tensors, torch's CPU SDPA takes the math path, which holds the (H*W)^2 score matrix (2.3 GiB for a
+        # 1024 px image's 16384 positions, and 2.4x slower); 4-D tensors take the flash kernel (9 MiB).
+        q, k, v = (p(h)[:, None] for p in (self.to_q, self.to_k, self.to_v))
+        h = F.scaled_dot_product_attention(q, k, v)[:, 0]
         h = self.to_out[0](h).transpose(1, 2).reshape(B, C, H, W)
         return x + h
 
