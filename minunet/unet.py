@@ -8,6 +8,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .blocks import ModelDtypeDevice
 from .blocks.resnet import TimestepEmbedding, timestep_embedding
 from .blocks.unet_blocks import DownBlock, MidBlock, UpBlock
 from .config import UNetConfig
@@ -16,7 +17,7 @@ from .freeu import FreeUMixin
 from .lora import LoraMixin
 
 
-class UNet(FreeUMixin, LoraMixin, GradientCheckpointingMixin, nn.Module):
+class UNet(FreeUMixin, LoraMixin, GradientCheckpointingMixin, ModelDtypeDevice, nn.Module):
     def __init__(self, config: UNetConfig):
         super().__init__()
         self.config = cfg = config
@@ -32,14 +33,6 @@ class UNet(FreeUMixin, LoraMixin, GradientCheckpointingMixin, nn.Module):
         self.conv_norm_out = nn.GroupNorm(cfg.norm_num_groups, c0, eps=cfg.norm_eps)
         self.conv_out = nn.Conv2d(c0, cfg.out_channels, 3, padding=1)
         self.freeu = None  # FreeU settings (or None); setting them works out freeu_plan, what each up block applies
-
-    @property
-    def dtype(self):
-        return self.conv_in.weight.dtype
-
-    @property
-    def device(self):
-        return self.conv_in.weight.device
 
     def time_embed(self, t, batch, dtype, text_embeds=None, time_ids=None):
         """(B,) timesteps [+ SDXL pooled text (B, 1280) and ids (B, 5 or 6)] -> temb (B, 4 * C0)."""

@@ -33,6 +33,7 @@ import torch.nn.functional as F
 from einops import rearrange
 from torch import nn
 
+from .blocks import ModelDtypeDevice
 from .blocks.attention import Attention
 from .freeu import FreeUMixin, decoder_input
 
@@ -329,7 +330,7 @@ class KUpBlock(nn.Module):
 
 
 # ---- the model -------------------------------------------------------------------------------------------------
-class KUNet(FreeUMixin, nn.Module):
+class KUNet(FreeUMixin, ModelDtypeDevice, nn.Module):
     def __init__(self, config: KUNetConfig = SD_X2_LATENT_UPSCALER):
         super().__init__()
         self.config = cfg = config
@@ -341,14 +342,6 @@ class KUNet(FreeUMixin, nn.Module):
         self.up_blocks = nn.ModuleList([KUpBlock(cfg, i) for i in range(n)])
         self.conv_out = nn.Conv2d(c0, cfg.out_channels, 1)
         self.freeu = None  # FreeU settings (or None); setting them works out freeu_plan (see _freeu_plan)
-
-    @property
-    def dtype(self):
-        return self.conv_in.weight.dtype
-
-    @property
-    def device(self):
-        return self.conv_in.weight.device
 
     def check_size(self, height, width):
         """The fixed kernels halve and double exactly only for sizes that divide by 2^(levels - 1), and reflect

@@ -24,6 +24,7 @@ import torch.nn.functional as F
 from einops import rearrange
 from torch import nn
 
+from .blocks import ModelDtypeDevice
 from .blocks.attention import BasicTransformerBlock
 from .blocks.resnet import TimestepEmbedding, timestep_embedding
 from .blocks.unet_blocks import DownBlock, MidBlock, UpBlock
@@ -231,7 +232,7 @@ class VideoUpBlock(UpBlock, _Temporal):
         return x
 
 
-class VideoUNet(FreeUMixin, nn.Module):
+class VideoUNet(FreeUMixin, ModelDtypeDevice, nn.Module):
     def __init__(self, config: VideoUNetConfig):
         super().__init__()
         self.config = cfg = config
@@ -245,14 +246,6 @@ class VideoUNet(FreeUMixin, nn.Module):
         self.conv_norm_out = nn.GroupNorm(cfg.norm_num_groups, c0, eps=cfg.norm_eps)
         self.conv_out = nn.Conv2d(c0, cfg.out_channels, 3, padding=1)
         self.freeu = None  # FreeU settings (or None); setting them works out freeu_plan (minunet/freeu.py)
-
-    @property
-    def dtype(self):
-        return self.conv_in.weight.dtype
-
-    @property
-    def device(self):
-        return self.conv_in.weight.device
 
     def decoder_widths(self):
         """Backbone channels entering each decoder resnet, [up block][resnet]: what FreeU's stage rule reads. The
