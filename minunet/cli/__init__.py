@@ -1,5 +1,5 @@
 """The `minunet` command: generate, video, inspect, parity, convert, download (one module per command family:
-generate.py, video.py, files.py; what they share in common.py).
+generate.py, video.py, files.py, train.py; what they share in common.py).
 
     minunet generate "a red fox" --model tiny --out fox.png
     minunet generate "a red fox" --model sd15 --upscale x2 --out fox-1024.png
@@ -7,11 +7,12 @@ generate.py, video.py, files.py; what they share in common.py).
     minunet inspect sd_xl_base_1.0.safetensors
     minunet parity v1-5-pruned-emaonly.safetensors
     minunet download sd15
+    minunet train-tiny --out runs/tiny
 """
 import argparse
 import sys
 
-from . import files, generate, video
+from . import files, generate, train, video
 from .common import UsageError
 
 
@@ -21,6 +22,7 @@ def build_parser():
     generate.add_parser(sub)
     video.add_parser(sub)
     files.add_parsers(sub)
+    train.add_parser(sub)
     return ap
 
 

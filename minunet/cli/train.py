@@ -1,0 +1,70 @@
+"""`minunet train-tiny`: the recipe of the model shipped as `--model tiny` (minunet.training.tiny), resumable, and
+data-parallel under torchrun:
+
+    minunet train-tiny --out runs/tiny --threads 1                     # the shipped file's recipe
+    torchrun --nproc_per_node 2 -m minunet train-tiny --out runs/tiny  # the same with 2 ranks (gloo on CPU)
+"""
+from pathlib import Path
+
+from .common import UsageError
+
+
+def add_parser(sub):
+    p = sub.add_parser("train-tiny", help="train the tiny Stable Diffusion on drawn shapes (VAE, then UNet + text)")
+    p.add_argument("--out", required=True, help="folder for checkpoints, loss.tsv, samples/ and model.safetensors")
+    p.add_argument("--model", default="tiny", help="which recipe (tiny)")
+    p.add_argument("--stage", default="all", choices=["vae", "unet", "all"])
+    p.add_argument("--steps", type=int, default=None, help="steps of each stage run (default: the recipe's)")
+    p.add_argument("--batch-size", type=int, default=None, help="global batch, all ranks together "
+                                                                "(default: the recipe's)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--resume", action="store_true", help="continue from the stage checkpoints in --out")
+    p.add_argument("--mixed-precision", default="bf16", choices=["no", "bf16"],
+                   help="bf16: autocast where the recipe measured it faster (the VAE stage)")
+    p.add_argument("--threads", type=int, default=None, help="torch CPU threads per process (the recipe: 1)")
+    p.add_argument("--gradient-checkpointing", action="store_true", help="recompute UNet blocks in backward")
+    p.add_argument("--no-progress", action="store_true")
+    p.set_defaults(func=cmd_train)
+
+
+def check_args(args):
+    from ..training.tiny import RECIPES
+
+    if args.model not in RECIPES:
+        raise UsageError(f"--model {args.model}: no such recipe (known: {', '.join(RECIPES)})")
+    for name in ("steps", "batch_size", "threads"):
+        value = getattr(args, name)
+        if value is not None and value < 1:
+            raise UsageError(f"--{name.replace('_', '-')} {value}: must be a positive integer")
+    out = Path(args.out)
+    if out.exists() and not out.is_dir():
+        raise UsageError(f"--out {out}: exists and is not a folder")
+    existing = sorted(p.name for p in out.glob("*-state.safetensors")) if out.is_dir() else []
+    if existing and not args.resume:
+        raise UsageError(f"--out {out}: holds checkpoints ({', '.join(existing)}); add --resume to continue "
+                         "them, or choose another folder")
+
+
+def cmd_train(args):
+    import torch
+
+    from ..training import distributed
+    from ..training.tiny import RECIPES, train
+
+    check_args(args)
+    if args.threads is not None:
+        torch.set_num_threads(args.threads)
+    world = distributed.start()
+    try:
+        if args.batch_size is not None:
+            world.shard(args.batch_size)  # a batch that does not split over the ranks: one line, before any work
+        stages = ("vae", "unet") if args.stage == "all" else (args.stage,)
+        path = train(RECIPES[args.model], args.out, stages=stages, seed=args.seed, steps=args.steps,
+                     batch=args.batch_size, mixed_precision=args.mixed_precision, progress=not args.no_progress,
+                     gradient_checkpointing=args.gradient_checkpointing, world=world)
+    except ValueError as e:
+        raise UsageError(str(e)) from None
+    finally:
+        distributed.stop(world)
+    if world.main:
+        print(f"wrote {path}" if path is not None else f"wrote {Path(args.out) / 'vae.safetensors'}")
