@@ -54,7 +54,7 @@ def loss_on(pipe, batch, context):
 
 def train(steps=30, lr=1e-2, rank=4, out="tiny-lora.safetensors", seed=0, log=print):
     torch.manual_seed(seed)
-    pipe = Pipeline.tiny()
+    pipe = Pipeline.tiny_random()
     pipe.unet.requires_grad_(False).train()
     pipe.unet.enable_gradient_checkpointing()
     images, captions = make_images()

@@ -118,7 +118,19 @@ class Pipeline:
         return {n: found[n] for n in (names or found)}
 
     @classmethod
-    def tiny(cls, family_name="sd1", seed=0, *, in_channels=4):
+    def tiny(cls, *, dtype=None, device=None):
+        """The tiny Stable Diffusion trained by `minunet train-tiny` and shipped in the package (16 MB): one plain
+        shape of one colour on a plain background, e.g. "a red circle on a blue background", 32 x 32 px. An SD
+        1.x-structure single file like any other (from_single_file), at the size it was trained at."""
+        from .weights import TINY_MODEL, TINY_SIZE
+
+        if not TINY_MODEL.is_file():
+            raise CheckpointError(f"{TINY_MODEL}: the shipped tiny model is missing from this installation")
+        return cls.from_pipe(cls.from_single_file(TINY_MODEL, dtype=dtype or torch.float32, device=device),
+                             default_size=TINY_SIZE)
+
+    @classmethod
+    def tiny_random(cls, family_name="sd1", seed=0, *, in_channels=4):
         """A small random-initialised pipeline built in memory from a fixed seed: it runs anywhere in seconds and
         makes noise, not pictures. in_channels=9: the inpainting UNet structure."""
         from .config import UNetConfig

@@ -209,21 +209,21 @@ def test_offline_answer_is_fast(monkeypatch):
     (["--out", "x.unknownext"], 2, "unknown image extension"),
 ])
 def test_generate_argument_errors(extra, code, message, capsys):
-    assert main(["generate", "x", "--model", "tiny", "--steps", "1", *extra]) == code
+    assert main(["generate", "x", "--model", "tiny-random", "--steps", "1", *extra]) == code
     err = capsys.readouterr().err
     assert message in err and "Traceback" not in err and len(err.strip().splitlines()) == 1
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="needs a machine without CUDA")
 def test_missing_cuda_is_a_runtime_error(capsys):
-    assert main(["generate", "x", "--model", "tiny", "--steps", "1", "--device", "cuda"]) == 1
+    assert main(["generate", "x", "--model", "tiny-random", "--steps", "1", "--device", "cuda"]) == 1
     assert "CUDA is not available" in capsys.readouterr().err
 
 
 def test_tiny_takes_dtype(tmp_path, monkeypatch):
     from minunet.cli import generate as cli
 
-    pipe = cli.load_pipeline("tiny", dtype=torch.bfloat16, device=torch.device("cpu"))
+    pipe = cli.load_pipeline("tiny-random", dtype=torch.bfloat16, device=torch.device("cpu"))
     assert pipe.unet.dtype == pipe.vae.dtype == torch.bfloat16
     assert next(pipe.text.parameters()).dtype == torch.bfloat16
 

@@ -13,13 +13,13 @@ from minunet.cli import main
 
 def test_generate_tiny_writes_png_with_parameters(tmp_path, capsys):
     out = tmp_path / "sub" / "fox.png"
-    assert main(["generate", "a red fox", "--model", "tiny", "--steps", "2", "--seed", "7", "--out", str(out)]) == 0
+    assert main(["generate", "a red fox", "--model", "tiny-random", "--steps", "2", "--seed", "7", "--out", str(out)]) == 0
     assert "RANDOM-weight model: it makes noise, not pictures" in capsys.readouterr().out
     image = Image.open(out)
     assert image.size == (128, 128)
     params = json.loads(image.text["parameters"])
     assert params["prompt"] == "a red fox" and params["steps"] == 2 and params["seed"] == 7
-    assert params["model"] == "tiny" and params["freeu"] is None and params["clip_skip"] is None
+    assert params["model"] == "tiny-random" and params["freeu"] is None and params["clip_skip"] is None
 
 
 def test_generate_leaves_guidance_and_sampler_options_to_the_pipeline(tmp_path, monkeypatch):
@@ -36,7 +36,7 @@ def test_generate_leaves_guidance_and_sampler_options_to_the_pipeline(tmp_path, 
         return real_call(self, prompt, **kw)
     monkeypatch.setattr(Pipeline, "__call__", spy)
     for sampler in SAMPLERS:
-        argv = ["generate", "x", "--model", "tiny", "--steps", "2", "--size", "32x32", "--sampler", sampler,
+        argv = ["generate", "x", "--model", "tiny-random", "--steps", "2", "--size", "32x32", "--sampler", sampler,
                 "--out", str(tmp_path / f"{sampler}.png")] + (["--karras"] if sampler != "ddim" else [])
         assert main(argv) == 0
     assert [kw["sampler"] for kw, _ in seen] == list(SAMPLERS)
@@ -48,7 +48,7 @@ def test_generate_leaves_guidance_and_sampler_options_to_the_pipeline(tmp_path, 
 
 def test_generate_compare_freeu_side_by_side(tmp_path):
     out = tmp_path / "cmp.png"
-    argv = ["generate", "x", "--model", "tiny", "--steps", "2", "--size", "64x48", "--freeu", "sd15",
+    argv = ["generate", "x", "--model", "tiny-random", "--steps", "2", "--size", "64x48", "--freeu", "sd15",
             "--freeu-mapping", "diffusers", "--compare-freeu", "--out", str(out)]
     assert main(argv) == 0
     image = Image.open(out)
@@ -84,14 +84,14 @@ def test_inspect_reports_unknown_keys(tmp_path, capsys):
 @pytest.mark.parametrize("argv, message", [
     (["generate", "x", "--model", "missing.safetensors"], "missing.safetensors: no such file"),
     (["generate", "x", "--model", "sd99"], "--model sd99: not a file, folder, Hub repo id or known name"),
-    (["generate", "x", "--model", "tiny", "--size", "100x64"], "multiples of 8"),
-    (["generate", "x", "--model", "tiny", "--size", "big"], "expected WIDTHxHEIGHT"),
+    (["generate", "x", "--model", "tiny-random", "--size", "100x64"], "multiples of 8"),
+    (["generate", "x", "--model", "tiny-random", "--size", "big"], "expected WIDTHxHEIGHT"),
     (["inspect", "nothing.safetensors"], "nothing.safetensors: no such file"),
     (["download", "sd99"], "unknown name 'sd99'"),
-    (["generate", "x", "--model", "tiny", "--freeu", "nonsense"], "--freeu nonsense"),
-    (["generate", "x", "--model", "tiny", "--compare-freeu"], "--compare-freeu needs --freeu"),
-    (["generate", "x", "--model", "tiny", "--steps", "1", "--clip-skip", "2"], "clip_skip=2 is too large"),
-    (["generate", "x", "--model", "tiny", "--steps", "0"], "num_inference_steps must be an int >= 1, got 0"),
+    (["generate", "x", "--model", "tiny-random", "--freeu", "nonsense"], "--freeu nonsense"),
+    (["generate", "x", "--model", "tiny-random", "--compare-freeu"], "--compare-freeu needs --freeu"),
+    (["generate", "x", "--model", "tiny-random", "--steps", "1", "--clip-skip", "2"], "clip_skip=2 is too large"),
+    (["generate", "x", "--model", "tiny-random", "--steps", "0"], "num_inference_steps must be an int >= 1, got 0"),
 ])
 def test_errors(argv, message, capsys):
     assert main(argv) == 2
@@ -109,7 +109,7 @@ def test_no_network_says_how_to_use_a_local_file(monkeypatch, capsys):
 def test_generate_then_upscale_tiny(tmp_path, capsys):
     """--model tiny --upscale tiny: the SD latents go to the x2 upscaler in one command (128 -> 256 px)."""
     out = tmp_path / "up.png"
-    argv = ["generate", "a red fox", "--model", "tiny", "--steps", "2", "--upscale", "tiny", "--upscale-steps", "2",
+    argv = ["generate", "a red fox", "--model", "tiny-random", "--steps", "2", "--upscale", "tiny", "--upscale-steps", "2",
             "--upscale-cfg", "0", "--out", str(out)]
     assert main(argv) == 0
     assert "RANDOM-weight upscaler" in capsys.readouterr().out
@@ -127,12 +127,12 @@ def test_generate_then_upscale_tiny(tmp_path, capsys):
     (["--upscale-steps", "0"], "num_inference_steps=0 must be an integer >= 1"),
 ])
 def test_upscale_errors(argv, message, capsys):
-    assert main(["generate", "x", "--model", "tiny", "--steps", "1", "--upscale", "tiny", *argv]) == 2
+    assert main(["generate", "x", "--model", "tiny-random", "--steps", "1", "--upscale", "tiny", *argv]) == 2
     assert message in capsys.readouterr().err
 
 
 def test_upscale_unknown_model(capsys):
-    assert main(["generate", "x", "--model", "tiny", "--steps", "1", "--upscale", "nothing-here"]) == 2
+    assert main(["generate", "x", "--model", "tiny-random", "--steps", "1", "--upscale", "nothing-here"]) == 2
     assert "--upscale nothing-here: not a folder, Hub repo id or known name (tiny, x2)" in capsys.readouterr().err
 
 
@@ -140,7 +140,7 @@ def test_upscale_official_offline_says_how_to_use_a_folder(monkeypatch, capsys):
     import huggingface_hub.constants
 
     monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", True)
-    assert main(["generate", "x", "--model", "tiny", "--steps", "1", "--upscale", "x2"]) == 1  # a model error
+    assert main(["generate", "x", "--model", "tiny-random", "--steps", "1", "--upscale", "x2"]) == 1  # a model error
     err = capsys.readouterr().err
     assert "stabilityai/sd-x2-latent-upscaler: could not fetch" in err and "pass a local diffusers folder" in err
 

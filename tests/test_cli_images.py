@@ -24,7 +24,8 @@ def files(tmp_path_factory):
 
 
 def generate(*argv):
-    assert main(["generate", "a cat", "--steps", "2", "--seed", "3", *argv]) == 0
+    model = () if "--model" in argv else ("--model", "tiny-random")
+    assert main(["generate", "a cat", "--steps", "2", "--seed", "3", *model, *argv]) == 0
 
 
 def same(path, image):
@@ -34,20 +35,20 @@ def same(path, image):
 def test_img2img(files, tmp_path):
     folder, image, _ = files
     generate("--image", str(folder / "image.png"), "--strength", "0.9", "--out", str(tmp_path / "a.png"))
-    expected = Pipeline.tiny()("a cat", image=image, strength=0.9, num_inference_steps=2, progress=False,
+    expected = Pipeline.tiny_random()("a cat", image=image, strength=0.9, num_inference_steps=2, progress=False,
                                generator=torch.Generator().manual_seed(3)).images[0]
     assert same(tmp_path / "a.png", expected) and expected.size == (48, 40)
     params = json.loads(Image.open(tmp_path / "a.png").text["parameters"])
     assert params["image"].endswith("image.png") and params["strength"] == 0.9 and params["mask"] is None
 
 
-@pytest.mark.parametrize("model", ["tiny", "tiny-inpainting"])
+@pytest.mark.parametrize("model", ["tiny-random", "tiny-random-inpainting"])
 def test_inpainting(files, tmp_path, model):
     """4- and 9-channel tiny models; the output keeps the image's size (rounded to multiples of 8)."""
     folder, image, mask = files
     generate("--model", model, "--image", str(folder / "image.png"), "--mask", str(folder / "mask.png"),
              "--out", str(tmp_path / "i.png"))
-    pipe = Pipeline.tiny(in_channels=9 if model == "tiny-inpainting" else 4)
+    pipe = Pipeline.tiny_random(in_channels=9 if model == "tiny-random-inpainting" else 4)
     expected = pipe("a cat", image=image, mask_image=mask, num_inference_steps=2, height=40, width=48,
                     progress=False, generator=torch.Generator().manual_seed(3)).images[0]
     assert same(tmp_path / "i.png", expected)
@@ -55,7 +56,7 @@ def test_inpainting(files, tmp_path, model):
 
 def test_inpainting_padding_mask_crop_keeps_the_rest(files, tmp_path):
     folder, image, mask = files
-    generate("--model", "tiny-inpainting", "--image", str(folder / "image.png"), "--mask", str(folder / "mask.png"),
+    generate("--model", "tiny-random-inpainting", "--image", str(folder / "image.png"), "--mask", str(folder / "mask.png"),
              "--padding-mask-crop", "4", "--size", "32x32", "--out", str(tmp_path / "c.png"))
     out = np.asarray(Image.open(tmp_path / "c.png"))
     keep = np.asarray(mask) == 0
@@ -64,29 +65,29 @@ def test_inpainting_padding_mask_crop_keeps_the_rest(files, tmp_path):
 
 
 def test_base_to_refiner_and_num_images(tmp_path):
-    generate("--refiner", "tiny", "--high-noise-frac", "0.5", "--size", "32x32", "--num-images", "2",
+    generate("--refiner", "tiny-random", "--high-noise-frac", "0.5", "--size", "32x32", "--num-images", "2",
              "--out", str(tmp_path / "r.png"))
-    base = Pipeline.tiny()
+    base = Pipeline.tiny_random()
     kw = dict(num_inference_steps=2, height=32, width=32, progress=False)
     latents = base("a cat", denoising_end=0.5, output_type="latent", num_images_per_prompt=2,
                    generator=torch.Generator().manual_seed(3), **kw).images
-    expected = Pipeline.tiny()("a cat", image=latents, denoising_start=0.5, num_images_per_prompt=2,
+    expected = Pipeline.tiny_random()("a cat", image=latents, denoising_start=0.5, num_images_per_prompt=2,
                                generator=torch.Generator().manual_seed(3), **kw).images
     assert same(tmp_path / "r-0.png", expected[0]) and same(tmp_path / "r-1.png", expected[1])
     assert not same(tmp_path / "r-0.png", expected[1])
     params = json.loads(Image.open(tmp_path / "r-1.png").text["parameters"])
-    assert params["refiner"] == "tiny" and params["high_noise_frac"] == 0.5 and params["num_images"] == 2
+    assert params["refiner"] == "tiny-random" and params["high_noise_frac"] == 0.5 and params["num_images"] == 2
 
 
 @pytest.mark.parametrize("argv, message", [
     (["--mask", "MASK"], "--mask needs --image"),
     (["--image", "IMAGE", "--mask", "SMALL"], "is 40x40, --image"),
-    (["--model", "tiny-inpainting"], "is an inpainting model (9-channel UNet): give --image and --mask"),
-    (["--model", "tiny-inpainting", "--image", "IMAGE"], "give --image and --mask"),
+    (["--model", "tiny-random-inpainting"], "is an inpainting model (9-channel UNet): give --image and --mask"),
+    (["--model", "tiny-random-inpainting", "--image", "IMAGE"], "give --image and --mask"),
     (["--strength", "0.5"], "--strength needs --image"),
     (["--image", "nothing.png"], "--image nothing.png: no such file"),
     (["--padding-mask-crop", "4"], "--padding-mask-crop needs --mask"),
-    (["--refiner", "tiny", "--high-noise-frac", "1.5"], "--high-noise-frac 1.5: must be a fraction in (0, 1)"),
+    (["--refiner", "tiny-random", "--high-noise-frac", "1.5"], "--high-noise-frac 1.5: must be a fraction in (0, 1)"),
     (["--negative-original-size", "512x512"], "--negative-original-size is SDXL micro-conditioning"),
     (["--negative-crops", "a,b"], "--negative-crops"),
     (["--refiner", "missing.safetensors"], "--refiner missing.safetensors: no such file"),

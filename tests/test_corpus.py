@@ -375,11 +375,11 @@ def test_a_good_shard_index_loads(base, tmp_path):
 def tiny():
     from minunet import Pipeline
 
-    return Pipeline.tiny()
+    return Pipeline.tiny_random()
 
 
 def argument_defects(tmp_path):
-    """{defect: (keyword arguments, the argument the error must name)} for Pipeline.tiny() (128 px, 2 levels)."""
+    """{defect: (keyword arguments, the argument the error must name)} for Pipeline.tiny_random() (128 px, 2 levels)."""
     nan, inf = float("nan"), float("inf")
     return {
         "float height": ({"height": 64.0}, "height"), "string width": ({"width": "64"}, "width"),
@@ -443,7 +443,7 @@ def test_an_image_path_is_opened(tiny, tmp_path):
 def test_one_nan_weight_is_a_named_error_at_the_first_step(component, module, dtype, advice):
     from minunet import Pipeline
 
-    pipe = Pipeline.tiny()
+    pipe = Pipeline.tiny_random()
     if dtype is not None:
         for m in (pipe.unet, pipe.vae, pipe.text):
             m.to(dtype)

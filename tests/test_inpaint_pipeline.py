@@ -136,7 +136,7 @@ def test_sdxl_refiner_shares_the_base_vae_and_bigG(sdxl):
     with pytest.raises(ValueError, match="cannot share \\['text_encoder'\\]"):
         Pipeline.from_pretrained(refiner, text_encoder=ours_base.text.encoders[0])
     with pytest.raises(ValueError, match="has no \\['text_encoder_2'\\]"):
-        Pipeline.tiny().components("text_encoder_2")
+        Pipeline.tiny_random().components("text_encoder_2")
 
 
 def test_inpainting_errors(sd9, sd):

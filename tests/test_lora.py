@@ -136,10 +136,10 @@ def test_cli_generate_with_loras(tmp_path, capsys):
     from PIL import Image
 
     from minunet.cli import main
-    tiny = Pipeline.tiny()
+    tiny = Pipeline.tiny_random()
     kohya_file(tiny, tmp_path / "a.safetensors")
     kohya_file(tiny, tmp_path / "b.safetensors", seed=5)
-    base = ["generate", "a fox", "--model", "tiny", "--steps", "2", "--size", "32x32"]
+    base = ["generate", "a fox", "--model", "tiny-random", "--steps", "2", "--size", "32x32"]
     images = {}
     for name, extra in (("plain", []), ("one", ["--lora", f"{tmp_path / 'a.safetensors'}:0.5"]),
                         ("two", ["--lora", f"{tmp_path / 'a.safetensors'}:0.5", "--lora",

@@ -189,9 +189,9 @@ def test_sd_single_file(tmp_path):
 
 
 def test_tiny_pipeline_is_deterministic_and_pil():
-    pipe = Pipeline.tiny()
+    pipe = Pipeline.tiny_random()
     a = pipe("noise", num_inference_steps=3, generator=gen(1), progress=False).images[0]
-    b = Pipeline.tiny()("noise", num_inference_steps=3, generator=gen(1), progress=False).images[0]
+    b = Pipeline.tiny_random()("noise", num_inference_steps=3, generator=gen(1), progress=False).images[0]
     assert a.size == (128, 128) and a.mode == "RGB"
     assert a.tobytes() == b.tobytes()
 

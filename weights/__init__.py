@@ -1,4 +1,5 @@
-"""Reference data shipped with minunet as `minunet.weights` (no weights: configs, manifests, tokenizer files).
+"""Reference data shipped with minunet as `minunet.weights`: configs, manifests, tokenizer files, and one model,
+the tiny Stable Diffusion that `minunet train-tiny` trains (`Pipeline.tiny()`, `--model tiny`).
 
 See weights/README.md for where each file came from. `WEIGHTS` is this folder, installed or in a checkout.
 """
@@ -8,3 +9,5 @@ WEIGHTS = Path(__file__).parent
 CONFIGS = WEIGHTS / "configs"
 MANIFESTS = WEIGHTS / "manifests"
 TOKENIZER = WEIGHTS / "tokenizers" / "clip-bpe"
+TINY_MODEL = WEIGHTS / "tiny" / "tiny-sd.safetensors"  # original single-file layout, float16
+TINY_SIZE = 32                                           # pixels: the size it was trained at

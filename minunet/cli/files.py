@@ -64,7 +64,7 @@ def cmd_parity(args):
     from ..parity import compare_blocks, diffusers_twin, format_rows, random_inputs
     if args.model == "tiny":
         from ..pipeline import Pipeline
-        unet, source = Pipeline.tiny().unet, None
+        unet, source = Pipeline.tiny_random().unet, None
     else:
         from ..loading import load_unet
         path = Path(args.model)

@@ -8,12 +8,14 @@ from ..schedulers.samplers import SAMPLERS  # the one sampler table (light: no t
 from .common import (OFFICIAL, UsageError, add_dtype_device_arguments, add_freeu_arguments, freeu_from_args, parse_device,
                      parse_size)
 
-MODEL_NAMES = ("tiny", "tiny-inpainting", *OFFICIAL)
+MODEL_NAMES = ("tiny", "tiny-random", "tiny-random-inpainting", *OFFICIAL)
 
 
 def add_parser(sub):
     p = sub.add_parser("generate", help="prompt -> PNG (parameters in its text metadata)")
-    p.add_argument("prompt")
+    p.add_argument("prompt", nargs="?", default=None)
+    p.add_argument("--prompts", default=None, help="a text file, one prompt per line: OUT-0.png, OUT-1.png, ... "
+                                                   "(under torchrun the prompts are split over the ranks)")
     p.add_argument("--model", default="tiny", help="repo id | folder | file.safetensors | " + " | ".join(MODEL_NAMES))
     p.add_argument("--negative", default=None)
     p.add_argument("--sampler", default="euler", choices=list(SAMPLERS))
@@ -37,6 +39,7 @@ def cmd_generate(args):
 
     size = parse_size(args.size) if args.size else None
     check_generate_args(args)
+    prompts = read_prompts(args)
     freeu = freeu_from_args(args)
     inputs = image_inputs(args)  # --image / --mask, checked before any model loads
     pipe = load_pipeline(args.model, dtype=getattr(torch, args.dtype), device=args.device)
@@ -48,14 +51,30 @@ def cmd_generate(args):
     if args.upscale is not None:  # SD latents -> the x2 latent upscaler, no VAE round trip
         pipe = UpscaledPipeline(pipe, load_upscaler(args.upscale, args, getattr(torch, args.dtype)), args)
     width, height = size or default_size(args, inputs) or (None, None)
+    if prompts is None:
+        return generate_one(pipe, args, height, width, freeu, inputs, refiner, args.out)
+    from ..training import distributed
+
+    world = distributed.start(args.device)
+    try:  # prompt i -> OUT-i.png on the rank i % N, each as `minunet generate PROMPT_i` with the same options
+        for i, prompt in world.split(prompts):
+            args.prompt = prompt
+            out = Path(args.out)
+            generate_one(pipe, args, height, width, freeu, inputs, refiner, out.with_name(f"{out.stem}-{i}{out.suffix}"))
+        world.barrier()
+    finally:
+        distributed.stop(world)
+
+
+def generate_one(pipe, args, height, width, freeu, inputs, refiner, out):
     if args.compare_freeu:
         images = [side_by_side(a, b) for a, b in zip(run_pipeline(pipe, args, height, width, None, inputs, refiner),
                                                       run_pipeline(pipe, args, height, width, freeu, inputs, refiner))]
     else:
         images = run_pipeline(pipe, args, height, width, freeu, inputs, refiner)
-    for out, image in zip(output_paths(args.out, len(images)), images):
-        save_png(image, args, freeu, out)
-        print(f"wrote {out} ({image.width}x{image.height})" +
+    for path, image in zip(output_paths(out, len(images)), images):
+        save_png(image, args, freeu, path)
+        print(f"wrote {path} ({image.width}x{image.height})" +
               (" -- left without FreeU, right with" if args.compare_freeu else ""))
 
 
@@ -86,6 +105,23 @@ def run_pipeline(pipe, args, height, width, freeu, inputs=None, refiner=None):
         raise UsageError(str(e)) from None
 
 
+def read_prompts(args):
+    """--prompts FILE -> its non-empty lines, or None when the prompt is given on the command line (one of them)."""
+    if (args.prompt is None) == (args.prompts is None):
+        raise UsageError("give a prompt or --prompts FILE (one of them)")
+    if args.prompts is None:
+        return None
+    path = Path(args.prompts)
+    try:
+        lines = [line.strip() for line in path.read_text(encoding="utf-8").splitlines()]
+    except (OSError, UnicodeDecodeError) as e:
+        raise UsageError(f"--prompts {path}: cannot read it as UTF-8 text ({type(e).__name__})") from None
+    prompts = [line for line in lines if line]
+    if not prompts:
+        raise UsageError(f"--prompts {path}: no prompts in it (one per line)")
+    return prompts
+
+
 def check_generate_args(args):
     """Command-line values the pipeline would take but cannot use: caught before any model loads."""
     import math
@@ -108,13 +144,16 @@ def check_generate_args(args):
 
 
 def load_pipeline(model, dtype=None, device=None, flag="--model", **shared):
-    """--model: 'tiny' ('tiny-inpainting': its 9-channel twin), an official name (downloaded once into the Hub
-    cache), a folder, a file or a repo id. `shared`: loaded modules to use instead of loading them (--refiner)."""
+    """--model: 'tiny' (the shipped trained tiny model, 32 px shapes), 'tiny-random' ('tiny-random-inpainting': its
+    9-channel twin), an official name (downloaded once into the Hub cache), a folder, a file or a repo id.
+    `shared`: loaded modules to use instead of loading them (--refiner)."""
     from ..pipeline import Pipeline
 
-    if model in ("tiny", "tiny-inpainting"):
+    if model == "tiny":
+        return Pipeline.tiny(dtype=dtype, device=device)
+    if model in ("tiny-random", "tiny-random-inpainting"):
         print(f"minunet: {flag} {model} is a small RANDOM-weight model: it makes noise, not pictures.")
-        pipe = Pipeline.tiny(in_channels=9 if model == "tiny-inpainting" else 4)
+        pipe = Pipeline.tiny_random(in_channels=9 if model == "tiny-random-inpainting" else 4)
         for module in (pipe.unet, pipe.vae, pipe.text):  # --dtype / --device as for any other model
             module.to(device=device, dtype=dtype)
         return pipe

@@ -48,6 +48,7 @@ def check_args(args):
 def cmd_train(args):
     import torch
 
+    from ..io import CheckpointError
     from ..training import distributed
     from ..training.tiny import RECIPES, train
 
@@ -62,7 +63,9 @@ def cmd_train(args):
         path = train(RECIPES[args.model], args.out, stages=stages, seed=args.seed, steps=args.steps,
                      batch=args.batch_size, mixed_precision=args.mixed_precision, progress=not args.no_progress,
                      gradient_checkpointing=args.gradient_checkpointing, world=world)
-    except ValueError as e:
+    except CheckpointError:  # a missing or mismatched stage file: exit 1
+        raise
+    except ValueError as e:  # a batch that does not split over the ranks
         raise UsageError(str(e)) from None
     finally:
         distributed.stop(world)
