@@ -96,5 +96,6 @@ def test_errors(files, argv, message, capsys):
     folder, _, _ = files
     names = {"MASK": folder / "mask.png", "IMAGE": folder / "image.png", "SMALL": folder / "small_mask.png"}
     argv = [str(names.get(a, a)) for a in argv]
-    assert main(["generate", "x", "--steps", "1", *argv]) == 2
+    model = () if "--model" in argv else ("--model", "tiny-random")
+    assert main(["generate", "x", "--steps", "1", *model, *argv]) == 2
     assert message in capsys.readouterr().err

@@ -58,7 +58,7 @@ SMALL = dataclasses.replace(
     vae=dataclasses.replace(tiny.TINY.vae, block_out_channels=(32, 32, 32, 32)),
     unet=dataclasses.replace(tiny.TINY.unet, block_out_channels=(32, 64)),
     text_layers=1, cache_size=64,
-    stages={"vae": tiny.Stage(**STAGE), "unet": tiny.Stage(**STAGE)})
+    stages={"vae": tiny.Stage(**STAGE), "decoder": tiny.Stage(**STAGE), "unet": tiny.Stage(**STAGE)})
 
 
 def stage_params(out, name):
@@ -68,6 +68,7 @@ def stage_params(out, name):
 
 def run_stages(out, gradient_checkpointing=False, **kw):
     vae = tiny.train_vae(SMALL, out, progress=False, mixed_precision="no", **kw)
+    tiny.train_decoder(SMALL, out, vae=vae, progress=False, mixed_precision="no", **kw)
     tiny.train_unet(SMALL, out, vae=vae, progress=False, mixed_precision="no",
                     gradient_checkpointing=gradient_checkpointing, **kw)
 
@@ -76,9 +77,11 @@ def test_resuming_gives_the_parameters_of_a_run_that_never_stopped(tmp_path):
     run_stages(tmp_path / "straight")
     tiny.train_vae(SMALL, tmp_path / "stopped", progress=False, mixed_precision="no", stop_at=3)
     vae = tiny.train_vae(SMALL, tmp_path / "stopped", progress=False, mixed_precision="no")  # resumes at 3
+    tiny.train_decoder(SMALL, tmp_path / "stopped", progress=False, mixed_precision="no", stop_at=4)
+    tiny.train_decoder(SMALL, tmp_path / "stopped", progress=False, mixed_precision="no")
     tiny.train_unet(SMALL, tmp_path / "stopped", vae=vae, progress=False, mixed_precision="no", stop_at=2)
     tiny.train_unet(SMALL, tmp_path / "stopped", vae=vae, progress=False, mixed_precision="no")
-    for name in ("vae", "unet"):
+    for name in ("vae", "decoder", "unet"):
         a, b = stage_params(tmp_path / "straight", name), stage_params(tmp_path / "stopped", name)
         assert a.keys() == b.keys()
         for k in a:
@@ -129,16 +132,19 @@ def test_two_gloo_ranks_give_one_process_parameters(tmp_path):
     script.write_text(DDP_SCRIPT.format(tests=str(Path(__file__).parent)))
     torchrun(script, 2, tmp_path / "two", 1)
     run_stages(tmp_path / "one")
-    for name in ("vae", "unet"):
+    for name in ("vae", "decoder", "unet"):
         a, b = stage_params(tmp_path / "one", name), stage_params(tmp_path / "two", name)
         assert a.keys() == b.keys()
         worst = max(float((a[k] - b[k]).abs().max()) for k in a)
         assert worst < 1e-5, f"{name}: parameters differ by {worst:.2e}"
-        moved = max(float((a[k] - tiny_initial(name)[k]).abs().max()) for k in tiny_initial(name))
+        start = tiny_initial(name, tmp_path / "one")
+        moved = max(float((a[k] - start[k]).abs().max()) for k in a if k in start)
         assert moved > 1e-3  # the runs trained (equal because they agree, not because nothing changed)
 
 
-def tiny_initial(name):
+def tiny_initial(name, out):
+    if name == "decoder":  # starts from the VAE stage's result
+        return {f"model.vae.{k}": v for k, v in tiny.load_stage_vae(SMALL, out, "vae").state_dict().items()}
     if name == "vae":
         return {f"model.vae.{k}": v for k, v in tiny.build_vae(SMALL, 0).state_dict().items()}
     return {f"model.unet.{k}": v for k, v in tiny.build_unet(SMALL, 0).state_dict().items()}
@@ -185,7 +191,8 @@ def test_train_tiny_command_writes_log_samples_and_checkpoint(tmp_path, capsys):
 @pytest.mark.parametrize("argv,message", [
     (["--batch-size", "0"], "--batch-size 0: must be a positive integer"),
     (["--model", "huge"], "--model huge: no such recipe (known: tiny)"),
-    (["--stage", "unet"], "vae.safetensors: not found: the unet stage needs the VAE stage's output"),
+    (["--stage", "unet"], "vae.safetensors: not found: the next stage needs the vae stage's output"),
+    (["--stage", "decoder"], "vae.safetensors: not found: the next stage needs the vae stage's output"),
 ])
 def test_train_tiny_usage_errors(tmp_path, capsys, argv, message):
     from minunet.cli import main

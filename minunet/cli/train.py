@@ -13,7 +13,8 @@ def add_parser(sub):
     p = sub.add_parser("train-tiny", help="train the tiny Stable Diffusion on drawn shapes (VAE, then UNet + text)")
     p.add_argument("--out", required=True, help="folder for checkpoints, loss.tsv, samples/ and model.safetensors")
     p.add_argument("--model", default="tiny", help="which recipe (tiny)")
-    p.add_argument("--stage", default="all", choices=["vae", "unet", "all"])
+    p.add_argument("--stage", default="all", choices=["vae", "decoder", "unet", "all"],
+                   help="all: vae, then decoder (fine-tuned on the frozen encoder), then unet (with the text encoder)")
     p.add_argument("--steps", type=int, default=None, help="steps of each stage run (default: the recipe's)")
     p.add_argument("--batch-size", type=int, default=None, help="global batch, all ranks together "
                                                                 "(default: the recipe's)")
@@ -59,7 +60,7 @@ def cmd_train(args):
     try:
         if args.batch_size is not None:
             world.shard(args.batch_size)  # a batch that does not split over the ranks: one line, before any work
-        stages = ("vae", "unet") if args.stage == "all" else (args.stage,)
+        stages = ("vae", "decoder", "unet") if args.stage == "all" else (args.stage,)
         path = train(RECIPES[args.model], args.out, stages=stages, seed=args.seed, steps=args.steps,
                      batch=args.batch_size, mixed_precision=args.mixed_precision, progress=not args.no_progress,
                      gradient_checkpointing=args.gradient_checkpointing, world=world)
@@ -70,4 +71,5 @@ def cmd_train(args):
     finally:
         distributed.stop(world)
     if world.main:
-        print(f"wrote {path}" if path is not None else f"wrote {Path(args.out) / 'vae.safetensors'}")
+        done = path if path is not None else Path(args.out) / f"{args.stage}.safetensors"
+        print(f"wrote {done}")

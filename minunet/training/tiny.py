@@ -50,7 +50,7 @@ class Recipe:
     unet: UNetConfig
     text_width: int
     text_layers: int
-    stages: dict                 # {"vae": Stage, "unet": Stage}
+    stages: dict                 # {"vae": Stage, "decoder": Stage, "unet": Stage}, run in this order
     cache_size: int = 32768      # samples whose latents and token ids the unet stage computes once
     caption_dropout: float = 0.1
     min_snr: float = 5.0
@@ -68,7 +68,9 @@ TINY = Recipe(
                     transformer_depth=(0, 1), num_heads=(8, 8), context_dim=64),
     text_width=64, text_layers=3,  # 1 head of 64 (the loader's rule: heads = width / 64)
     stages={"vae": Stage(steps=1500, batch=32, lr=1e-3, autocast=True),
-            "unet": Stage(steps=5000, batch=64, lr=1e-3)},
+            # the decoder alone, on the frozen encoder's latents (as sd-vae-ft-mse): sharper edges, same latents
+            "decoder": Stage(steps=1000, batch=32, lr=5e-4, autocast=True),
+            "unet": Stage(steps=3000, batch=64, lr=1e-3)},
 )
 RECIPES = {"tiny": TINY}
 
@@ -154,7 +156,7 @@ def sd15_schedule():
 
 # ---- the loop -------------------------------------------------------------------------------------------------
 def step_generator(seed, stage, step):
-    return torch.Generator().manual_seed(seed * 1_000_003 + {"vae": 0, "unet": 500_009}[stage] + step)
+    return torch.Generator().manual_seed(seed * 1_000_003 + {"vae": 0, "unet": 500_009, "decoder": 250_007}[stage] + step)
 
 
 def lr_at(stage, step):
@@ -279,6 +281,56 @@ def train_vae(recipe, out, *, seed=0, steps=None, batch=None, world=None, mixed_
 
 
 VALIDATION_START = 10 ** 9  # data indices of held-out pictures (training never reaches them)
+DECODER_DATA_START = 10 ** 8  # the decoder stage's pictures: others than the VAE stage's
+
+
+class DecoderLoss(nn.Module):
+    """The decoder (and post_quant_conv) on the frozen encoder's posterior samples: L1 + L2."""
+
+    def __init__(self, vae):
+        super().__init__()
+        self.vae = vae
+        for m in (vae.encoder, vae.quant_conv):
+            m.requires_grad_(False)
+
+    def forward(self, x, eps):
+        with torch.no_grad():
+            post = self.vae.encode(x)
+            z = post.mean + post.std * eps.to(post.mean.dtype)
+        y = self.vae.decode(z).float()
+        return (y - x).abs().mean() + (y - x).pow(2).mean()
+
+
+def train_decoder(recipe, out, *, vae=None, seed=0, steps=None, batch=None, world=None, mixed_precision="bf16",
+                  progress=True, stop_at=None):
+    """Train (or resume) the decoder stage from the VAE stage's output (given, or OUT/vae.safetensors); writes
+    OUT/decoder.safetensors (the whole VAE, EMA decoder) and returns the VAE. The latents are unchanged."""
+    world = world or distributed.World()
+    stage = _stage(recipe, "decoder", steps, batch)
+    vae = vae if vae is not None else load_stage_vae(recipe, out, "vae")
+    start = {k: v.clone() for k, v in vae.state_dict().items()}
+    run = Run("decoder", stage, DecoderLoss(vae.train()), world, out, _info(recipe, "decoder", seed, stage,
+                                                                           mixed_precision))
+    run.autocast_ok = mixed_precision == "bf16"
+    run.resume()
+    part = world.shard(stage.batch)
+    h = recipe.image_size // recipe.vae.downscale
+    data_seed = seed + recipe.data_seed_offset
+
+    def batch_fn(step):
+        first = DECODER_DATA_START + step * stage.batch
+        x, _ = shapes.draw_batch(range(first, first + stage.batch), data_seed, recipe.image_size)
+        eps = torch.randn((stage.batch, recipe.vae.latent_channels, h, h), generator=step_generator(seed, "decoder", step))
+        return x[part].to(world.device), eps[part].to(world.device)
+
+    train_loop(run, batch_fn, lambda r, k: vae_samples(recipe, r, k, data_seed, start), progress, stop_at)
+    final = VAE(recipe.vae)
+    final.load_state_dict({**start, **run.ema_state("vae.")})
+    if world.main:
+        from safetensors.torch import save_file
+        save_file({k: v.contiguous() for k, v in final.state_dict().items()}, str(Path(out) / "decoder.safetensors"))
+    world.barrier()
+    return final.eval()
 
 
 @torch.no_grad()
@@ -308,14 +360,15 @@ def normalise_latents_(vae, recipe, data_seed, n=1024):
     p.weight /= s[None, :, None, None]
 
 
-def vae_samples(recipe, run, step, data_seed):
-    """OUT/samples/vae-STEP.png: held-out pictures (top) and their reconstructions with the EMA weights (bottom)."""
+def vae_samples(recipe, run, step, data_seed, frozen=None):
+    """OUT/samples/NAME-STEP.png: held-out pictures (top) and their reconstructions with the EMA weights (bottom);
+    `frozen`: the state dict the run's EMA parameters update (the decoder stage)."""
     vae = build_vae(recipe, 0)
-    vae.load_state_dict(run.ema_state("vae."))
+    vae.load_state_dict({**(frozen or {}), **run.ema_state("vae.")})
     x, _ = shapes.draw_batch(range(VALIDATION_START, VALIDATION_START + 8), data_seed, recipe.image_size)
     with torch.no_grad():
         y = vae.eval().decode(vae.encode(x).mean).clamp(-1, 1)
-    save_grid(torch.cat([x, y]), 8, Path(run.out) / "samples" / f"vae-{step:06d}.png")
+    save_grid(torch.cat([x, y]), 8, Path(run.out) / "samples" / f"{run.name}-{step:06d}.png")
 
 
 def save_grid(images, columns, path, scale=2):
@@ -349,11 +402,11 @@ def _info(recipe, name, seed, stage, mixed_precision):
 # ---- stage 2: the UNet and the text encoder -------------------------------------------------------------------
 def train_unet(recipe, out, *, seed=0, steps=None, batch=None, world=None, mixed_precision="bf16", progress=True,
                vae=None, gradient_checkpointing=False, stop_at=None):
-    """Train (or resume) the UNet + text stage on the frozen VAE (given, or OUT/vae.safetensors); -> (unet, text)
-    with the EMA weights."""
+    """Train (or resume) the UNet + text stage on the frozen VAE (given, or OUT/vae.safetensors: the decoder stage
+    does not change the encoder, so this stage can run beside it); -> (unet, text) with the EMA weights."""
     world = world or distributed.World()
     stage = _stage(recipe, "unet", steps, batch)
-    vae = vae if vae is not None else load_stage_vae(recipe, out)
+    vae = vae if vae is not None else load_stage_vae(recipe, out, "vae")
     text, unet = build_text(recipe, seed), build_unet(recipe, seed)
     if gradient_checkpointing:
         unet.enable_gradient_checkpointing()
@@ -385,13 +438,14 @@ def ema_models(recipe, run, seed):
     return unet.eval(), text.eval()
 
 
-def load_stage_vae(recipe, out):
+def load_stage_vae(recipe, out, name="decoder"):
+    """The VAE a stage wrote: OUT/vae.safetensors (VAE stage) or OUT/decoder.safetensors (decoder stage)."""
     from ..io import CheckpointError, load_safetensors
 
-    path = Path(out) / "vae.safetensors"
+    path = Path(out) / f"{name}.safetensors"
     if not path.is_file():
-        raise CheckpointError(f"{path}: not found: the unet stage needs the VAE stage's output (run --stage vae "
-                              "first, or --stage all)")
+        raise CheckpointError(f"{path}: not found: the next stage needs the {name} stage's output (run --stage "
+                              f"{name} first, or --stage all)")
     vae = VAE(recipe.vae)
     vae.load_state_dict(load_safetensors(path))
     return vae.eval()
@@ -457,7 +511,7 @@ def write_single_file(path, unet, vae, text, metadata=None):
     save_file(single_file_state(unet, vae, text), str(path), metadata={"format": "pt", **(metadata or {})})
 
 
-def train(recipe, out, *, stages=("vae", "unet"), seed=0, steps=None, batch=None, mixed_precision="bf16",
+def train(recipe, out, *, stages=("vae", "decoder", "unet"), seed=0, steps=None, batch=None, mixed_precision="bf16",
           progress=True, gradient_checkpointing=False, world=None):
     """The recipe: the stages asked for, then OUT/model.safetensors when the unet stage ran."""
     world = world or distributed.World()
@@ -465,10 +519,12 @@ def train(recipe, out, *, stages=("vae", "unet"), seed=0, steps=None, batch=None
     common = dict(seed=seed, steps=steps, batch=batch, world=world, mixed_precision=mixed_precision,
                   progress=progress)
     vae = train_vae(recipe, out, **common) if "vae" in stages else None
+    if "decoder" in stages:
+        vae = train_decoder(recipe, out, vae=vae, **common)
     if "unet" not in stages:
         return None
-    vae = vae if vae is not None else load_stage_vae(recipe, out)
     unet, text = train_unet(recipe, out, vae=vae, gradient_checkpointing=gradient_checkpointing, **common)
+    vae = vae if vae is not None else load_stage_vae(recipe, out, "decoder" if "decoder" in recipe.stages else "vae")
     path = Path(out) / "model.safetensors"
     if world.main:
         write_single_file(path, unet, vae, text, {"minunet.recipe": f"train-tiny seed {seed}"})

@@ -1,0 +1,97 @@
+"""The shipped tiny model's figures for the README: VAE PSNR, prompt adherence per sampler (and with guidance 1,
+and with FreeU in each stage convention), seconds per image, and the pictures under docs/.
+
+    python benchmarks/tiny_model.py [--model FILE] [--docs docs] [--threads 2]
+
+Adherence: every colour x shape x background of the plain form "a {colour} {shape} on a {background}
+background" (colour != background, 168 prompts), one batch, seed 0, judged by tests/shapes_judge.py.
+"""
+import argparse
+import statistics
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "tests"))
+from shapes_judge import PALETTE, score  # noqa: E402
+
+from minunet import FreeU, Pipeline  # noqa: E402
+from minunet.training import tiny  # noqa: E402
+
+SHAPES = ("circle", "square", "triangle")
+COMBOS = [(c, s, b) for c in PALETTE for s in SHAPES for b in PALETTE if b != c]
+RUNS = [("euler, 20 steps", dict(sampler="euler", num_inference_steps=20)),
+        ("euler_a, 20 steps", dict(sampler="euler_a", num_inference_steps=20)),
+        ("ddim, 20 steps", dict(sampler="ddim", num_inference_steps=20)),
+        ("dpmpp_2m, 20 steps", dict(sampler="dpmpp_2m", num_inference_steps=20)),
+        ("dpmpp_2m, 10 steps", dict(sampler="dpmpp_2m", num_inference_steps=10)),
+        ("euler, 20 steps, guidance 1", dict(sampler="euler", num_inference_steps=20, guidance_scale=1.0)),
+        ("euler, 20 steps, FreeU sd15 (official stages, v2)", dict(sampler="euler", num_inference_steps=20,
+                                                                    freeu="sd15")),
+        ("euler, 20 steps, FreeU sd15-diffusers (diffusers stages, v1)", dict(sampler="euler", num_inference_steps=20,
+                                                                               freeu="sd15-diffusers"))]
+
+
+def plain(c, s, b):
+    return f"a {c} {s} on a {b} background"
+
+
+def generate(pipe, prompts, freeu=None, **kw):
+    if freeu is not None:
+        pipe.enable_freeu(FreeU.preset(freeu))
+    try:
+        return pipe(prompts, generator=torch.Generator().manual_seed(0), output_type="pt", progress=False, **kw).images
+    finally:
+        pipe.disable_freeu()
+
+
+def adherence_table(pipe):
+    rows = ["| run | colour | background | shape |", "|---|---|---|---|"]
+    for name, kw in RUNS:
+        s = score(generate(pipe, [plain(*x) for x in COMBOS], **kw), COMBOS)
+        rows.append(f"| {name} | {s['colour']:.0%} | {s['background']:.0%} | {s['shape']:.0%} |")
+        print(rows[-1], flush=True)
+    return rows
+
+
+def grid(pipe, path, freeu=None):
+    """Rows: object colours; columns: shapes; background: the colour four places on in the palette."""
+    names = list(PALETTE)
+    prompts = [plain(c, s, names[(i + 4) % len(names)]) for i, c in enumerate(names) for s in SHAPES]
+    images = generate(pipe, prompts, freeu=freeu, num_inference_steps=30)
+    tiny.save_grid(images * 2 - 1, len(SHAPES), path, scale=4)
+
+
+def seconds_per_image(pipe, n=5):
+    times = []
+    for _ in range(n):
+        start = time.perf_counter()
+        pipe("a red circle on a blue background", generator=torch.Generator().manual_seed(0), progress=False)
+        times.append(time.perf_counter() - start)
+    return statistics.median(times)
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--model", default=None, help="a train-tiny model.safetensors (default: the shipped one)")
+    ap.add_argument("--docs", default=str(ROOT / "docs"))
+    ap.add_argument("--threads", type=int, default=2)
+    args = ap.parse_args()
+    torch.set_num_threads(args.threads)
+    pipe = Pipeline.tiny()
+    if args.model is not None:
+        pipe = Pipeline.from_pipe(Pipeline.from_single_file(args.model), default_size=32)
+    print(f"VAE PSNR (256 held-out pictures, posterior mean): {tiny.vae_psnr(pipe.vae, tiny.TINY, 0):.1f} dB")
+    print(f"seconds per image (30 Euler steps, guidance 7.5, {args.threads} threads, median of 5): "
+          f"{seconds_per_image(pipe):.3f}")
+    docs = Path(args.docs)
+    grid(pipe, docs / "tiny-grid.png")
+    grid(pipe, docs / "tiny-grid-freeu.png", freeu="sd15")
+    print("\n".join(adherence_table(pipe)))
+
+
+if __name__ == "__main__":
+    main()
