@@ -518,13 +518,16 @@ def train(recipe, out, *, stages=("vae", "decoder", "unet"), seed=0, steps=None,
     Path(out).mkdir(parents=True, exist_ok=True)
     common = dict(seed=seed, steps=steps, batch=batch, world=world, mixed_precision=mixed_precision,
                   progress=progress)
-    vae = train_vae(recipe, out, **common) if "vae" in stages else None
+    # each stage reads the previous one's file (not the module in memory), so `--stage all` and stages run one by
+    # one (or decoder and unet side by side: the unet stage needs the encoder only) give the same bits
+    if "vae" in stages:
+        train_vae(recipe, out, **common)
     if "decoder" in stages:
-        vae = train_decoder(recipe, out, vae=vae, **common)
+        train_decoder(recipe, out, **common)
     if "unet" not in stages:
         return None
-    unet, text = train_unet(recipe, out, vae=vae, gradient_checkpointing=gradient_checkpointing, **common)
-    vae = vae if vae is not None else load_stage_vae(recipe, out, "decoder" if "decoder" in recipe.stages else "vae")
+    unet, text = train_unet(recipe, out, gradient_checkpointing=gradient_checkpointing, **common)
+    vae = load_stage_vae(recipe, out, "decoder" if "decoder" in recipe.stages else "vae")
     path = Path(out) / "model.safetensors"
     if world.main:
         write_single_file(path, unet, vae, text, {"minunet.recipe": f"train-tiny seed {seed}"})
