@@ -51,7 +51,7 @@ class Recipe:
     text_width: int
     text_layers: int
     stages: dict                 # {"vae": Stage, "decoder": Stage, "unet": Stage}, run in this order
-    cache_size: int = 32768      # samples whose latents and token ids the unet stage computes once
+    cache_size: int = 16384      # samples whose latents and token ids the unet stage computes once
     caption_dropout: float = 0.1
     min_snr: float = 5.0
     kl_weight: float = 1e-6
@@ -70,7 +70,7 @@ TINY = Recipe(
     stages={"vae": Stage(steps=1500, batch=32, lr=1e-3, autocast=True),
             # the decoder alone, on the frozen encoder's latents (as sd-vae-ft-mse): sharper edges, same latents
             "decoder": Stage(steps=1000, batch=32, lr=5e-4, autocast=True),
-            "unet": Stage(steps=3000, batch=64, lr=1e-3)},
+            "unet": Stage(steps=2000, batch=64, lr=1e-3)},
 )
 RECIPES = {"tiny": TINY}
 
