@@ -2,7 +2,7 @@
 at a random size and place, with a caption in plain English. Nothing is downloaded; sample i of seed s is always
 the same picture and caption (its own random.Random), so any rank or resumed run can draw any slice of it.
 
-    images, captions = draw_batch(range(0, 16), seed=0)   # (16, 3, 64, 64) in [-1, 1], 16 strings
+    images, captions = draw_batch(range(0, 16), seed=0)   # (16, 3, 32, 32) in [-1, 1], 16 strings
 
 Shapes: a circle, a square and an isosceles triangle with a horizontal base (apex up); the object's bounding box is
 a square of side `size` (25-70% of the image), fully inside the picture. Edges are anti-aliased by 4 x 4
@@ -18,7 +18,7 @@ PALETTE = {"red": (230, 30, 30), "green": (30, 170, 30), "blue": (30, 60, 230), 
            "orange": (245, 135, 25), "purple": (140, 40, 180), "white": (245, 245, 245), "black": (15, 15, 15)}
 COLOURS = tuple(PALETTE)
 SHAPES = ("circle", "square", "triangle")
-IMAGE_SIZE = 64
+IMAGE_SIZE = 32             # the tiny recipe's size (draw_batch takes any)
 SIZE_RANGE = (0.25, 0.70)     # side of the bounding box, as a fraction of the image
 SUPERSAMPLE = 4               # sub-pixels per pixel side for anti-aliased edges
 PLAIN = "a {colour} {shape} on a {background} background"
