@@ -68,15 +68,50 @@ def divisible(name, value, by, by_name):
 
 # ---- pipeline arguments ----------------------------------------------------------------------------------------
 
-def size(name, value, multiple, minimum):
-    """None (the model's default) or an int that is a multiple of `multiple` and >= minimum."""
+def size(name, value, multiple):
+    """None (the model's default) or a positive multiple of `multiple` (the VAE factor): diffusers' rule. The
+    UNet takes any latent size, odd ones included (a 48 px side is 6 -> 3 -> 2 -> 1 latents on SD 1.5)."""
     if value is None:
         return None
     integer(name, value)
-    if value < minimum or value % multiple:
-        raise ValueError(f"{name}={value} must be a positive multiple of {multiple}, at least {minimum} (the UNet "
-                         "halves the latents at each level)")
+    if value <= 0 or value % multiple:
+        raise ValueError(f"{name}={value} must be a positive multiple of {multiple} (the VAE's factor)")
     return value
+
+
+class TooLargeError(ValueError):
+    """A size whose run would need more memory than the device has: refused before any work."""
+
+
+def memory_fits(height, width, batch, pipe, decode=True):
+    """Refuse (TooLargeError) a size that cannot fit the device's memory, before any work. Lower bounds, about three
+    live tensors at the largest activation: the UNet's first level (C0 channels, batch doubled by guidance) and
+    the VAE decoder's last level (its full-size width, 128 in every SD VAE). Any such run dies in the allocator."""
+    f, c_unet, c_vae = pipe.vae_scale, pipe.unet.config.block_out_channels[0], pipe.vae.config.block_out_channels[0]
+    unet = 3 * 2 * batch * c_unet * (height // f) * (width // f) * _bytes(pipe.unet.dtype)
+    vae = 3 * batch * c_vae * height * width * _bytes(pipe.vae.dtype) if decode else 0
+    have = device_memory(pipe.device)
+    if have is not None and max(unet, vae) > have:
+        what = "the VAE decode" if vae > unet else "the UNet"
+        raise TooLargeError(f"height={height}, width={width} (batch {batch}): {what} alone would need about "
+                            f"{max(unet, vae) / 2**30:,.0f} GiB, more than the {have / 2**30:,.0f} GiB of "
+                            f"{pipe.device}; choose a smaller size")
+
+
+def _bytes(dtype):
+    return torch.finfo(dtype).bits // 8
+
+
+def device_memory(device):
+    """Total memory of `device` in bytes (CPU: physical RAM), None where unknown."""
+    import os
+
+    device = torch.device(device)
+    if device.type == "cuda":
+        return torch.cuda.get_device_properties(device).total_memory
+    if device.type == "cpu" and hasattr(os, "sysconf"):
+        return os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+    return None
 
 
 def prompt(name, value, optional=False):
@@ -210,9 +245,8 @@ def pipeline_arguments(pipe, a):
     in a form the pipeline takes (a path is opened, an array becomes a tensor)."""
     for name in ("prompt", "negative_prompt", "prompt_2", "negative_prompt_2"):
         prompt(name, a[name], optional=name != "prompt")
-    levels = 2 ** (len(pipe.unet.config.block_out_channels) - 1)  # the UNet halves the latents levels - 1 times
     for name in ("height", "width"):
-        size(name, a[name], pipe.vae_scale, pipe.vae_scale * levels)
+        size(name, a[name], pipe.vae_scale)
     steps(a["num_inference_steps"])
     integer("num_images_per_prompt", a["num_images_per_prompt"], 1)
     if a["guidance_scale"] is not None:
@@ -230,9 +264,10 @@ def pipeline_arguments(pipe, a):
     strength(a["strength"], img is not None)
     batch = (1 if isinstance(a["prompt"], str) else len(a["prompt"])) * a["num_images_per_prompt"]
     check_generators(gen, batch)
+    h = a["height"] if a["height"] is not None else pipe.default_size
+    w = a["width"] if a["width"] is not None else pipe.default_size
+    memory_fits(h, w, batch, pipe, decode=a["output_type"] != "latent")
     if a["latents"] is not None:
-        h = a["height"] if a["height"] is not None else pipe.default_size
-        w = a["width"] if a["width"] is not None else pipe.default_size
         if img is not None:
             raise ValueError("latents= and image= were both given: latents start a text-to-image run, image an "
                              "img2img / refiner run; pass one")
