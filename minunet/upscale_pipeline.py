@@ -151,8 +151,9 @@ class UpscalePipeline:
         if guidance_scale == 0:  # diffusers: no guidance and an empty prompt
             prompts = [""] * batch
         check_generators(generator, batch)
+        self._check_image(image, batch)
         context, pooled = self.encode_prompt(prompts, as_batch(negative_prompt or "", "negative_prompt", batch), cfg)
-        low = self._image_latents(image, generator, batch)
+        low = self._image_latents(image, generator)
         steps = self.schedule.steps(num_inference_steps, "euler")
         repeat = 2 if cfg else 1
         image_cond = F.interpolate(low.repeat(repeat, 1, 1, 1), scale_factor=2, mode="nearest")  # * 1 / sqrt(0 + 1)
@@ -182,27 +183,32 @@ class UpscalePipeline:
         dev, dtype = self.device, self.unet.dtype
         return out.hidden_states[-1].to(dev, dtype), out.pooler_output.to(dev, dtype)
 
-    def _image_latents(self, image, generator, batch):
-        """SD latents as given, or the VAE's posterior sample (the generator's first draw) * scaling factor."""
+    def _check_image(self, image, batch):
+        """image: SD latents (B, 4, h, w) or RGB images (tensor (B, 3, H, W) or PIL) of the prompts' batch, with
+        sides the K-UNet's kernels take; checked before any model runs."""
         if isinstance(image, torch.Tensor):
             if image.ndim != 4 or image.shape[1] not in (3, self.vae.config.latent_channels):
                 raise ValueError(f"image has shape {tuple(image.shape)}: pass SD latents (B, "
                                  f"{self.vae.config.latent_channels}, h, w), e.g. a Pipeline's output_type='latent', "
                                  "or RGB images (B, 3, H, W) in [0, 1]")
-            pixels = None if image.shape[1] != 3 else image * 2 - 1
+            n, (h, w), pixels = image.shape[0], image.shape[2:], image.shape[1] == 3
         else:
-            pixels = from_pil(image)
-        if pixels is not None:
-            self._check_size(*pixels.shape[2:], self.vae.config.downscale, "image")
-            posterior = self.vae.encode(pixels.to(self.device, self.vae.dtype))
-            low = posterior.sample(generator) * self.vae.scaling_factor
-        else:
-            low = image
-        if low.shape[0] != batch:
-            raise ValueError(f"image has a batch of {low.shape[0]} but the prompt batch has {batch}: pass one image "
+            first = image[0] if isinstance(image, (list, tuple)) and image else image
+            if not hasattr(first, "size"):
+                raise TypeError(f"image must be SD latents, an RGB tensor or PIL image(s), got {type(image).__name__}")
+            n, (w, h), pixels = len(image) if isinstance(image, (list, tuple)) else 1, first.size, True
+        if n != batch:
+            raise ValueError(f"image has a batch of {n} but the prompt batch has {batch}: pass one image "
                              "(or latent) per prompt")
-        self._check_size(*low.shape[2:], 1, "latents")
-        return low.to(self.device, torch.float32)
+        self._check_size(h, w, self.vae.config.downscale if pixels else 1, "image" if pixels else "latents")
+
+    def _image_latents(self, image, generator):
+        """SD latents as given, or the VAE's posterior sample (the generator's first draw) * scaling factor."""
+        if isinstance(image, torch.Tensor) and image.shape[1] != 3:
+            return image.to(self.device, torch.float32)
+        pixels = image * 2 - 1 if isinstance(image, torch.Tensor) else from_pil(image)
+        posterior = self.vae.encode(pixels.to(self.device, self.vae.dtype))
+        return (posterior.sample(generator) * self.vae.scaling_factor).to(self.device, torch.float32)
 
     def _check_size(self, h, w, per_latent, what):
         """The K-UNet runs at 2x the latents and needs multiples of `downscale` (>= 2 x that): latents must be

@@ -100,3 +100,60 @@ def test_bad_and_huge_sizes_are_refused_up_front(sd15):
     finally:
         ours.text.encode = original
     assert calls == []
+
+
+# ---- the x2 latent upscaler --------------------------------------------------------------------------------------
+
+@pytest.fixture(scope="module")
+def upscalers(tmp_path_factory):
+    """(diffusers, minunet) StableDiffusionLatentUpscalePipeline / UpscalePipeline on the same tiny K-UNet, with the
+    tests' VAE of factor 2 and with a VAE of the real factor 8."""
+    from diffusers import StableDiffusionLatentUpscalePipeline
+
+    from minunet import UpscalePipeline
+    out = {}
+    for factor in (2, 8):
+        folder = tmp_path_factory.mktemp(f"up{factor}")
+        theirs = pipes.latent_upscaler_pipeline(folder)
+        if factor == 8:
+            theirs.vae = vae8()
+            theirs.save_pretrained(folder)
+            theirs = StableDiffusionLatentUpscalePipeline.from_pretrained(folder)
+        theirs.set_progress_bar_config(disable=True)
+        out[factor] = theirs, UpscalePipeline.from_pretrained(folder)
+    return out
+
+
+UP = dict(prompt="a fox", num_inference_steps=3, guidance_scale=9.0)
+
+
+def test_upscaler_small_image_equals_diffusers(upscalers):
+    """The issue's input, 1 x 3 x 32 x 48 in [0, 1], 3 steps, guidance 9: the same K-UNet sizes as diffusers
+    (latents 16 x 24 -> 32 x 48 through 32 x 48 ... 4 x 6), latents within 1e-4, image within 1e-3."""
+    theirs, ours = upscalers[2]
+    image = torch.rand(1, 3, 32, 48, generator=torch.Generator().manual_seed(0))
+    pipes.check(lambda **o: ours(**UP, image=image, **o, generator=pipes.gen()),
+                lambda **o: theirs(**UP, image=image, **o, generator=pipes.gen()))
+
+
+def test_upscaler_image_too_small_for_the_kernels_is_named_before_work(upscalers):
+    """With the real VAE factor 8 the same image is 4 x 6 latents: the K-UNet would reach 1 x 1 at its lowest level,
+    where the reflect padding of its fixed kernels cannot run. diffusers dies there in torch ('Padding size should be
+    less than the corresponding input dimension'); minunet names the size and the smallest it takes, before any
+    text encoder, VAE or UNet call."""
+    theirs, ours = upscalers[8]
+    image = torch.rand(1, 3, 32, 48, generator=torch.Generator().manual_seed(0))
+    with pytest.raises(RuntimeError, match="Padding size should be less than"):
+        theirs(**UP, image=image, generator=pipes.gen())
+    calls = []
+    hooks = [m.register_forward_pre_hook(lambda *a: calls.append(1)) for m in (ours.unet, ours.text_encoder)]
+    try:
+        with pytest.raises(ValueError, match=r"image 32x48 \(height x width\): .* multiples of 32 and at least 64"):
+            ours(**UP, image=image, generator=pipes.gen(), progress=False)
+        assert calls == []  # refused before the text encoder and the UNet
+        ok = torch.rand(1, 3, 64, 96, generator=torch.Generator().manual_seed(0))
+        pipes.check(lambda **o: ours(**UP, image=ok, **o, generator=pipes.gen()),
+                    lambda **o: theirs(**UP, image=ok, **o, generator=pipes.gen()))
+    finally:
+        for h in hooks:
+            h.remove()
