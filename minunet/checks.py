@@ -226,16 +226,35 @@ class NonFiniteError(RuntimeError):
     """A model produced NaN or Inf (A1111's NansException): a black image is never returned instead."""
 
 
-def finite_output(x, component, dtype):
-    """Raise NonFiniteError naming `component` when x holds NaN / Inf; half precision gets the usual advice."""
+def finite_output(x, component, dtype, module=None, cause=None):
+    """Raise NonFiniteError naming `component` when x holds NaN / Inf, with its cause where it can be told: a
+    weight of `module` that holds NaN / Inf (named), half precision, or `cause` (the caller's word on the inputs,
+    e.g. the guidance scale that made the latents overflow)."""
     if torch.isfinite(x).all():
         return x
     bad = int((~torch.isfinite(x)).sum())
-    advice = (f" It runs in {str(dtype).removeprefix('torch.')}, which overflows in some models: load it with "
-              "dtype=torch.float32" + (" or keep the VAE's force_upcast=True" if component == "VAE" else "") + "."
-              if dtype in (torch.float16, torch.bfloat16) else
-              " Its weights may hold NaN / Inf: check them with `minunet inspect --check-values FILE`.")
+    weight = None if module is None else nonfinite_parameter(module)
+    if weight is not None:
+        advice = (f" Its weight {weight} holds NaN / Inf: the file is damaged (`minunet inspect --check-values "
+                  "FILE` lists every such tensor).")
+    elif dtype in (torch.float16, torch.bfloat16):
+        advice = (f" It runs in {str(dtype).removeprefix('torch.')}, which overflows in some models: load it with "
+                  "dtype=torch.float32" + (" or keep the VAE's force_upcast=True" if component == "VAE" else "") + ".")
+    elif cause is not None:
+        advice = f" {cause}"
+    elif module is not None:
+        advice = " Its weights are finite: its input was out of range."
+    else:
+        advice = " Its weights may hold NaN / Inf: check them with `minunet inspect --check-values FILE`."
     raise NonFiniteError(f"the {component} produced {bad} NaN / Inf values out of {x.numel()}.{advice}")
+
+
+def nonfinite_parameter(module):
+    """The name of the first floating parameter or buffer of `module` holding NaN / Inf, or None."""
+    for name, t in [*module.named_parameters(), *module.named_buffers()]:
+        if t.is_floating_point() and not torch.isfinite(t).all():
+            return name
+    return None
 
 
 # ---- all of Pipeline.__call__'s arguments ----------------------------------------------------------------------
@@ -282,16 +301,13 @@ def pair(name, value, minimum=0):
     return tuple(integer(f"{name}[{i}]", v, minimum) for i, v in enumerate(value))
 
 
-class first_call_finite:
-    """model_fn wrapped so that its first output is checked for NaN / Inf (finite_output): a model with a NaN
-    weight stops at the first step with a named error instead of sampling on to a black image."""
+class finite_calls:
+    """fn wrapped so that every output is checked for NaN / Inf (finite_output, one isfinite pass per step): a
+    model with a NaN weight stops at its first step with the weight named, and latents that overflow later
+    (a huge guidance scale) stop where they do, with `cause` saying why, instead of sampling on to a black image."""
 
-    def __init__(self, fn, component, dtype):
-        self.fn, self.component, self.dtype, self.checked = fn, component, dtype, False
+    def __init__(self, fn, component, dtype, module=None, cause=None):
+        self.fn, self.component, self.dtype, self.module, self.cause = fn, component, dtype, module, cause
 
     def __call__(self, *args, **kwargs):
-        out = self.fn(*args, **kwargs)
-        if not self.checked:
-            finite_output(out, self.component, self.dtype)
-            self.checked = True
-        return out
+        return finite_output(self.fn(*args, **kwargs), self.component, self.dtype, self.module, self.cause)

@@ -213,7 +213,7 @@ class Pipeline:
                        negative_crops_coords_top_left=negative_crops_coords_top_left, negative_ids=negative_ids)
         context, added = self._conditioning(prompt, negative_prompt, prompt_2, negative_prompt_2, num_images_per_prompt,
                                             clip_skip, cfg, ids)
-        checks.finite_output(context, "text encoder", self.text.encoders[-1].dtype)
+        checks.finite_output(context, "text encoder", self.text.encoders[-1].dtype, self.text)
         # 2. where the run starts: noise, or an image's latents (img2img, refiner, inpainting)
         batch = context.shape[0] // (2 if cfg else 1)
         shape = (batch, self.unet.config.out_channels, height // self.vae_scale, width // self.vae_scale)
@@ -224,26 +224,31 @@ class Pipeline:
         else:
             start = self._start(shape, image, latents, strength, denoising_start, denoising_end, generator)
         # 3. the denoising loop: the UNet (with classifier-free guidance) inside the sampler
+        cause = _overflow_cause(guidance_scale if cfg else None, sampler)
         model_fn = self.model_fn(context, added, guidance_scale if cfg else None, guidance_rescale,
-                                 None if run is None else run.unet_input)
-        model_fn = checks.first_call_finite(model_fn, "UNet", self.unet.dtype)  # NaN at step 1: a named error
+                                 None if run is None else run.unet_input, cause)
         x = self._sample(sampler, model_fn, num_inference_steps, start, eta, generator, callback, progress, run)
+        checks.finite_output(x, "sampler", None, cause=cause)
         # 4. latents -> images (inpainting with padding_mask_crop: pasted into the original)
         if output_type == "latent":
             return PipelineOutput(images=x)
-        images = self._decode(x, output_type)
+        images = self._decode(x, output_type, cause)
         return PipelineOutput(images=images if run is None else run.finish(images))
 
-    def model_fn(self, context, added, guidance_scale=None, guidance_rescale=0.0, extra_input=None):
+    def model_fn(self, context, added, guidance_scale=None, guidance_rescale=0.0, extra_input=None, cause=None):
         """The sampler's model_fn(x_in, t) -> raw UNet output, with classifier-free guidance when guidance_scale is
         given (context and the added conditioning then hold [negative; positive]). `self.unet` is read at each call,
         so `pipe.unet = torch.compile(pipe.unet, ...)` takes effect. extra_input(x_in) -> the UNet's input (a
-        9-channel inpainting UNet's mask and masked-image latents)."""
+        9-channel inpainting UNet's mask and masked-image latents). Every output is checked for NaN / Inf (the
+        UNet's, naming a damaged weight; the guided one, naming `cause`)."""
         def unet_fn(x_in, t):
             if extra_input is not None:
                 x_in = extra_input(x_in)
             return self.unet(x_in.to(self.unet.dtype), t, context, **added).float()
-        return unet_fn if guidance_scale is None else guided(unet_fn, guidance_scale, guidance_rescale)
+        unet_fn = checks.finite_calls(unet_fn, "UNet", self.unet.dtype, self.unet, cause)
+        if guidance_scale is None:
+            return unet_fn
+        return checks.finite_calls(guided(unet_fn, guidance_scale, guidance_rescale), "guidance", None, cause=cause)
 
     def _check_call(self, sampler, output_type, image, mask_image, padding_mask_crop):
         if sampler not in SAMPLERS:
@@ -307,10 +312,12 @@ class Pipeline:
             return sample(sampler, model_fn, start["noise"], self.schedule, num_steps, init_latents=start["init_latents"],
                           generator=generator, callback=step_callback, **window, **options)
 
-    def _decode(self, latents, output_type):
+    def _decode(self, latents, output_type, cause=None):
         with self._running(self.vae):
             decoded = self.vae.decode(latents.to(self.device) / self.vae.scaling_factor)
-        checks.finite_output(decoded, "VAE", self.vae.dtype)  # a NaN image would be saved black
+        # a NaN image would be saved black; finite weights: the latents were out of range (`cause`)
+        checks.finite_output(decoded, "VAE", self.vae.dtype, self.vae,
+                             None if cause is None else f"Its input latents reach |x| = {float(latents.abs().max()):.3g}. {cause}")
         if output_type == "pt":
             return (decoded.float() * 0.5 + 0.5).clamp(0, 1)
         return to_pil(decoded)
@@ -404,6 +411,14 @@ class Pipeline:
                 posterior = self.vae.encode(pixels.to(dev, self.vae.dtype))
                 out = (posterior.sample(generator) * self.vae.scaling_factor).float()
         return repeat_to(out, batch, "image latents" if latents else "image")
+
+
+def _overflow_cause(guidance_scale, sampler):
+    """What to blame for NaN / Inf when the weights are finite: the guidance scale when there is guidance."""
+    if guidance_scale is not None:
+        return (f"The weights are finite: guidance_scale={guidance_scale:g} multiplies the difference of the two "
+                "predictions and the latents overflowed; usual values are 1-20.")
+    return f"The weights are finite: the latents overflowed while sampling with sampler '{sampler}'."
 
 
 def _shared_encoders(text_encoder, text_encoder_2):

@@ -30,6 +30,7 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
+from . import checks
 from .images import from_pil, to_pil
 from .io import CheckpointError, looks_like_repo_id, read_json
 from .loading import load_unet
@@ -162,14 +163,15 @@ class UpscalePipeline:
         shape = (batch, self.vae.config.latent_channels, 2 * low.shape[2], 2 * low.shape[3])
         x = self._start(latents, shape, generator) * steps.init_noise_sigma
 
-        def model_fn(x_in, t):
-            return self.unet(x_in.to(self.unet.dtype), t, context, timestep_cond=timestep_cond)
+        def model_fn(x_in, t):  # every output checked: a damaged weight is named at the first step
+            out = self.unet(x_in.to(self.unet.dtype), t, context, timestep_cond=timestep_cond)
+            return checks.finite_output(out, "upscaler UNet", self.unet.dtype, self.unet)
 
         denoiser = KarrasDenoiser(model_fn, image_cond.to(self.unet.dtype), guidance_scale)
         x = _run(denoiser, x, steps, callback, progress)
         if output_type == "latent":
             return UpscaleOutput(images=x)
-        decoded = self.vae.decode(x / self.vae.scaling_factor)
+        decoded = checks.finite_output(self.vae.decode(x / self.vae.scaling_factor), "VAE", self.vae.dtype, self.vae)
         if output_type == "pt":
             return UpscaleOutput(images=(decoded.float() * 0.5 + 0.5).clamp(0, 1))
         return UpscaleOutput(images=to_pil(decoded))

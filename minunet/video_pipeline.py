@@ -19,6 +19,7 @@ import numpy as np
 import torch
 from einops import rearrange
 
+from . import checks
 from .images import to_pil
 from .io import CheckpointError, looks_like_repo_id
 from .loading import load_unet
@@ -116,7 +117,8 @@ class VideoPipeline:
         x = self._sample(sampler, model_fn, noise, num_inference_steps, eta, generator, callback, progress)
         if output_type == "latent":
             return VideoPipelineOutput(frames=x)
-        return VideoPipelineOutput(frames=self._postprocess(self.decode(x, decode_chunk_size), output_type))
+        decoded = checks.finite_output(self.decode(x, decode_chunk_size), "VAE", self.vae.dtype, self.vae)
+        return VideoPipelineOutput(frames=self._postprocess(decoded, output_type))
 
     def _check(self, height, width, num_frames, output_type, sampler, chunk):
         if sampler not in SAMPLERS:
@@ -145,7 +147,7 @@ class VideoPipeline:
         same shape; the UNet sees (N, C, F, h, w). With guidance_scale, N = 2B: [negative; positive]."""
         def unet_fn(x_in, t):
             out = self.unet(unfold(x_in, frames).to(self.unet.dtype), t, context).float()
-            return fold(out)
+            return checks.finite_output(fold(out), "UNet", self.unet.dtype, self.unet)  # every step: NaN is named
         return unet_fn if guidance_scale is None else guided(unet_fn, guidance_scale)
 
     def _sample(self, sampler, model_fn, noise, num_steps, eta, generator, callback, progress):

@@ -439,7 +439,8 @@ def test_an_image_path_is_opened(tiny, tmp_path):
 
 @pytest.mark.parametrize("component, module, dtype, advice", [
     ("UNet", "unet", None, "inspect --check-values"), ("VAE", "vae", None, "inspect --check-values"),
-    ("text encoder", "text", None, "inspect --check-values"), ("UNet", "unet", torch.bfloat16, "dtype=torch.float32")])
+    ("text encoder", "text", None, "inspect --check-values"),
+    ("UNet", "unet", torch.bfloat16, "Its weight .* holds NaN / Inf")])  # a damaged weight, whatever the dtype
 def test_one_nan_weight_is_a_named_error_at_the_first_step(component, module, dtype, advice):
     from minunet import Pipeline
 
