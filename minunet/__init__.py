@@ -1,4 +1,10 @@
 """minunet: a minimal, readable Stable Diffusion UNet (SD 1.x, 2.x, SDXL) that matches diffusers."""
+from importlib import metadata as _metadata
+
+try:  # the installed distribution's version (pyproject.toml), one source of truth
+    __version__ = _metadata.version("minunet")
+except _metadata.PackageNotFoundError:  # a source tree that was never installed
+    __version__ = "0+unknown"
 from .config import FAMILIES, PRESETS, SD15, SD21, SDXL, SDXL_REFINER, UNetConfig, family
 from .freeu import FreeU, fourier_filter, list_presets
 from .images import from_pil, to_pil
@@ -31,6 +37,7 @@ def __getattr__(name):
 
 
 __all__ = [
+    "__version__",
     "FAMILIES", "family", "PRESETS", "SD15", "SD21", "SDXL", "SDXL_REFINER", "UNetConfig", "UNet", "load_unet", "config_from_shapes",
     "original_state_dict", "CheckpointError", "NonFiniteError", "FreeU", "fourier_filter", "list_presets", "from_pil", "to_pil",
     "Pipeline", "PipelineOutput", "SAMPLERS", "AlphaSteps", "Schedule", "SigmaSteps", "sample_ddim", "sample_euler",

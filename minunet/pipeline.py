@@ -201,7 +201,7 @@ class Pipeline:
         image = checks.pipeline_arguments(self, locals())  # one named ValueError / TypeError per bad argument
         inpainting = mask_image is not None
         self._check_call(sampler, output_type, image, mask_image, padding_mask_crop)
-        guidance_scale, strength = self._defaults(guidance_scale, strength, inpainting)
+        guidance_scale, strength = self.defaults(guidance_scale, strength, inpainting)
         height, width = self._size(height, width, image, inpainting)
         cfg = guidance_scale > 1.0
         # 1. text -> context (and SDXL's pooled text + size ids)
@@ -261,7 +261,7 @@ class Pipeline:
             raise ValueError(f"this UNet has {self.unet.config.in_channels} input channels (an inpainting model): "
                              "give image= and mask_image=")
 
-    def _defaults(self, guidance_scale, strength, inpainting):
+    def defaults(self, guidance_scale=None, strength=None, inpainting=False):
         """diffusers' defaults: guidance 7.5 (SDXL text-to-image / img2img 5.0; SDXL inpainting 7.5 again);
         strength 0.8 / 0.3 (SDXL) for img2img, 1.0 / 0.9999 (SDXL) for inpainting."""
         xl = self.family in ("sdxl", "sdxl-refiner")

@@ -17,7 +17,7 @@ def test_generate_tiny_writes_png_with_parameters(tmp_path, capsys):
     assert "RANDOM-weight model: it makes noise, not pictures" in capsys.readouterr().out
     image = Image.open(out)
     assert image.size == (128, 128)
-    params = json.loads(image.text["parameters"])
+    params = json.loads(image.text["minunet"])["settings"]  # the exact settings (A1111's text: test_png_parameters)
     assert params["prompt"] == "a red fox" and params["steps"] == 2 and params["seed"] == 7
     assert params["model"] == "tiny" and params["freeu"] is None and params["clip_skip"] is None
 
@@ -42,8 +42,8 @@ def test_generate_leaves_guidance_and_sampler_options_to_the_pipeline(tmp_path, 
     assert [kw["sampler"] for kw, _ in seen] == list(SAMPLERS)
     assert all(kw["guidance_scale"] is None for kw, _ in seen)
     assert [karras for _, karras in seen] == [sampler != "ddim" for sampler in SAMPLERS]
-    params = json.loads(Image.open(tmp_path / "dpmpp_2m.png").text["parameters"])
-    assert params["sampler"] == "dpmpp_2m" and params["karras"] and params["cfg"] is None
+    params = json.loads(Image.open(tmp_path / "dpmpp_2m.png").text["minunet"])["settings"]
+    assert params["sampler"] == "dpmpp_2m" and params["karras"] and params["cfg"] == 7.5  # the CFG used
 
 
 def test_generate_compare_freeu_side_by_side(tmp_path):
@@ -53,8 +53,9 @@ def test_generate_compare_freeu_side_by_side(tmp_path):
     assert main(argv) == 0
     image = Image.open(out)
     assert image.size == (128, 48)
-    params = json.loads(image.text["parameters"])
-    assert params["freeu"]["b1"] == 1.5 and params["freeu"]["mapping"] == "diffusers" and params["compare_freeu"]
+    params = json.loads(image.text["minunet"])["settings"]
+    assert params["panels"][1]["freeu"] == "1.5,1.6,0.9,0.2" and params["freeu_mapping"] == "diffusers"
+    assert params["compare_freeu"] and params["panels"][0]["freeu"] is None
     left, right = image.crop((0, 0, 64, 48)), image.crop((64, 0, 128, 48))
     assert left.tobytes() != right.tobytes()
 
@@ -115,8 +116,8 @@ def test_generate_then_upscale_tiny(tmp_path, capsys):
     assert "RANDOM-weight upscaler" in capsys.readouterr().out
     image = Image.open(out)
     assert image.size == (256, 256)
-    params = json.loads(image.text["parameters"])
-    assert params["upscale"] == {"model": "tiny", "steps": 2, "cfg": 0.0}
+    params = json.loads(image.text["minunet"])["settings"]
+    assert (params["upscale"], params["upscale_steps"], params["upscale_cfg"]) == ("tiny", 2, 0.0)
     # the same command without --upscale gives the 128 px image the upscaler started from
     assert main(argv[:6] + ["--out", str(tmp_path / "plain.png")]) == 0
     assert Image.open(tmp_path / "plain.png").size == (128, 128)

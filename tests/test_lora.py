@@ -146,8 +146,8 @@ def test_cli_generate_with_loras(tmp_path, capsys):
                                  str(tmp_path / "b.safetensors")])):
         assert main(base + extra + ["--out", str(tmp_path / f"{name}.png")]) == 0
         images[name] = Image.open(tmp_path / f"{name}.png")
-    assert json.loads(images["two"].text["parameters"])["lora"] == [[str(tmp_path / "a.safetensors"), 0.5],
-                                                                     [str(tmp_path / "b.safetensors"), 1.0]]
+    assert json.loads(images["two"].text["minunet"])["settings"]["lora"] == [f"{tmp_path / 'a.safetensors'}:0.5",
+                                                                              f"{tmp_path / 'b.safetensors'}:1"]
     pixels = {k: torch.tensor(list(v.convert("RGB").getdata()), dtype=torch.float32) for k, v in images.items()}
     assert (pixels["plain"] - pixels["one"]).abs().max() > 10 and (pixels["one"] - pixels["two"]).abs().max() > 10
     st.save_file({"lora_unet_nothing_here.lora_down.weight": torch.zeros(1, 1)}, tmp_path / "bad.safetensors")

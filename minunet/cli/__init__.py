@@ -26,6 +26,7 @@ def build_parser():
 
 def main(argv=None):
     args = build_parser().parse_args(argv)
+    args.argv = sys.argv[1:] if argv is None else list(argv)  # generate --from-png: which options were given
     from ..io import CheckpointError
     from ..checks import NonFiniteError
     try:

@@ -1,10 +1,12 @@
 """`minunet generate`: prompt -> PNG, with img2img / inpainting (--image, --mask), a refiner, the x2 upscaler,
-LoRAs and FreeU; the generation parameters go into the PNG's `parameters` text chunk."""
+LoRAs and FreeU; the PNG carries A1111's `parameters` text and the exact settings as JSON (cli/parameters.py), and
+`--from-png` repeats a generation from either."""
+import argparse
 import dataclasses
-import json
 from pathlib import Path
 
 from ..schedulers.samplers import SAMPLERS  # the one sampler table (light: no torch model code)
+from . import parameters
 from .common import (OFFICIAL, UsageError, add_dtype_device_arguments, add_freeu_arguments, freeu_from_args, parse_device,
                      parse_size)
 
@@ -12,15 +14,20 @@ MODEL_NAMES = ("tiny", "tiny-inpainting", *OFFICIAL)
 
 
 def add_parser(sub):
-    p = sub.add_parser("generate", help="prompt -> PNG (parameters in its text metadata)")
-    p.add_argument("prompt")
+    p = sub.add_parser("generate", help="prompt -> PNG (parameters in its text metadata)",
+                       formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p.add_argument("prompt", nargs="?", default=None, help="the prompt (optional with --from-png)")
+    p.add_argument("--from-png", default=None, metavar="FILE",
+                   help="repeat the generation recorded in a PNG (minunet's or A1111's parameters); options given "
+                        "here override the PNG's")
     p.add_argument("--model", default="tiny", help="repo id | folder | file.safetensors | " + " | ".join(MODEL_NAMES))
     p.add_argument("--negative", default=None)
     p.add_argument("--sampler", default="euler", choices=list(SAMPLERS))
     p.add_argument("--karras", action="store_true", help="Karras sigmas (euler, euler_a, dpmpp_2m)")
     p.add_argument("--steps", type=int, default=30)
     p.add_argument("--cfg", type=float, default=None, help="guidance scale (default: the model's, 7.5 SD / 5.0 SDXL)")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=int, default=0, help="-1: a random seed (printed and recorded); with "
+                   "--num-images N image i gets seed + i, as A1111")
     p.add_argument("--clip-skip", type=int, default=None, help="use the text encoder's state this many layers earlier")
     p.add_argument("--size", default=None, help="WIDTHxHEIGHT, multiples of 8 (default: the model's)")
     add_freeu_arguments(p)
@@ -35,6 +42,10 @@ def add_parser(sub):
 def cmd_generate(args):
     import torch
 
+    if args.from_png is not None:
+        apply_png(args)
+    if args.prompt is None:
+        raise UsageError("generate: give a PROMPT (or --from-png FILE)")
     size = parse_size(args.size) if args.size else None
     check_generate_args(args)
     freeu = freeu_from_args(args)
@@ -48,14 +59,19 @@ def cmd_generate(args):
     if args.upscale is not None:  # SD latents -> the x2 latent upscaler, no VAE round trip
         pipe = UpscaledPipeline(pipe, load_upscaler(args.upscale, args, getattr(torch, args.dtype)), args)
     width, height = size or default_size(args, inputs) or (None, None)
+    cfg, strength = (pipe.pipe if args.upscale is not None else pipe).defaults(args.cfg, args.strength,
+                                                                                 args.mask is not None)
     if args.compare_freeu:
         images = [side_by_side(a, b) for a, b in zip(run_pipeline(pipe, args, height, width, None, inputs, refiner),
                                                       run_pipeline(pipe, args, height, width, freeu, inputs, refiner))]
     else:
         images = run_pipeline(pipe, args, height, width, freeu, inputs, refiner)
-    for out, image in zip(output_paths(args.out, len(images)), images):
-        save_png(image, args, freeu, out)
-        print(f"wrote {out} ({image.width}x{image.height})" +
+    hashes = parameters.model_hash(args.model), [parameters.lora_hash(path) for path, _ in args.lora]
+    for i, (out, image) in enumerate(zip(output_paths(args.out, len(images)), images)):
+        size = (image.width // 2, image.height) if args.compare_freeu else image.size
+        s = parameters.settings(args, seed=args.seed + i, cfg=cfg, strength=strength, size=size, freeu=freeu)
+        save_png(image, s, out, *hashes, panels=args.compare_freeu)
+        print(f"wrote {out} ({image.width}x{image.height}, seed {args.seed + i})" +
               (" -- left without FreeU, right with" if args.compare_freeu else ""))
 
 
@@ -73,13 +89,16 @@ def run_pipeline(pipe, args, height, width, freeu, inputs=None, refiner=None):
     kw = dict(negative_prompt=args.negative, height=height, width=width, sampler=args.sampler,
               num_inference_steps=args.steps, guidance_scale=args.cfg, clip_skip=args.clip_skip,
               num_images_per_prompt=args.num_images, **(inputs or {}), **micro_conditioning_args(args))
+
+    def seeds():  # image i from seed + i alone (A1111's convention): --seed S+i repeats it by itself
+        return [torch.Generator().manual_seed(args.seed + i) for i in range(args.num_images)]
     try:
         if refiner is None:
-            return pipe(args.prompt, generator=torch.Generator().manual_seed(args.seed), **kw).images
-        latents = pipe(args.prompt, generator=torch.Generator().manual_seed(args.seed),
-                       denoising_end=args.high_noise_frac, output_type="latent", **kw).images
+            return pipe(args.prompt, generator=seeds(), **kw).images
+        latents = pipe(args.prompt, generator=seeds(), denoising_end=args.high_noise_frac, output_type="latent",
+                       **kw).images
         kw.update(image=latents, denoising_start=args.high_noise_frac)
-        return refiner(args.prompt, generator=torch.Generator().manual_seed(args.seed), **kw).images
+        return refiner(args.prompt, generator=seeds(), **kw).images
     except CheckpointError:  # the model, not the command line
         raise
     except (ValueError, TypeError) as e:  # bad --steps, --clip-skip, ...: the pipeline's argument checks
@@ -92,8 +111,14 @@ def check_generate_args(args):
 
     from PIL import Image
 
-    if not 0 <= args.seed < 2**64:
-        raise UsageError(f"--seed {args.seed}: must be an integer from 0 to 2**64 - 1")
+    if args.seed == -1:  # A1111's convention: a random seed, printed and recorded
+        import secrets
+
+        args.seed = secrets.randbelow(2**32)
+        print(f"minunet: --seed -1: random seed {args.seed}")
+    if not 0 <= args.seed <= 2**64 - args.num_images:
+        raise UsageError(f"--seed {args.seed}: must be -1 (random) or an integer from 0 to 2**64 - 1 (minus "
+                         "--num-images - 1: image i uses seed + i)")
     if args.cfg is not None and not math.isfinite(args.cfg):
         raise UsageError(f"--cfg {args.cfg}: the guidance scale must be a finite number")
     if args.upscale is not None and args.refiner is not None:
@@ -238,25 +263,41 @@ def side_by_side(left, right):
     return image
 
 
-def save_png(image, args, freeu, out=None):
-    """The PNG with the generation parameters in its `parameters` text chunk."""
-    from PIL.PngImagePlugin import PngInfo
-
-    params = {"prompt": args.prompt, "negative_prompt": args.negative, "model": args.model, "sampler": args.sampler,
-              "karras": args.karras, "steps": args.steps, "cfg": args.cfg, "clip_skip": args.clip_skip,
-              "seed": args.seed, "size": f"{image.width}x{image.height}",
-              "freeu": None if freeu is None else dataclasses.asdict(freeu), "compare_freeu": args.compare_freeu,
-              "lora": [[str(path), scale] for path, scale in getattr(args, "lora", [])],
-              "upscale": None if args.upscale is None else {"model": args.upscale, "steps": args.upscale_steps,
-                                                            "cfg": args.upscale_cfg},
-              "image": args.image, "mask": args.mask, "strength": args.strength, "refiner": args.refiner,
-              "high_noise_frac": args.high_noise_frac if args.refiner is not None else None,
-              "num_images": args.num_images, "generator": "minunet"}
-    meta = PngInfo()
-    meta.add_text("parameters", json.dumps(params))
-    out = Path(args.out if out is None else out)
+def save_png(image, s, out, model_hash=None, lora_hashes=(), panels=False):
+    """The PNG with A1111's `parameters` text and the exact settings `s` (parameters.settings) as JSON. With
+    --compare-freeu the text describes the right panel (FreeU on) and says so; the JSON lists both panels."""
+    text = parameters.a1111_text(s, model_hash, lora_hashes)
+    if panels:
+        text += ", Comparison: left without FreeU / right with FreeU"
+        s = {**s, "compare_freeu": True, "panels": [{**s, "freeu": None, "freeu_mapping": None,
+                                                     "freeu_version": None}, dict(s)]}
+    out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
-    image.save(out, pnginfo=meta)
+    image.save(out, pnginfo=parameters.png_info(s, text))
+
+
+def apply_png(args):
+    """--from-png: the PNG's settings for every option not given on the command line."""
+    from ..lora import parse_lora_arg
+
+    given = given_options(args.argv)
+    found = parameters.read_png(args.from_png)
+    found = parameters.resolve_a1111(found, given, args.from_png)
+    found.pop("panels", None)
+    for dest, value in found.items():
+        if dest not in given:
+            setattr(args, dest, [parse_lora_arg(t) for t in value] if dest == "lora" else value)
+
+
+def given_options(argv):
+    """The `generate` options written on the command line: argv parsed again with every default suppressed."""
+    from . import build_parser
+
+    ap = build_parser()
+    sub = next(a for a in ap._actions if isinstance(a, argparse._SubParsersAction)).choices["generate"]
+    for action in sub._actions:
+        action.default = argparse.SUPPRESS
+    return set(vars(ap.parse_args(argv))) - {"command", "func"}
 
 
 def add_lora_arguments(p):
@@ -326,5 +367,7 @@ class UpscaledPipeline:
     def __call__(self, prompt, *, negative_prompt=None, generator=None, **kwargs):
         latents = self.pipe(prompt, negative_prompt=negative_prompt, generator=generator, output_type="latent",
                             **kwargs).images
-        return self.upscaler(prompt, image=latents, negative_prompt=negative_prompt, generator=generator,
+        n = len(latents)  # --num-images: one prompt per image latents
+        return self.upscaler([prompt] * n, image=latents, negative_prompt=None if negative_prompt is None else
+                             [negative_prompt] * n, generator=generator,
                              num_inference_steps=self.args.upscale_steps, guidance_scale=self.args.upscale_cfg)
