@@ -66,6 +66,25 @@ def divisible(name, value, by, by_name):
         raise ValueError(f"{name}={value} must be divisible by {by_name}={by}")
 
 
+def device(name, value):
+    """None, or a device that exists on this machine -> torch.device. A missing CUDA / MPS is one named
+    RuntimeError here, before any file is read, instead of torch's AssertionError from deep in a load."""
+    if value is None:
+        return None
+    try:
+        d = torch.device(value)
+    except (RuntimeError, ValueError, TypeError):
+        raise ValueError(f"{name}={value!r} is not a device (cpu, cuda, cuda:1, mps, ...)") from None
+    if d.type == "cuda" and not torch.cuda.is_available():
+        raise RuntimeError(f"{name}={value!r}: CUDA is not available on this machine (torch.cuda.is_available() is "
+                           "False: no GPU, or a CPU-only torch); use device='cpu'")
+    if d.type == "cuda" and d.index is not None and d.index >= torch.cuda.device_count():
+        raise RuntimeError(f"{name}={value!r}: this machine has {torch.cuda.device_count()} CUDA device(s)")
+    if d.type == "mps" and not torch.backends.mps.is_available():
+        raise RuntimeError(f"{name}={value!r}: MPS is not available on this machine; use device='cpu'")
+    return d
+
+
 # ---- pipeline arguments ----------------------------------------------------------------------------------------
 
 def size(name, value, multiple):

@@ -10,7 +10,7 @@ import torch
 from .config import UNetConfig, describe
 from .io import (CheckpointError, hub_download, load_folder_weights, load_into, load_mapped, looks_like_repo_id,
                  read_header, read_json, refuse_pickle)
-from . import video
+from . import checks, video
 from .keymaps import count_indices
 from .keymaps.unet import PREFIX, unet_key_map
 from .unet import UNet
@@ -22,6 +22,7 @@ def load_unet(source, *, dtype=None, device=None, variant=None, config=None) -> 
     folder of the x2 latent upscaler gives its KUNet (minunet/upscaler.py); a video UNet (UNet3DConditionModel
     config, or a ModelScope-layout file) gives a minunet.video.VideoUNet.
     `config` (a UNetConfig) overrides what a single file's shapes say (heads and upcast are not in shapes)."""
+    checks.device("load_unet: device", device)
     source = str(source)
     refuse_pickle(source)
     path = Path(source)
@@ -58,6 +59,7 @@ def _load_diffusers_folder(path, dtype, device, variant):
 
 def load_unet_single_file(path, *, dtype=None, device=None, config=None) -> UNet:
     """The UNet of an original checkpoint (`model.diffusion_model.*`); config read from the shapes unless given."""
+    checks.device("load_unet: device", device)
     header, _, _ = read_header(path)
     if video.is_video_checkpoint(header):  # ModelScope layout (`temopral_conv` in every ResBlock)
         return video.load_video_unet_single_file(path, dtype=dtype, device=device, config=config)

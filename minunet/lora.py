@@ -606,4 +606,6 @@ def parse_lora_arg(text):
     head, sep, tail = text.rpartition(":")
     if sep and re.fullmatch(r"[-+]?(\d+\.?\d*|\.\d+)([eE][-+]?\d+)?", tail):
         return Path(head), float(tail)
+    if sep and head.endswith(".safetensors"):  # FILE:SCALE with a scale that is no number
+        raise ValueError(f"{text}: the SCALE after ':' must be a number, got '{tail}'")
     return Path(text), 1.0

@@ -18,7 +18,7 @@ import torch
 from . import checks, inpaint
 from .config import family
 from .images import from_pil, to_pil
-from .io import CheckpointError, hub_offline, looks_like_repo_id, read_json
+from .io import CheckpointError, hub_snapshot, looks_like_repo_id, read_json
 from .loading import load_unet, load_unet_single_file
 from .micro_conditioning import time_ids
 from .noise import check_generators, randn, repeat_to
@@ -441,16 +441,9 @@ def _progress(total, enabled, callback, blend=None):
         yield step
 
 
-def _fetch_pipeline(repo_id, variant):
-    from huggingface_hub import snapshot_download
-
+def _fetch_pipeline(repo_id, variant, revision=None):
     weights = f"*.{variant}.safetensors" if variant else "*.safetensors"
-    try:
-        return Path(snapshot_download(repo_id, allow_patterns=["*.json", "*.txt", weights],
-                                      local_files_only=hub_offline()))
-    except Exception as e:
-        raise CheckpointError(f"{repo_id}: could not fetch from the Hugging Face Hub ({type(e).__name__}). Without "
-                              "network, pass a local diffusers folder or a .safetensors file instead.") from None
+    return hub_snapshot(repo_id, ["*.json", "*.txt", weights], revision)
 
 
 def schedule_from_file(path):

@@ -34,6 +34,7 @@ from . import checks
 from .images import from_pil, to_pil
 from .io import CheckpointError, looks_like_repo_id, read_json
 from .loading import load_unet
+from .pipeline import _fetch_pipeline
 from .noise import check_generators, randn
 from .schedulers import Schedule, cfg_combine
 from .schedulers.samplers import SAMPLERS
@@ -90,7 +91,7 @@ class UpscalePipeline:
         if not folder.is_dir():
             if not looks_like_repo_id(source):
                 raise CheckpointError(f"{source}: no such folder, and not a Hub repo id ('owner/name')")
-            folder = _fetch(str(source), variant, revision)
+            folder = _fetch_pipeline(str(source), variant, revision)
         unet = load_unet(folder / "unet", dtype=dtype, device=device, variant=variant)
         if not isinstance(unet, KUNet):
             raise CheckpointError(f"{folder / 'unet'}: a {type(unet).__name__}, not the latent upscaler's K-UNet "
@@ -238,14 +239,3 @@ def _run(denoiser, x, steps, callback, progress):
             bar.update(1)
             return None if callback is None else callback(i, t, x)
         return SAMPLERS["euler"].loop(denoiser, x, steps, callback=step)
-
-
-def _fetch(repo_id, variant, revision):
-    from huggingface_hub import snapshot_download
-
-    weights = f"*.{variant}.safetensors" if variant else "*.safetensors"
-    try:
-        return Path(snapshot_download(repo_id, revision=revision, allow_patterns=["*.json", "*.txt", weights]))
-    except Exception as e:
-        raise CheckpointError(f"{repo_id}: could not fetch from the Hugging Face Hub ({type(e).__name__}). Without "
-                              "network, pass a local diffusers folder instead.") from None

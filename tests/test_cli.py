@@ -143,7 +143,7 @@ def test_upscale_official_offline_says_how_to_use_a_folder(monkeypatch, capsys):
     monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", True)
     assert main(["generate", "x", "--model", "tiny", "--steps", "1", "--upscale", "x2"]) == 1  # a model error
     err = capsys.readouterr().err
-    assert "stabilityai/sd-x2-latent-upscaler: could not fetch" in err and "pass a local diffusers folder" in err
+    assert "stabilityai/sd-x2-latent-upscaler: could not fetch" in err and "diffusers folder) instead" in err
 
 
 def test_video_tiny_writes_a_video(tmp_path, capsys):

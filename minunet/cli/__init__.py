@@ -9,15 +9,20 @@ generate.py, video.py, files.py; what they share in common.py).
     minunet download sd15
 """
 import argparse
+import functools
 import sys
 
 from . import files, generate, video
-from .common import UsageError
+from .common import HelpFormatter, UsageError
 
 
 def build_parser():
-    ap = argparse.ArgumentParser(prog="minunet", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    sub = ap.add_subparsers(dest="command", required=True)
+    from .. import __version__
+
+    ap = argparse.ArgumentParser(prog="minunet", description=__doc__, formatter_class=HelpFormatter)
+    ap.add_argument("--version", action="version", version=f"minunet {__version__}")
+    parser_class = functools.partial(argparse.ArgumentParser, formatter_class=HelpFormatter)
+    sub = ap.add_subparsers(dest="command", required=True, parser_class=parser_class)
     generate.add_parser(sub)
     video.add_parser(sub)
     files.add_parsers(sub)

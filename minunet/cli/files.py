@@ -9,13 +9,13 @@ from .common import OFFICIAL, UsageError, parse_size
 def add_parsers(sub):
     p = sub.add_parser("parity", help="per-block largest difference between minunet and diffusers on your weights")
     p.add_argument("model", help="a .safetensors file, a diffusers folder, a Hub repo id, or tiny")
-    p.add_argument("--size", default=None, help="image WIDTHxHEIGHT the latents stand for (default 256x256)")
+    p.add_argument("--size", default=None, help="image WIDTHxHEIGHT the latents stand for (default: 256x256)")
     p.set_defaults(func=cmd_parity)
     p = sub.add_parser("inspect", help="structure, dtypes, parameters, key coverage, official-file check")
-    p.add_argument("file", nargs="?")
+    p.add_argument("file", nargs="?", help="a .safetensors file (original single file or a diffusers model file)")
     p.add_argument("--demo", action="store_true", help="inspect a tiny random file written on the fly")
     p.add_argument("--no-hash", action="store_true", help="skip the SHA-256 of a file whose size is an official one")
-    p.add_argument("--json", action="store_true")
+    p.add_argument("--json", action="store_true", help="the report as JSON")
     p.add_argument("--check-values", action="store_true", help="scan every tensor and list those with NaN or Inf")
     p.set_defaults(func=cmd_inspect)
     p = sub.add_parser("convert", help="a pickled .ckpt/.bin/.pt/.pth -> .safetensors (tensors only, verified)")
@@ -47,6 +47,9 @@ def cmd_inspect(args):
         print("(demo: a tiny random-weight UNet in the SD 1.5 layout, written to a temporary file)")
     if path is None:
         raise UsageError("inspect: give a FILE (or --demo)")
+    if path.is_dir():
+        raise UsageError(f"inspect: {path} is a folder; inspect takes one .safetensors file, e.g. "
+                         f"{path / 'unet' / 'diffusion_pytorch_model.safetensors'}")
     if not path.exists():
         raise UsageError(f"inspect: {path}: no such file")
     report = inspect_file(path, check_hash=not args.no_hash)
@@ -100,7 +103,7 @@ def cmd_download(args):
     if args.name not in OFFICIAL:
         raise UsageError(f"download: unknown name '{args.name}' (known: {', '.join(OFFICIAL)})")
     repo, filename, pointer = OFFICIAL[args.name]
-    path = hub_download(repo, [filename])
+    path = hub_download(repo, [filename], subject=f"download {args.name} ({filename} of {repo})")
     if pointer is None:
         print(f"{path}\n(no published SHA-256 on record for {filename}: not verified)")
         return

@@ -7,24 +7,27 @@ from pathlib import Path
 
 from ..schedulers.samplers import SAMPLERS  # the one sampler table (light: no torch model code)
 from . import parameters
-from .common import (OFFICIAL, UsageError, add_dtype_device_arguments, add_freeu_arguments, freeu_from_args, parse_device,
-                     parse_size)
+from .common import (OFFICIAL, UsageError, add_dtype_device_arguments, add_freeu_arguments, check_out_path,
+                     freeu_from_args, parse_device, parse_size)
 
 MODEL_NAMES = ("tiny", "tiny-inpainting", *OFFICIAL)
+STEPS, TINY_STEPS = 30, 10  # default sampling steps; the random-weight tiny models make noise at any count
+UPSCALE_STEPS, TINY_UPSCALE_STEPS = 75, 10  # diffusers' default for the x2 upscaler; the tiny one
+PICKLES = (".ckpt", ".bin", ".pt", ".pth")
 
 
 def add_parser(sub):
-    p = sub.add_parser("generate", help="prompt -> PNG (parameters in its text metadata)",
-                       formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p = sub.add_parser("generate", help="prompt -> PNG (parameters in its text metadata)")
     p.add_argument("prompt", nargs="?", default=None, help="the prompt (optional with --from-png)")
     p.add_argument("--from-png", default=None, metavar="FILE",
                    help="repeat the generation recorded in a PNG (minunet's or A1111's parameters); options given "
                         "here override the PNG's")
     p.add_argument("--model", default="tiny", help="repo id | folder | file.safetensors | " + " | ".join(MODEL_NAMES))
-    p.add_argument("--negative", default=None)
-    p.add_argument("--sampler", default="euler", choices=list(SAMPLERS))
+    p.add_argument("--negative", default=None, help="negative prompt")
+    p.add_argument("--sampler", default="euler", choices=list(SAMPLERS), help="sampler")
     p.add_argument("--karras", action="store_true", help="Karras sigmas (euler, euler_a, dpmpp_2m)")
-    p.add_argument("--steps", type=int, default=30)
+    p.add_argument("--steps", type=int, default=None, help=f"sampling steps (default: {STEPS}; tiny models: "
+                   f"{TINY_STEPS})")
     p.add_argument("--cfg", type=float, default=None, help="guidance scale (default: the model's, 7.5 SD / 5.0 SDXL)")
     p.add_argument("--seed", type=int, default=0, help="-1: a random seed (printed and recorded); with "
                    "--num-images N image i gets seed + i, as A1111")
@@ -32,7 +35,7 @@ def add_parser(sub):
     p.add_argument("--size", default=None, help="WIDTHxHEIGHT, multiples of 8 (default: the model's)")
     add_freeu_arguments(p)
     add_dtype_device_arguments(p)
-    p.add_argument("--out", default="minunet.png")
+    p.add_argument("--out", default="minunet.png", help="the PNG to write (--num-images N: OUT-0.png, ...)")
     add_lora_arguments(p)
     add_upscale_arguments(p)
     add_image_arguments(p)
@@ -48,9 +51,13 @@ def cmd_generate(args):
         raise UsageError("generate: give a PROMPT (or --from-png FILE)")
     size = parse_size(args.size) if args.size else None
     check_generate_args(args)
+    check_out_path("--out", args.out)
     freeu = freeu_from_args(args)
     inputs = image_inputs(args)  # --image / --mask, checked before any model loads
     pipe = load_pipeline(args.model, dtype=getattr(torch, args.dtype), device=args.device)
+    if args.upscale is not None and pipe.family not in ("sd1", "sd2"):
+        raise UsageError(f"--upscale {args.upscale}: the x2 latent upscaler takes SD 1.x / 2.x latents; --model "
+                         f"{args.model} is an {pipe.family} model")
     apply_loras(pipe, args)
     check_image_inputs(pipe, args)
     if args.karras:
@@ -123,9 +130,15 @@ def check_generate_args(args):
         raise UsageError(f"--cfg {args.cfg}: the guidance scale must be a finite number")
     if args.upscale is not None and args.refiner is not None:
         raise UsageError("--upscale and --refiner: give one (the upscaler takes the base's latents)")
+    if args.karras and args.sampler == "ddim":
+        raise UsageError("--karras with --sampler ddim: DDIM steps on its own timestep grid and takes no Karras "
+                         "sigmas; use --sampler euler, euler_a or dpmpp_2m, or drop --karras")
+    tiny = args.model.startswith("tiny")
+    args.steps = args.steps if args.steps is not None else TINY_STEPS if tiny else STEPS
+    if args.upscale_steps is None:
+        args.upscale_steps = TINY_UPSCALE_STEPS if args.upscale == "tiny" else UPSCALE_STEPS
+    check_loras(args.lora)
     out = Path(args.out)
-    if out.is_dir():
-        raise UsageError(f"--out {out}: is a directory; give a file name, e.g. {out / 'minunet.png'}")
     Image.init()
     if out.suffix.lower() not in Image.registered_extensions():
         raise UsageError(f"--out {out}: unknown image extension '{out.suffix}' (use .png, .jpg, .webp, ...)")
@@ -146,11 +159,12 @@ def load_pipeline(model, dtype=None, device=None, flag="--model", **shared):
     if model in OFFICIAL:
         from ..io import hub_download
         repo, filename, _ = OFFICIAL[model]
-        return Pipeline.from_single_file(hub_download(repo, [filename]), dtype=dtype, device=device, **shared)
+        path = hub_download(repo, [filename], subject=f"{flag} {model} ({filename} of {repo})")
+        return Pipeline.from_single_file(path, dtype=dtype, device=device, **shared)
     path = Path(model)
     if path.is_dir():
         return Pipeline.from_pretrained(path, dtype=dtype, device=device, **shared)
-    if path.suffix == ".safetensors" or path.suffix in (".ckpt", ".bin", ".pt"):
+    if path.suffix == ".safetensors" or path.suffix in PICKLES:  # a pickle is refused with the convert recipe
         if not path.exists():
             raise UsageError(f"{flag} {model}: no such file")
         return Pipeline.from_single_file(path, dtype=dtype, device=device, **shared)
@@ -300,12 +314,27 @@ def given_options(argv):
     return set(vars(ap.parse_args(argv))) - {"command", "func"}
 
 
-def add_lora_arguments(p):
+def lora_arg(text):
+    """--lora FILE[:SCALE] for argparse: a bad SCALE is a usage error with its own message."""
     from ..lora import parse_lora_arg
 
-    p.add_argument("--lora", action="append", default=[], type=parse_lora_arg, metavar="FILE[:SCALE]",
+    try:
+        return parse_lora_arg(text)
+    except ValueError as e:
+        raise argparse.ArgumentTypeError(str(e)) from None
+
+
+def add_lora_arguments(p):
+    p.add_argument("--lora", action="append", default=[], type=lora_arg, metavar="FILE[:SCALE]",
                    help="a LoRA .safetensors (kohya / A1111 or diffusers / PEFT) on the UNet and text encoders, "
                         "at SCALE (default 1.0); repeatable")
+
+
+def check_loras(loras):
+    """Every --lora file exists (a usage error, exit 2, as a missing --model) and is a .safetensors file."""
+    for path, _ in loras:
+        if not path.is_file():
+            raise UsageError(f"--lora {path}: no such file")
 
 
 def apply_loras(pipe, args):
@@ -338,7 +367,8 @@ def add_upscale_arguments(p):
     g = p.add_argument_group("x2 latent upscaler (SD latents -> an image twice the size, one command)")
     g.add_argument("--upscale", default=None, metavar="MODEL",
                    help="tiny | x2 (stabilityai/sd-x2-latent-upscaler) | a diffusers folder | a Hub repo id")
-    g.add_argument("--upscale-steps", type=int, default=75, help="upscaler steps (diffusers' default 75)")
+    g.add_argument("--upscale-steps", type=int, default=None,
+                   help=f"upscaler steps (default: {UPSCALE_STEPS}, diffusers'; with --upscale tiny: {TINY_UPSCALE_STEPS})")
     g.add_argument("--upscale-cfg", type=float, default=9.0,
                    help="upscaler guidance (diffusers' default 9.0; 0 = empty prompt, as the documented examples)")
     g.add_argument("--upscale-revision", default=None, help="Hub ref of a repo id given to --upscale")
