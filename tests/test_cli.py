@@ -174,9 +174,9 @@ def test_video_compare_freeu_side_by_side(tmp_path):
     (["--frames", "0"], "--frames 0: must be at least 1"),
     (["--size", "100x64"], "multiples of 8"),
     (["--model", "sd99"], "--model sd99: not a diffusers text-to-video folder, Hub repo id or known name"),
-    (["--out", "x.avi", "--frames", "1", "--steps", "1", "--size", "16x16"], "unsupported file type '.avi'"),
+    (["--out", "x.avi", "--frames", "1", "--steps", "1", "--size", "16x16"], "unsupported video file type '.avi'"),
     (["--compare-freeu"], "--compare-freeu needs --freeu"),
-    (["--steps", "0"], "num_steps=0 must be an integer from 1"),
+    (["--steps", "0"], "--steps 0: must be at least 1"),
 ])
 def test_video_errors(argv, message, capsys, tmp_path):
     assert main(["video", "x", "--model", "tiny-video", "--out", str(tmp_path / "v.gif"), *argv]) == 2

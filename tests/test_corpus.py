@@ -383,7 +383,7 @@ def argument_defects(tmp_path):
     nan, inf = float("nan"), float("inf")
     return {
         "float height": ({"height": 64.0}, "height"), "string width": ({"width": "64"}, "width"),
-        "height 0": ({"height": 0}, "height"), "height 8 (too small for the levels)": ({"height": 8}, "height"),
+        "height 0": ({"height": 0}, "height"), "height 12 (not a multiple of 8)": ({"height": 12}, "height"),
         "height not a multiple of 8": ({"height": 60}, "height"), "empty prompt list": ({"prompt": []}, "prompt"),
         "prompt an int": ({"prompt": 3}, "prompt"), "prompt list with an int": ({"prompt": ["a", 1]}, "prompt"),
         "negative prompt an int": ({"negative_prompt": 5}, "negative_prompt"),

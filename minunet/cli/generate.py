@@ -51,7 +51,6 @@ def cmd_generate(args):
         raise UsageError("generate: give a PROMPT (or --from-png FILE)")
     size = parse_size(args.size) if args.size else None
     check_generate_args(args)
-    check_out_path("--out", args.out)
     freeu = freeu_from_args(args)
     inputs = image_inputs(args)  # --image / --mask, checked before any model loads
     pipe = load_pipeline(args.model, dtype=getattr(torch, args.dtype), device=args.device)
@@ -138,7 +137,7 @@ def check_generate_args(args):
     if args.upscale_steps is None:
         args.upscale_steps = TINY_UPSCALE_STEPS if args.upscale == "tiny" else UPSCALE_STEPS
     check_loras(args.lora)
-    out = Path(args.out)
+    out = check_out_path("--out", args.out)
     Image.init()
     if out.suffix.lower() not in Image.registered_extensions():
         raise UsageError(f"--out {out}: unknown image extension '{out.suffix}' (use .png, .jpg, .webp, ...)")
