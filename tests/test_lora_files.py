@@ -281,3 +281,30 @@ def test_lycoris_bad_tensors_are_named_and_apply_nothing(tmp_path):
         with pytest.raises(CheckpointError, match=match):
             unet.load_lora(tmp_path / "bad.safetensors")
         assert unet.loras == [] and all(torch.equal(v, before[k]) for k, v in unet.state_dict().items())
+
+
+def test_peft_older_unet_names_equal_lora_a_b(sd, tmp_path):
+    """diffusers' older `unet.{module}.lora.down.weight` / `.lora.up.weight` form gives the model that
+    `.lora_A.weight` / `.lora_B.weight` gives, bit for bit."""
+    _, ours = sd
+    lay = layers([("lora_te_", "text_encoder", 1, 32)], SD_UNET, seed=3)
+    new, _ = peft_state(lay)
+    old = {k.replace(".lora_A.weight", ".lora.down.weight").replace(".lora_B.weight", ".lora.up.weight")
+           if k.startswith("unet.") else k: v for k, v in new.items()}
+    assert "unet.down_blocks.0.attentions.0.transformer_blocks.0.attn1.to_q.lora.down.weight" in old
+    g = torch.Generator().manual_seed(0)
+    x, t, ctx = torch.randn(1, 4, 8, 8, generator=g), torch.tensor([500.0]), torch.randn(1, 77, 32, generator=g)
+    ids = ours.text.tokenize(["a fox"])
+    with torch.no_grad():
+        plain = ours.unet(x, t, ctx)
+        outs = []
+        for name, state in (("new", new), ("old", old)):
+            st.save_file(state, tmp_path / f"{name}.safetensors")
+            lora = ours.load_lora(tmp_path / f"{name}.safetensors")
+            try:
+                assert len(lora.layers) == 6 + len(SD_UNET)
+                outs.append((ours.unet(x, t, ctx), ours.text.encoders[0](ids)[0]))
+            finally:
+                ours.unload_lora()
+    assert (outs[0][0] - plain).abs().max() > 1e-3  # the LoRA acts
+    torch.testing.assert_close(outs[1], outs[0], rtol=0, atol=0)
