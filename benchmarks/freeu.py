@@ -132,7 +132,7 @@ def gpu_concat_section(repeat):
 
 @torch.no_grad()
 def step_section(cfg, latent, repeat, device, dtype):
-    from minunet.parity import diffusers_twin
+    from minunet.cli.parity import diffusers_twin
 
     print(f"\n== one UNet step, SD 1.5 structure, widths {cfg.block_out_channels}, {latent * 8} px ({latent} x "
           f"{latent} latents), batch 2, {device} {str(dtype)[6:]} ==")

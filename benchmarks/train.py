@@ -74,7 +74,7 @@ class Case:
         """Freeze the base, attach a fresh rank-`rank` LoRA on TARGETS -> its parameters."""
         model.requires_grad_(False)
         if impl == "minunet":
-            from minunet.lora import new_lora
+            from minunet.loading.lora import new_lora
             return list(new_lora(model, rank, include=tuple(TARGETS)).parameters())
         from peft import LoraConfig
         model.add_adapter(LoraConfig(r=rank, lora_alpha=rank, target_modules=TARGETS))

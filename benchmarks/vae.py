@@ -22,7 +22,7 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from minunet.vae import SD, load_vae  # noqa: E402
+from minunet.models.vae import SD, load_vae  # noqa: E402
 
 
 NO_UPCAST = dataclasses.replace(SD, force_upcast=False)  # fp16 on both sides: diffusers' decode never upcasts itself

@@ -128,7 +128,7 @@ def latent_upscaler_pipeline(folder, seed=0):
     shared tiny VAE and text encoder of width 32), saved to `folder` and returned. It upscales sd_pipeline's latents."""
     from diffusers import EulerDiscreteScheduler, StableDiffusionLatentUpscalePipeline, UNet2DConditionModel
 
-    from minunet.upscaler import KUNetConfig
+    from minunet.models.kunet import KUNetConfig
 
     cfg = KUNetConfig(block_out_channels=(32, 32, 64, 64), layers_per_block=2, head_size=16, context_dim=32,
                       time_cond_dim=128 + 32)  # timestep_cond: 128 noise-level features ++ pooled text (32)

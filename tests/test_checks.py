@@ -114,7 +114,7 @@ def test_schedule_ranges(change, message):
 
 
 def test_read_json_names_the_file(tmp_path):
-    from minunet.io import read_json
+    from minunet.loading.io import read_json
 
     for content, message in [(b"{", "is not valid JSON"), (b"[1]", "must be a JSON object"),
                              (b'{"a": "\xff"}', "is not UTF-8"), (b"[" * 100_000 + b"]" * 100_000, "config")]:
@@ -160,7 +160,7 @@ def test_unrecognised_standalone_vae_warns_with_the_assumed_scaling(vae_state, t
 
 
 def test_official_vae_table_knows_the_sdxl_vaes():
-    from minunet.inspect import official_files
+    from minunet.loading.inspect import official_files
 
     paths = {p for entries in official_files().values() for p, _ in entries}
     for p in ("sdxl-vae/sdxl_vae.safetensors", "stable-diffusion-xl-base-1.0/vae/diffusion_pytorch_model.safetensors",
@@ -172,7 +172,7 @@ def test_official_vae_table_knows_the_sdxl_vaes():
 
 def test_recognised_by_hash(vae_state, tmp_path, monkeypatch):
     """A file whose size and SHA-256 are in the table as an SDXL VAE gets SDXL's scaling factor, no warning."""
-    import minunet.inspect as ins
+    import minunet.loading.inspect as ins
     from minunet import load_vae
 
     path = tmp_path / "sdxl_vae.safetensors"
@@ -187,7 +187,7 @@ def test_recognised_by_hash(vae_state, tmp_path, monkeypatch):
 # ---- offline -----------------------------------------------------------------------------------------------------
 
 def test_offline_answer_is_fast(monkeypatch):
-    import minunet.io as io
+    import minunet.loading.io as io
 
     monkeypatch.setattr(io, "_OFFLINE", None)
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")

@@ -153,7 +153,7 @@ def test_unet_with_freeu_gradcheck_float64():
 def test_vae_encode_gradients_equal_diffusers():
     """d loss(posterior sample) / d (image, every encoder parameter) equals diffusers' AutoencoderKL."""
     import pipes
-    from minunet.vae import VAEConfig, vae_from_state_dict
+    from minunet.models.vae import VAEConfig, vae_from_state_dict
 
     ref = pipes.diffusers_vae(seed=3).train()
     ours = vae_from_state_dict(ref.state_dict(), config=VAEConfig.from_diffusers(dict(ref.config))).train()
@@ -176,7 +176,7 @@ def test_vae_encode_gradients_equal_diffusers():
 
 def lora_step_setup():
     """A small UNet, frozen, with a trainable LoRA on attention and resnet convs; one batch."""
-    from minunet.lora import load_lora
+    from minunet.loading.lora import load_lora
 
     import loras
     # one resnet per level and one transformer: tracing cost grows with the block count (~20 s here on CPU)

@@ -8,8 +8,8 @@ import torch
 
 from helpers import TINY, assert_close, diffusers_kwargs, diffusers_unet, manifest_shapes, randomize_, unet_inputs
 from minunet import UNet, UNetConfig, load_unet, original_state_dict
-from minunet.io import CheckpointError
-from minunet.parity import block_names, capture_blocks, format_rows
+from minunet.loading.io import CheckpointError
+from minunet.cli.parity import block_names, capture_blocks, format_rows
 
 
 @pytest.fixture(scope="module", params=list(TINY))
@@ -32,7 +32,7 @@ def test_forward_matches_diffusers(pair):
 
 @torch.no_grad()
 def test_each_block_matches_diffusers(pair):
-    """Every top-level block's output in both models, through minunet.parity (the `parity` command's code), in
+    """Every top-level block's output in both models, through minunet.cli.parity (the `parity` command's code), in
     forward order: the per-block table is printed, and the first mismatching block is the one reported."""
     name, cfg, ours, ref = pair
     x, t, ctx, kw = unet_inputs(cfg)
@@ -106,7 +106,7 @@ def test_half_precision_close_to_float32(dtype):
 def test_official_manifest_is_covered_exactly(name):
     """The full-size model built from the shapes in the official file's manifest has exactly its tensors."""
     from minunet.keymaps.unet import PREFIX, unet_key_map
-    from minunet.loading import config_from_shapes, describe
+    from minunet.loading.unet import config_from_shapes, describe
 
     shapes = {k[len(PREFIX):]: shape for k, shape in manifest_shapes(f"{name}_unet.tsv").items()}
     cfg = config_from_shapes(shapes, name)

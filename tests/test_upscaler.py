@@ -8,8 +8,8 @@ import torch
 
 from helpers import assert_close, manifest_shapes, randomize_
 from minunet import load_unet
-from minunet.io import CheckpointError
-from minunet.upscaler import SD_X2_LATENT_UPSCALER, KUNet, KUNetConfig
+from minunet.loading.io import CheckpointError
+from minunet.models.kunet import SD_X2_LATENT_UPSCALER, KUNet, KUNetConfig
 
 # the real structure at tiny widths: level widths (C, C, 2C, 2C), temb 2C, head size 16, 2 resnets per block
 TINY_K = KUNetConfig(block_out_channels=(32, 32, 64, 64), layers_per_block=2, head_size=16, context_dim=32,
@@ -112,7 +112,7 @@ def test_translator_defaults_are_diffusers_defaults():
     hold diffusers' real defaults."""
     from diffusers import UNet2DConditionModel
 
-    from minunet.upscaler import _FIXED
+    from minunet.models.kunet import _FIXED
 
     params = inspect.signature(UNet2DConditionModel.__init__).parameters
     for key, (_, default) in _FIXED.items():

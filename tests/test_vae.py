@@ -10,10 +10,10 @@ from safetensors.torch import load_file, save_file
 import helpers
 from helpers import meta_state_dict
 
-from minunet.images import from_pil, to_pil
-from minunet.io import CheckpointError
+from minunet.pipelines.images import from_pil, to_pil
+from minunet.loading.io import CheckpointError
 from minunet.keymaps import vae as keymap
-from minunet.vae import SD, SDXL, VAE, VAEConfig, load_vae, vae_from_state_dict
+from minunet.models.vae import SD, SDXL, VAE, VAEConfig, load_vae, vae_from_state_dict
 
 WEIGHTS = Path(__file__).resolve().parents[1] / "weights"
 # Small widths of the official structure (4 levels, 2 resnets per encoder level, mid attention). "sd" uses 8 groups
@@ -237,7 +237,7 @@ def test_sample_matches_diffusers(case):
 
 
 def test_logvar_is_clamped():
-    from minunet.vae import DiagonalGaussian
+    from minunet.models.vae import DiagonalGaussian
 
     moments = torch.cat([torch.zeros(1, 4, 2, 2), torch.full((1, 2, 2, 2), 50.0), torch.full((1, 2, 2, 2), -50.0)], 1)
     post = DiagonalGaussian(moments)

@@ -9,7 +9,7 @@ import torch
 
 from helpers import assert_close, manifest_shapes, randomize_
 from minunet import CheckpointError, FreeU, load_unet
-from minunet.video import MS_1_7B, VideoUNet, VideoUNetConfig, original_state_dict
+from minunet.models.video import MS_1_7B, VideoUNet, VideoUNetConfig, original_state_dict
 from minunet.weights import CONFIGS
 
 # the real ratios (widths 1:2:4:4, attention at the first three levels, 32 groups, 8-head transformer_in)

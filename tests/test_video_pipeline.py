@@ -10,7 +10,7 @@ import torch
 import pipes
 from helpers import assert_close, randomize_
 from minunet import VideoPipeline
-from minunet.video import VideoUNetConfig
+from minunet.models.video import VideoUNetConfig
 from minunet.weights import CONFIGS
 
 SCHEDULER = CONFIGS / "text-to-video-ms-1.7b" / "scheduler"

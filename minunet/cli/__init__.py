@@ -26,7 +26,7 @@ def build_parser():
 
 def main(argv=None):
     args = build_parser().parse_args(argv)
-    from ..io import CheckpointError
+    from ..loading.io import CheckpointError
     from ..checks import NonFiniteError
     try:
         args.func(args)

@@ -77,10 +77,10 @@ def module_names(model, fmt):
     for p in paths:
         if table.setdefault(p.replace(".", "_"), p) != p:
             raise AssertionError(f"two modules flatten to the same kohya name: {table[p.replace('.', '_')]}, {p}")
-    from .unet import UNet  # late: lora is imported by unet
+    from ..models.unet import UNet  # late: lora is imported by unet
 
     if isinstance(model, UNet):  # SDXL kohya files name the original layout's modules
-        from .keymaps.unet import unet_key_map
+        from ..keymaps.unet import unet_key_map
 
         originals = unet_key_map(list(model.state_dict()), model.config)
         known = set(paths)

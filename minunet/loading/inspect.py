@@ -5,8 +5,8 @@ from collections import Counter
 from pathlib import Path
 
 from .io import CheckpointError, read_header
-from .keymaps.unet import PREFIX
-from .weights import CONFIGS
+from ..keymaps.unet import PREFIX
+from ..weights import CONFIGS
 
 COMPONENTS = [("unet", ("model.diffusion_model.",)), ("vae", ("first_stage_model.",)),
               ("text", ("cond_stage_model.", "conditioner.")), ("ema", ("model_ema.",))]
@@ -60,7 +60,7 @@ def inspect_file(path, check_hash=True):
     if "vae" in groups:
         report["components"]["vae"]["structure"] = _vae_structure(header, path)
     if "text" in groups:
-        from .keymaps.text import detect_family
+        from ..keymaps.text import detect_family
         found = detect_family(list(groups["text"]))
         report["components"]["text"]["structure"] = f"{found} text encoders" if found else "not recognised"
     report.update(_official(path, size, check_hash))
@@ -71,8 +71,8 @@ def _unet_structure(entries, path):
     """structure, config and key coverage of the UNet tensors (original layout)."""
     import torch
 
-    from .loading import config_from_shapes, describe, unet_key_map
-    from .unet import UNet
+    from .unet import config_from_shapes, describe, unet_key_map
+    from ..models.unet import UNet
     shapes = {k[len(PREFIX):]: e["shape"] for k, e in entries.items()}
     try:
         cfg = config_from_shapes(shapes, path)
@@ -90,7 +90,7 @@ def _unet_structure(entries, path):
 def _vae_structure(header, path):
     import torch
 
-    from .vae import vae_from_state_dict
+    from ..models.vae import vae_from_state_dict
     meta = {k: torch.empty(e["shape"], device="meta") for k, e in header.items() if component(k) in ("vae", "text")}
     try:
         c = vae_from_state_dict(meta, source=path, device="meta").config

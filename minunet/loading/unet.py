@@ -7,20 +7,20 @@ from pathlib import Path
 
 import torch
 
-from .config import UNetConfig, describe
+from ..models.config import UNetConfig, describe
 from .io import (CheckpointError, hub_download, load_folder_weights, load_into, load_mapped, looks_like_repo_id,
                  read_header, read_json, refuse_pickle)
-from . import video
-from .keymaps import count_indices
-from .keymaps.unet import PREFIX, unet_key_map
-from .unet import UNet
-from .upscaler import KUNet, KUNetConfig, is_kunet_config
+from ..models import video
+from ..keymaps import count_indices
+from ..keymaps.unet import PREFIX, unet_key_map
+from ..models.unet import UNet
+from ..models.kunet import KUNet, KUNetConfig, is_kunet_config
 
 def load_unet(source, *, dtype=None, device=None, variant=None, config=None) -> UNet:
     """Load a UNet from a diffusers folder (model folder or its unet/), an original .safetensors file,
     or a Hugging Face Hub repo id. `variant="fp16"` picks diffusion_pytorch_model.fp16.safetensors. A diffusers
     folder of the x2 latent upscaler gives its KUNet (minunet/upscaler.py); a video UNet (UNet3DConditionModel
-    config, or a ModelScope-layout file) gives a minunet.video.VideoUNet.
+    config, or a ModelScope-layout file) gives a minunet.models.video.VideoUNet.
     `config` (a UNetConfig) overrides what a single file's shapes say (heads and upcast are not in shapes)."""
     source = str(source)
     refuse_pickle(source)

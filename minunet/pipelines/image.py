@@ -6,8 +6,8 @@
 Argument names and meanings are diffusers' (StableDiffusion[XL][Img2Img]Pipeline). With the same generator the
 random draws happen in diffusers' order (initial noise; in img2img the VAE sample, then the noise), so a seed
 gives the same image as diffusers. One deliberate difference: `clip_skip` applies to the negative prompt too
-(see minunet.text). Inpainting (mask_image=) is StableDiffusion[XL]InpaintPipeline's: see minunet.inpaint; the
-SDXL negative size / crop ids follow diffusers' rules, ignored arguments included: see minunet.micro_conditioning.
+(see minunet.loading.text). Inpainting (mask_image=) is StableDiffusion[XL]InpaintPipeline's: see minunet.pipelines.inpaint; the
+SDXL negative size / crop ids follow diffusers' rules, ignored arguments included: see minunet.pipelines.micro_conditioning.
 """
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -15,17 +15,18 @@ from pathlib import Path
 
 import torch
 
-from . import checks, inpaint
-from .config import family
+from .. import checks
+from . import inpaint
+from ..models.config import family
 from .images import from_pil, to_pil
-from .io import CheckpointError, hub_offline, looks_like_repo_id, read_json
-from .loading import load_unet, load_unet_single_file
+from ..loading.io import CheckpointError, hub_offline, looks_like_repo_id, read_json
+from ..loading.unet import load_unet, load_unet_single_file
 from .micro_conditioning import time_ids
-from .noise import check_generators, randn, repeat_to
-from .schedulers import SAMPLERS, Schedule, guided, sample
-from .text import TextConditioner
-from .vae import load_vae
-from .weights import CONFIGS
+from ..noise import check_generators, randn, repeat_to
+from ..schedulers import SAMPLERS, Schedule, guided, sample
+from ..loading.text import TextConditioner
+from ..models.vae import load_vae
+from ..weights import CONFIGS
 
 # a single file carries no scheduler config or default size: the official ones for its family
 FAMILY_DEFAULTS = {"sd1": ("stable-diffusion-v1-5", 512), "sd2": ("stable-diffusion-2-1", 768),
@@ -121,9 +122,9 @@ class Pipeline:
     def tiny(cls, family_name="sd1", seed=0, *, in_channels=4):
         """A small random-initialised pipeline built in memory from a fixed seed: it runs anywhere in seconds and
         makes noise, not pictures. in_channels=9: the inpainting UNet structure."""
-        from .config import UNetConfig
-        from .vae import VAE, VAEConfig
-        from .unet import UNet
+        from ..models.config import UNetConfig
+        from ..models.vae import VAE, VAEConfig
+        from ..models.unet import UNet
 
         if family_name != "sd1":
             raise ValueError("tiny pipelines exist for the sd1 structure only")
@@ -149,10 +150,10 @@ class Pipeline:
         self.unet.disable_freeu()
 
     def load_lora(self, source, scale=1.0, *, fuse=False):
-        """A LoRA file (kohya / A1111 or diffusers / PEFT, see minunet.lora) on the UNet and the text encoders ->
+        """A LoRA file (kohya / A1111 or diffusers / PEFT, see minunet.loading.lora) on the UNet and the text encoders ->
         the `Lora` (change `.scale`, `.fuse()`, `.unfuse()`, `.remove()`). Several can be on at once; every key
         must map to a module of this pipeline, else nothing is applied. `unload_lora()` takes them all off."""
-        from .lora import load_lora
+        from ..loading.lora import load_lora
 
         unet = getattr(self.unet, "_orig_mod", self.unet)  # the module itself under torch.compile
         targets = {"unet": unet, **{s.subfolder: e for s, e in zip(self.text.specs, self.text.encoders)}}
@@ -197,7 +198,7 @@ class Pipeline:
                  negative_original_size=None, negative_crops_coords_top_left=None, negative_target_size=None,
                  negative_ids="diffusers"):
         """Prompt (and, for img2img / the refiner, an image or latents; for inpainting, an image and a mask) ->
-        images; see the module docstring, minunet.inpaint and minunet.micro_conditioning."""
+        images; see the module docstring, minunet.pipelines.inpaint and minunet.pipelines.micro_conditioning."""
         image = checks.pipeline_arguments(self, locals())  # one named ValueError / TypeError per bad argument
         inpainting = mask_image is not None
         self._check_call(sampler, output_type, image, mask_image, padding_mask_crop)
@@ -330,7 +331,7 @@ class Pipeline:
         return height, width
 
     def _added_conditioning(self, pooled, neg_pooled, ids, cfg):
-        """SDXL micro-conditioning: pooled text + the (positive, negative) ids of minunet.micro_conditioning."""
+        """SDXL micro-conditioning: pooled text + the (positive, negative) ids of minunet.pipelines.micro_conditioning."""
         if self.unet.config.adm_in_channels is None:
             return {}
         b = pooled.shape[0]
@@ -343,7 +344,7 @@ class Pipeline:
 
     def _inpaint_start(self, shape, image, mask_image, masked_image_latents, padding_mask_crop, latents, strength,
                        denoising_start, denoising_end, generator):
-        """(sampler start as _start gives it, InpaintRun) for an inpainting run (see minunet.inpaint)."""
+        """(sampler start as _start gives it, InpaintRun) for an inpainting run (see minunet.pipelines.inpaint)."""
         if denoising_start is not None:  # the refiner: start from the given latents, no noise added
             window = {"denoising_start": denoising_start}
         else:  # strength 1: pure noise, as text-to-image; else the image latents noised to the first step

@@ -20,16 +20,16 @@ import torch
 from einops import rearrange
 
 from .images import to_pil
-from .io import CheckpointError, looks_like_repo_id
-from .loading import load_unet
-from .noise import randn
-from .pipeline import _fetch_pipeline, _progress
-from .random_init import randomize_
-from .schedulers import SAMPLERS, Schedule, guided, sample
-from .text import TextConditioner
-from .vae import load_vae
-from .video import VideoUNet
-from .weights import CONFIGS
+from ..loading.io import CheckpointError, looks_like_repo_id
+from ..loading.unet import load_unet
+from ..noise import randn
+from .image import _fetch_pipeline, _progress
+from ..models.random_init import randomize_
+from ..schedulers import SAMPLERS, Schedule, guided, sample
+from ..loading.text import TextConditioner
+from ..models.vae import load_vae
+from ..models.video import VideoUNet
+from ..weights import CONFIGS
 
 OUTPUT_TYPES = ("np", "pil", "pt", "latent")
 
@@ -76,8 +76,8 @@ class VideoPipeline:
     def tiny(cls, seed=0):
         """A small random-weight video pipeline built in memory from a fixed seed: it runs anywhere in seconds and
         makes noise, not videos."""
-        from .vae import VAE, VAEConfig
-        from .video import VideoUNetConfig
+        from ..models.vae import VAE, VAEConfig
+        from ..models.video import VideoUNetConfig
 
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(seed)

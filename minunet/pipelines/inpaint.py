@@ -26,7 +26,7 @@ import torch
 import torch.nn.functional as F
 from PIL import Image, ImageFilter, ImageOps
 
-from .noise import repeat_to
+from ..noise import repeat_to
 
 LANCZOS = Image.Resampling.LANCZOS
 

@@ -1,8 +1,8 @@
 """UNetConfig: the few numbers that pick out every official SD UNet, with presets and a diffusers translator."""
 from dataclasses import asdict, dataclass
 
-from . import checks
-from .io import CheckpointError
+from .. import checks
+from ..loading.io import CheckpointError
 
 
 @dataclass(frozen=True)

@@ -33,9 +33,9 @@ import torch.nn.functional as F
 from einops import rearrange
 from torch import nn
 
-from .blocks import ModelDtypeDevice
-from .blocks.attention import Attention
-from .freeu import FreeUMixin, decoder_input
+from ..blocks import ModelDtypeDevice
+from ..blocks.attention import Attention
+from ..freeu import FreeUMixin, decoder_input
 
 
 @dataclass(frozen=True)

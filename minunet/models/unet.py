@@ -8,13 +8,13 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .blocks import ModelDtypeDevice
-from .blocks.resnet import TimestepEmbedding, timestep_embedding
-from .blocks.unet_blocks import DownBlock, MidBlock, UpBlock
+from ..blocks import ModelDtypeDevice
+from ..blocks.resnet import TimestepEmbedding, timestep_embedding
+from ..blocks.unet_blocks import DownBlock, MidBlock, UpBlock
 from .config import UNetConfig
 from .checkpointing import GradientCheckpointingMixin
-from .freeu import FreeUMixin
-from .lora import LoraMixin
+from ..freeu import FreeUMixin
+from ..loading.lora import LoraMixin
 
 
 class UNet(FreeUMixin, LoraMixin, GradientCheckpointingMixin, ModelDtypeDevice, nn.Module):

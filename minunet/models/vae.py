@@ -13,11 +13,11 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from .blocks.vae_blocks import Decoder, Encoder
-from . import checks
-from .io import CheckpointError, hub_download, load_into, load_safetensors, looks_like_repo_id, read_json, refuse_pickle
-from .keymaps import vae as keymap
-from .noise import randn
+from ..blocks.vae_blocks import Decoder, Encoder
+from .. import checks
+from ..loading.io import CheckpointError, hub_download, load_into, load_safetensors, looks_like_repo_id, read_json, refuse_pickle
+from ..keymaps import vae as keymap
+from ..noise import randn
 
 
 @dataclass(frozen=True)
@@ -281,7 +281,7 @@ def load_vae(source, *, config=None, dtype=None, device=None) -> VAE:
 def standalone_preset(path):
     """SD or SDXL preset for a VAE file without config.json: an official file is recognised by size + SHA-256
     (minunet.weights LFS_POINTERS.tsv); any other gets SD's, with a warning that says how to pass SDXL's."""
-    from .inspect import official_files, sha256
+    from ..loading.inspect import official_files, sha256
 
     known = [p for p, _ in official_files().get(Path(path).stat().st_size, []) if p.endswith(".safetensors")]
     if known:

@@ -1,6 +1,6 @@
 """The text-to-video UNet of ModelScope text-to-video-ms-1.7b and zeroscope (diffusers' UNet3DConditionModel).
 
-It is the image UNet (minunet.unet) with frames folded into the batch, plus three temporal modules; everything
+It is the image UNet (minunet.models.unet) with frames folded into the batch, plus three temporal modules; everything
 spatial is the 2-D UNet's own blocks (ResnetBlock2D, Transformer2DModel, Down/Upsample2D, the time embedding),
 built by the 2-D block classes from `VideoUNetConfig.image_config()`. What the video model adds, all of it here:
 
@@ -24,15 +24,15 @@ import torch.nn.functional as F
 from einops import rearrange
 from torch import nn
 
-from .blocks import ModelDtypeDevice
-from .blocks.attention import BasicTransformerBlock
-from .blocks.resnet import TimestepEmbedding, timestep_embedding
-from .blocks.unet_blocks import DownBlock, MidBlock, UpBlock
+from ..blocks import ModelDtypeDevice
+from ..blocks.attention import BasicTransformerBlock
+from ..blocks.resnet import TimestepEmbedding, timestep_embedding
+from ..blocks.unet_blocks import DownBlock, MidBlock, UpBlock
 from .config import UNetConfig
-from .freeu import FreeUMixin, decoder_input
-from .io import CheckpointError, load_mapped, read_header
-from .keymaps import count_indices
-from .keymaps.video import MARKER, OPTIONAL_PREFIX, to_minunet, to_original, video_key_map
+from ..freeu import FreeUMixin, decoder_input
+from ..loading.io import CheckpointError, load_mapped, read_header
+from ..keymaps import count_indices
+from ..keymaps.video import MARKER, OPTIONAL_PREFIX, to_minunet, to_original, video_key_map
 
 IN_HEADS = 8  # transformer_in has 8 heads of head_size whatever the width (diffusers and ModelScope hard-code it)
 

@@ -31,14 +31,14 @@ import torch
 import torch.nn.functional as F
 
 from .images import from_pil, to_pil
-from .io import CheckpointError, looks_like_repo_id, read_json
-from .loading import load_unet
-from .noise import check_generators, randn
-from .schedulers import Schedule, cfg_combine
-from .schedulers.samplers import SAMPLERS
-from .text import CLIP_L_PAD, as_batch, load_encoder_folder, load_tokenizer, tokenize
-from .upscaler import KUNet, KUNetConfig
-from .vae import load_vae
+from ..loading.io import CheckpointError, looks_like_repo_id, read_json
+from ..loading.unet import load_unet
+from ..noise import check_generators, randn
+from ..schedulers import Schedule, cfg_combine
+from ..schedulers.samplers import SAMPLERS
+from ..loading.text import CLIP_L_PAD, as_batch, load_encoder_folder, load_tokenizer, tokenize
+from ..models.kunet import KUNet, KUNetConfig
+from ..models.vae import load_vae
 
 NOISE_LEVEL_FEATURES = 64  # half of the noise-level embedding in timestep_cond: cos(0) = 1 x 64, sin(0) = 0 x 64
 
@@ -106,10 +106,10 @@ class UpscalePipeline:
         anywhere in seconds and makes noise, not pictures. Its VAE has Pipeline.tiny()'s structure (x8)."""
         from transformers import CLIPTextModel
 
-        from .random_init import randomize_
-        from .text import tiny_text_config
-        from .vae import VAE, VAEConfig
-        from .weights import CONFIGS
+        from ..models.random_init import randomize_
+        from ..loading.text import tiny_text_config
+        from ..models.vae import VAE, VAEConfig
+        from ..weights import CONFIGS
 
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(seed)
