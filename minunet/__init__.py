@@ -2,8 +2,7 @@
 from .models.config import FAMILIES, PRESETS, SD15, SD21, SDXL, SDXL_REFINER, UNetConfig, family
 from .freeu import FreeU, fourier_filter, list_presets
 from .pipelines.images import from_pil, to_pil
-from .checks import NonFiniteError
-from .loading.io import CheckpointError
+from .errors import CheckpointError, NonFiniteError
 from .loading.unet import config_from_shapes, load_unet, original_state_dict
 from .loading.lora import Lora, load_lora, new_lora
 from .schedulers import (SAMPLERS, AlphaSteps, Schedule, SigmaSteps, sample_ddim, sample_dpmpp_2m, sample_euler,

@@ -12,6 +12,7 @@ from PIL import Image
 
 import pipes
 from minunet import CheckpointError, UNetConfig, VAEConfig, checks
+from minunet.pipelines import checks as pipeline_checks
 from minunet.cli import main
 from minunet.schedulers import Schedule
 
@@ -26,26 +27,26 @@ from minunet.schedulers import Schedule
     (lambda: checks.number("guidance_scale", -math.inf), ValueError, "must be finite"),
     (lambda: checks.number("x", "7"), TypeError, "x must be a number, got '7'"),
     (lambda: checks.number("strength", 0.0, 0, 1, low_open=True), ValueError, "strength must be in (0, 1], got 0.0"),
-    (lambda: checks.size("height", 0, 8, 16), ValueError, "height=0 must be a positive multiple of 8, at least 16"),
-    (lambda: checks.size("height", 8, 8, 16), ValueError, "height=8 must be a positive multiple of 8, at least 16"),
-    (lambda: checks.size("width", 64.0, 8, 16), TypeError, "width must be an int, got 64.0"),
-    (lambda: checks.size("width", "64", 8, 16), TypeError, "width must be an int"),
-    (lambda: checks.prompt("prompt", []), ValueError, "prompt must not be an empty list"),
-    (lambda: checks.prompt("prompt", ["a", 3]), TypeError, "prompt must be a str or a list of str"),
+    (lambda: pipeline_checks.size("height", 0, 8, 16), ValueError, "height=0 must be a positive multiple of 8, at least 16"),
+    (lambda: pipeline_checks.size("height", 8, 8, 16), ValueError, "height=8 must be a positive multiple of 8, at least 16"),
+    (lambda: pipeline_checks.size("width", 64.0, 8, 16), TypeError, "width must be an int, got 64.0"),
+    (lambda: pipeline_checks.size("width", "64", 8, 16), TypeError, "width must be an int"),
+    (lambda: pipeline_checks.prompt("prompt", []), ValueError, "prompt must not be an empty list"),
+    (lambda: pipeline_checks.prompt("prompt", ["a", 3]), TypeError, "prompt must be a str or a list of str"),
     (lambda: checks.generator(3), TypeError, "generator must be None, a torch.Generator or a list"),
     (lambda: checks.generator("cuda"), TypeError, "generator must be"),
     (lambda: checks.generator([torch.Generator(), 1]), TypeError, "generator[1] must be a torch.Generator"),
-    (lambda: checks.latents(torch.zeros(4, 16, 16), (1, 4, 16, 16)), ValueError, "latents have shape [4, 16, 16]"),
-    (lambda: checks.latents(torch.full((1, 4, 2, 2), math.nan), (1, 4, 2, 2)), ValueError, "NaN or Inf"),
-    (lambda: checks.latents(np.zeros((1, 4, 2, 2)), (1, 4, 2, 2)), TypeError, "latents must be a float tensor"),
-    (lambda: checks.image(torch.rand(1, 1, 16, 16)), ValueError, "image: a tensor must be float (B, 3, H, W)"),
-    (lambda: checks.image(torch.rand(1, 3, 16, 16) * 2), ValueError, "pixel tensors must be in [0, 1]"),
-    (lambda: checks.image("no-such-cat.png"), ValueError, "image='no-such-cat.png': not an image file"),
-    (lambda: checks.image(np.zeros((16, 16))), ValueError, "numpy array must be (H, W, 3)"),
-    (lambda: checks.image(5), TypeError, "image must be a PIL image"),
+    (lambda: pipeline_checks.latents(torch.zeros(4, 16, 16), (1, 4, 16, 16)), ValueError, "latents have shape [4, 16, 16]"),
+    (lambda: pipeline_checks.latents(torch.full((1, 4, 2, 2), math.nan), (1, 4, 2, 2)), ValueError, "NaN or Inf"),
+    (lambda: pipeline_checks.latents(np.zeros((1, 4, 2, 2)), (1, 4, 2, 2)), TypeError, "latents must be a float tensor"),
+    (lambda: pipeline_checks.image(torch.rand(1, 1, 16, 16)), ValueError, "image: a tensor must be float (B, 3, H, W)"),
+    (lambda: pipeline_checks.image(torch.rand(1, 3, 16, 16) * 2), ValueError, "pixel tensors must be in [0, 1]"),
+    (lambda: pipeline_checks.image("no-such-cat.png"), ValueError, "image='no-such-cat.png': not an image file"),
+    (lambda: pipeline_checks.image(np.zeros((16, 16))), ValueError, "numpy array must be (H, W, 3)"),
+    (lambda: pipeline_checks.image(5), TypeError, "image must be a PIL image"),
     (lambda: checks.callback(5), TypeError, "callback must be None or a callable"),
-    (lambda: checks.strength(0.5, has_image=False), ValueError, "strength=0.5 is used only with image="),
-    (lambda: checks.strength(1.5, has_image=True), ValueError, "strength must be in (0, 1]"),
+    (lambda: pipeline_checks.strength(0.5, has_image=False), ValueError, "strength=0.5 is used only with image="),
+    (lambda: pipeline_checks.strength(1.5, has_image=True), ValueError, "strength must be in (0, 1]"),
 ])
 def test_each_kind_names_argument_value_and_allowed(fn, error, message):
     with pytest.raises(error) as e:
@@ -55,14 +56,14 @@ def test_each_kind_names_argument_value_and_allowed(fn, error, message):
 
 def test_accepted_values_pass_through(tmp_path):
     g = torch.Generator()
-    assert checks.size("height", None, 8, 16) is None and checks.size("height", 64, 8, 16) == 64
+    assert pipeline_checks.size("height", None, 8, 16) is None and pipeline_checks.size("height", 64, 8, 16) == 64
     assert checks.generator(g) is g and checks.generator([g, g]) == [g, g]
     path = tmp_path / "cat.png"
     Image.new("RGB", (16, 8), "red").save(path)
-    assert checks.image(path).size == (16, 8)  # a path is opened with PIL
-    arr = checks.image(np.ones((8, 16, 3), dtype=np.float32) * 0.5)
+    assert pipeline_checks.image(path).size == (16, 8)  # a path is opened with PIL
+    arr = pipeline_checks.image(np.ones((8, 16, 3), dtype=np.float32) * 0.5)
     assert arr.shape == (1, 3, 8, 16) and float(arr.max()) == 0.5
-    assert checks.strength(None, has_image=False) is None
+    assert pipeline_checks.strength(None, has_image=False) is None
 
 
 # ---- config ranges ---------------------------------------------------------------------------------------------

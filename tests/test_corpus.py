@@ -18,7 +18,7 @@ import torch
 import pipes
 from helpers import TINY, randomize_
 from minunet import CheckpointError, UNet, load_unet, load_vae, original_state_dict
-from minunet.checks import NonFiniteError
+from minunet.errors import NonFiniteError
 from minunet.cli import main
 from minunet.loading.inspect import inspect_file
 

@@ -10,7 +10,7 @@ import torch
 import loras
 from helpers import TINY, assert_close, randomize_, unet_inputs
 from minunet import UNet
-from minunet.loading.io import CheckpointError
+from minunet.errors import CheckpointError
 from minunet.keymaps.unet import unet_key_map
 from minunet.loading.lora import lora_targets, module_names, parse_key, parse_lora_arg
 from minunet.pipelines.image import Pipeline

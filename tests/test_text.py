@@ -12,7 +12,8 @@ from transformers import CLIPTextModel, CLIPTokenizer
 
 from helpers import assert_close, manifest_shapes, randomize_
 from minunet.models.config import PRESETS, family
-from minunet.loading.io import CheckpointError, check_state_dict
+from minunet.errors import CheckpointError
+from minunet.loading.io import check_state_dict
 from minunet.keymaps.text import convert, detect_family
 from minunet.loading.text import (SPECS, TextConditioner, build, file_names, load_text_conditioner, load_tokenizer,
                           tokenize,

@@ -8,7 +8,7 @@ import torch
 
 from helpers import TINY, assert_close, diffusers_kwargs, diffusers_unet, manifest_shapes, randomize_, unet_inputs
 from minunet import UNet, UNetConfig, load_unet, original_state_dict
-from minunet.loading.io import CheckpointError
+from minunet.errors import CheckpointError
 from minunet.cli.parity import block_names, capture_blocks, format_rows
 
 

@@ -8,7 +8,7 @@ import torch
 
 from helpers import assert_close, manifest_shapes, randomize_
 from minunet import load_unet
-from minunet.loading.io import CheckpointError
+from minunet.errors import CheckpointError
 from minunet.models.kunet import SD_X2_LATENT_UPSCALER, KUNet, KUNetConfig
 
 # the real structure at tiny widths: level widths (C, C, 2C, 2C), temb 2C, head size 16, 2 resnets per block

@@ -11,7 +11,7 @@ import helpers
 from helpers import meta_state_dict
 
 from minunet.pipelines.images import from_pil, to_pil
-from minunet.loading.io import CheckpointError
+from minunet.errors import CheckpointError
 from minunet.keymaps import vae as keymap
 from minunet.models.vae import SD, SDXL, VAE, VAEConfig, load_vae, vae_from_state_dict
 

@@ -64,7 +64,7 @@ def run_pipeline(pipe, args, height, width, freeu, inputs=None, refiner=None):
     images; with --refiner the base stops at --high-noise-frac and the refiner finishes."""
     import torch
 
-    from ..loading.io import CheckpointError
+    from ..errors import CheckpointError
 
     if freeu is not None:
         pipe.enable_freeu(freeu)

@@ -2,7 +2,7 @@
 from dataclasses import asdict, dataclass
 
 from .. import checks
-from ..loading.io import CheckpointError
+from ..errors import CheckpointError
 
 
 @dataclass(frozen=True)

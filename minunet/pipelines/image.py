@@ -15,7 +15,7 @@ from pathlib import Path
 
 import torch
 
-from .. import checks
+from . import checks
 from . import inpaint
 from ..models.config import family
 from .images import from_pil, to_pil
