@@ -11,7 +11,8 @@ from .models.unet import UNet
 from .models.kunet import SD_X2_LATENT_UPSCALER, KUNet, KUNetConfig
 from .models.vae import SD as VAE_SD
 from .models.vae import SDXL as VAE_SDXL
-from .models.vae import VAE, DiagonalGaussian, VAEConfig, load_vae
+from .models.vae import VAE, DiagonalGaussian, VAEConfig
+from .loading.vae import load_vae
 from .models.video import MS_1_7B, VideoUNet, VideoUNetConfig
 from .pipelines.video_io import export_video
 

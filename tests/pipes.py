@@ -6,6 +6,7 @@ import torch
 from helpers import assert_close, randomize_
 from minunet import UNetConfig
 from minunet.weights import CONFIGS, TOKENIZER
+from minunet.loading.configs import to_diffusers
 
 SD_SCHEDULER = CONFIGS / "stable-diffusion-v1-5" / "scheduler" / "scheduler_config.json"
 XL_SCHEDULER = CONFIGS / "stable-diffusion-xl-base-1.0" / "scheduler" / "scheduler_config.json"
@@ -45,7 +46,7 @@ def diffusers_vae(seed=0, scaling=0.18215, upcast=False, groups=8):
 def unet(cfg, seed=0):
     from diffusers import UNet2DConditionModel
 
-    return randomize_(UNet2DConditionModel(**cfg.to_diffusers(), sample_size=8).eval(), seed)
+    return randomize_(UNet2DConditionModel(**to_diffusers(cfg), sample_size=8).eval(), seed)
 
 
 def sd_pipeline(folder, seed=0):
@@ -135,7 +136,7 @@ def latent_upscaler_pipeline(folder, seed=0):
     pipe = StableDiffusionLatentUpscalePipeline(
         vae=diffusers_vae(seed), text_encoder=text_encoder(32, 2, seed=seed + 1),
         tokenizer=tokenizer(folder / "tok", "sd-x2-latent-upscaler"),
-        unet=randomize_(UNet2DConditionModel(**cfg.to_diffusers()).eval(), seed + 2),
+        unet=randomize_(UNet2DConditionModel(**to_diffusers(cfg)).eval(), seed + 2),
         scheduler=EulerDiscreteScheduler.from_pretrained(UPSCALER_SCHEDULER.parent))
     pipe.save_pretrained(folder)
     return pipe

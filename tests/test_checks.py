@@ -11,10 +11,11 @@ import torch
 from PIL import Image
 
 import pipes
-from minunet import CheckpointError, UNetConfig, VAEConfig, checks
+from minunet import CheckpointError, VAEConfig, checks
 from minunet.pipelines import checks as pipeline_checks
 from minunet.cli import main
 from minunet.schedulers import Schedule
+from minunet.loading.configs import unet_config, vae_config
 
 
 # ---- argument kinds --------------------------------------------------------------------------------------------
@@ -82,7 +83,7 @@ def test_unet_config_ranges(change, message):
             "up_block_types": ["UpBlock2D", "CrossAttnUpBlock2D"], "attention_head_dim": 2, "norm_num_groups": 8,
             "cross_attention_dim": 32}
     with pytest.raises(CheckpointError) as e:
-        UNetConfig.from_diffusers({**base, **change}, source="x/config.json")
+        unet_config({**base, **change}, source="x/config.json")
     assert "x/config.json" in str(e.value) and message in str(e.value)
 
 
@@ -94,7 +95,7 @@ def test_unet_config_ranges(change, message):
 ])
 def test_vae_config_ranges(change, message):
     with pytest.raises(CheckpointError, match=None) as e:
-        VAEConfig.from_diffusers({"block_out_channels": [32, 32], "down_block_types": ["DownEncoderBlock2D"] * 2,
+        vae_config({"block_out_channels": [32, 32], "down_block_types": ["DownEncoderBlock2D"] * 2,
                                   "up_block_types": ["UpDecoderBlock2D"] * 2, **change}, source="v/config.json")
     assert "v/config.json" in str(e.value) and message in str(e.value)
     with pytest.raises((ValueError, TypeError)):
@@ -161,7 +162,7 @@ def test_unrecognised_standalone_vae_warns_with_the_assumed_scaling(vae_state, t
 
 
 def test_official_vae_table_knows_the_sdxl_vaes():
-    from minunet.loading.inspect import official_files
+    from minunet.loading.official import official_files
 
     paths = {p for entries in official_files().values() for p, _ in entries}
     for p in ("sdxl-vae/sdxl_vae.safetensors", "stable-diffusion-xl-base-1.0/vae/diffusion_pytorch_model.safetensors",
@@ -173,7 +174,7 @@ def test_official_vae_table_knows_the_sdxl_vaes():
 
 def test_recognised_by_hash(vae_state, tmp_path, monkeypatch):
     """A file whose size and SHA-256 are in the table as an SDXL VAE gets SDXL's scaling factor, no warning."""
-    import minunet.loading.inspect as ins
+    import minunet.loading.official as ins
     from minunet import load_vae
 
     path = tmp_path / "sdxl_vae.safetensors"

@@ -9,6 +9,7 @@ import torch
 from helpers import TINY, assert_close, diffusers_kwargs, diffusers_unet, randomize_, unet_inputs
 from minunet import UNet, UNetConfig
 from minunet.freeu import FreeU, Stage, decoder_input
+from minunet.loading.configs import vae_config
 
 
 def loss_of(out, seed=7):
@@ -153,10 +154,10 @@ def test_unet_with_freeu_gradcheck_float64():
 def test_vae_encode_gradients_equal_diffusers():
     """d loss(posterior sample) / d (image, every encoder parameter) equals diffusers' AutoencoderKL."""
     import pipes
-    from minunet.models.vae import VAEConfig, vae_from_state_dict
+    from minunet.loading.vae import vae_from_state_dict
 
     ref = pipes.diffusers_vae(seed=3).train()
-    ours = vae_from_state_dict(ref.state_dict(), config=VAEConfig.from_diffusers(dict(ref.config))).train()
+    ours = vae_from_state_dict(ref.state_dict(), config=vae_config(dict(ref.config))).train()
     img = torch.rand(2, 3, 16, 24, generator=torch.Generator().manual_seed(1)).mul(2).sub(1).requires_grad_()
     post_ref = ref.encode(img).latent_dist
     z_ref = post_ref.sample(torch.Generator().manual_seed(5))

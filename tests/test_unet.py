@@ -10,6 +10,7 @@ from helpers import TINY, assert_close, diffusers_kwargs, diffusers_unet, manife
 from minunet import UNet, UNetConfig, load_unet, original_state_dict
 from minunet.errors import CheckpointError
 from minunet.cli.parity import block_names, capture_blocks, format_rows
+from minunet.loading.configs import to_diffusers, unet_config
 
 
 @pytest.fixture(scope="module", params=list(TINY))
@@ -62,7 +63,7 @@ def test_single_file_round_trip(pair, tmp_path):
 
     from diffusers import UNet2DConditionModel
     (tmp_path / "unet").mkdir()
-    (tmp_path / "unet" / "config.json").write_text(json.dumps(cfg.to_diffusers()))
+    (tmp_path / "unet" / "config.json").write_text(json.dumps(to_diffusers(cfg)))
     st.save_file(state, tmp_path / "unet_only.safetensors")
     theirs = UNet2DConditionModel.from_single_file(str(tmp_path / "unet_only.safetensors"), config=str(tmp_path),
                                                    subfolder="unet", local_files_only=True).eval()
@@ -125,13 +126,13 @@ def test_config_translator_refuses_what_it_does_not_do(request):
     root = request.config.rootpath / "weights" / "configs"
     cfg = json.loads((root / "stable-diffusion-x4-upscaler" / "unet" / "config.json").read_text())
     with pytest.raises(ValueError, match="num_class_embeds"):
-        UNetConfig.from_diffusers(cfg)
+        unet_config(cfg)
     cfg = json.loads((root / "stable-diffusion-v1-5" / "unet" / "config.json").read_text())
-    assert UNetConfig.from_diffusers(cfg) == UNetConfig()
+    assert unet_config(cfg) == UNetConfig()
     with pytest.raises(ValueError, match="unknown field 'wobble'"):
-        UNetConfig.from_diffusers({**cfg, "wobble": 1})
+        unet_config({**cfg, "wobble": 1})
     with pytest.raises(ValueError, match="time_embedding_type"):
-        UNetConfig.from_diffusers({**cfg, "time_embedding_type": "fourier"})
+        unet_config({**cfg, "time_embedding_type": "fourier"})
 
 
 def test_sdxl_needs_added_conditioning():

@@ -10,6 +10,7 @@ from helpers import assert_close, manifest_shapes, randomize_
 from minunet import load_unet
 from minunet.errors import CheckpointError
 from minunet.models.kunet import SD_X2_LATENT_UPSCALER, KUNet, KUNetConfig
+from minunet.loading.configs import kunet_config, to_diffusers
 
 # the real structure at tiny widths: level widths (C, C, 2C, 2C), temb 2C, head size 16, 2 resnets per block
 TINY_K = KUNetConfig(block_out_channels=(32, 32, 64, 64), layers_per_block=2, head_size=16, context_dim=32,
@@ -29,7 +30,7 @@ def k_inputs(cfg, batch=2, h=16, w=24, seed=1):
 def diffusers_kunet(cfg, state=None):
     from diffusers import UNet2DConditionModel
 
-    model = UNet2DConditionModel(**cfg.to_diffusers()).eval()
+    model = UNet2DConditionModel(**to_diffusers(cfg)).eval()
     if state is not None:
         model.load_state_dict(state, strict=True)
     return model
@@ -93,16 +94,16 @@ def test_full_size_has_exactly_the_manifest_tensors():
 def test_official_config_translates_and_unknown_keys_are_errors(request):
     path = request.config.rootpath / "weights" / "configs" / "sd-x2-latent-upscaler" / "unet" / "config.json"
     cfg = json.loads(path.read_text())
-    assert KUNetConfig.from_diffusers(cfg) == SD_X2_LATENT_UPSCALER
+    assert kunet_config(cfg) == SD_X2_LATENT_UPSCALER
     # the old revision's spelling: diffusers ignores it (and the final GELU goes missing); we name it
     old = {k: v for k, v in cfg.items() if k != "timestep_post_act"} | {"timestep_act_2": "gelu"}
     with pytest.raises(ValueError, match=r"config\.json.*unknown field 'timestep_act_2' = 'gelu'.*'timestep_post_act'"
                                          r" = None \(diffusers' default, not in the file\)"):
-        KUNetConfig.from_diffusers(old, source="config.json")
+        kunet_config(old, source="config.json")
     with pytest.raises(ValueError, match=r"'mid_block_type' = 'UNetMidBlock2DCrossAttn'"):
-        KUNetConfig.from_diffusers({**cfg, "mid_block_type": "UNetMidBlock2DCrossAttn"})
+        kunet_config({**cfg, "mid_block_type": "UNetMidBlock2DCrossAttn"})
     with pytest.raises(ValueError, match=r"block types"):
-        KUNetConfig.from_diffusers({**cfg, "up_block_types": cfg["up_block_types"][::-1]})
+        kunet_config({**cfg, "up_block_types": cfg["up_block_types"][::-1]})
     with pytest.raises(ValueError, match="last two widths must both be 2 x the first"):
         KUNetConfig(block_out_channels=(32, 64, 64, 128))
 
@@ -112,12 +113,12 @@ def test_translator_defaults_are_diffusers_defaults():
     hold diffusers' real defaults."""
     from diffusers import UNet2DConditionModel
 
-    from minunet.models.kunet import _FIXED
+    from minunet.loading.configs import KUNET
 
     params = inspect.signature(UNet2DConditionModel.__init__).parameters
-    for key, (_, default) in _FIXED.items():
+    for key, (_, default) in KUNET.fixed.items():
         assert params[key].default == default, key
-    assert UNet2DConditionModel(**TINY_K.to_diffusers()).config.timestep_post_act == "gelu"
+    assert UNet2DConditionModel(**to_diffusers(TINY_K)).config.timestep_post_act == "gelu"
 
 
 def test_load_unet_reads_the_diffusers_folder(pair, tmp_path):

@@ -94,7 +94,7 @@ def cmd_convert(args):
 
 
 def cmd_download(args):
-    from ..loading.inspect import official_files, sha256
+    from ..loading.official import official_files, sha256
     from ..loading.io import hub_download
 
     if args.name not in OFFICIAL:

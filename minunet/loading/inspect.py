@@ -1,12 +1,12 @@
 """What is in a checkpoint: components, structure, dtypes, parameter counts, key coverage, official or not."""
-import hashlib
 import json
 from collections import Counter
 from pathlib import Path
 
-from .io import CheckpointError, read_header
+from ..errors import CheckpointError
+from .io import read_header
+from .official import official_files, sha256
 from ..keymaps.unet import PREFIX
-from ..weights import CONFIGS
 
 COMPONENTS = [("unet", ("model.diffusion_model.",)), ("vae", ("first_stage_model.",)),
               ("text", ("cond_stage_model.", "conditioner.")), ("ema", ("model_ema.",))]
@@ -17,30 +17,6 @@ def component(key):
         if key.startswith(prefixes):
             return name
     return "other"
-
-
-def official_files():
-    """{size in bytes: [(repo path, sha256)]} from the git-lfs pointers of the official repos."""
-    table = {}
-    for line in (CONFIGS / "LFS_POINTERS.tsv").read_text().splitlines():
-        if line.startswith("#") or not line.strip():
-            continue
-        path, size, sha = line.split("\t")[:3]
-        table.setdefault(int(size), []).append((path, sha.strip()))
-    return table
-
-
-def sha256(path, progress=True):
-    from tqdm import tqdm
-
-    h = hashlib.sha256()
-    size = Path(path).stat().st_size
-    with open(path, "rb") as f, tqdm(total=size, unit="B", unit_scale=True, desc="sha256", disable=not progress,
-                                     leave=False) as bar:
-        while chunk := f.read(1 << 24):
-            h.update(chunk)
-            bar.update(len(chunk))
-    return h.hexdigest()
 
 
 def inspect_file(path, check_hash=True):
@@ -90,7 +66,7 @@ def _unet_structure(entries, path):
 def _vae_structure(header, path):
     import torch
 
-    from ..models.vae import vae_from_state_dict
+    from .vae import vae_from_state_dict
     meta = {k: torch.empty(e["shape"], device="meta") for k, e in header.items() if component(k) in ("vae", "text")}
     try:
         c = vae_from_state_dict(meta, source=path, device="meta").config

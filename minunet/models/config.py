@@ -1,8 +1,8 @@
-"""UNetConfig: the few numbers that pick out every official SD UNet, with presets and a diffusers translator."""
+"""UNetConfig: the few numbers that pick out every official SD UNet, with presets (diffusers config.json <-> UNetConfig:
+minunet.loading.configs)."""
 from dataclasses import asdict, dataclass
 
 from .. import checks
-from ..errors import CheckpointError
 
 
 @dataclass(frozen=True)
@@ -65,113 +65,9 @@ class UNetConfig:
     def time_embed_dim(self):
         return 4 * self.block_out_channels[0]
 
-    def to_diffusers(self):
-        """The equivalent diffusers UNet2DConditionModel config (used by tests, benchmarks and `parity`)."""
-        cfg = dict(
-            in_channels=self.in_channels, out_channels=self.out_channels,
-            block_out_channels=list(self.block_out_channels), layers_per_block=self.layers_per_block,
-            down_block_types=["CrossAttnDownBlock2D" if a else "DownBlock2D" for a in self.attention_levels],
-            up_block_types=["CrossAttnUpBlock2D" if a else "UpBlock2D" for a in reversed(self.attention_levels)],
-            transformer_layers_per_block=list(self.transformer_depth[:-1]) + [self.transformer_depth_mid],
-            attention_head_dim=list(self.num_heads), cross_attention_dim=self.context_dim,
-            use_linear_projection=self.use_linear_projection, upcast_attention=self.upcast_attention,
-            norm_num_groups=self.norm_num_groups, norm_eps=self.norm_eps,
-        )
-        if self.transformer_depth_mid != self.transformer_depth[-1]:
-            if self.attention_levels[-1]:
-                raise ValueError("diffusers takes the mid depth from the last level: cannot express this config")
-        if self.adm_in_channels is not None:
-            cfg.update(addition_embed_type="text_time", addition_time_embed_dim=self.addition_time_embed_dim,
-                       projection_class_embeddings_input_dim=self.adm_in_channels)
-        return cfg
-
-    @classmethod
-    def from_diffusers(cls, cfg, source="config.json"):
-        """Translate a diffusers UNet2DConditionModel config; raise a CheckpointError naming the file and the field
-        for any field or value minunet does not do, and for wrong types and ranges."""
-        try:
-            return cls._from_diffusers(cfg, source)
-        except CheckpointError:
-            raise
-        except (TypeError, ValueError) as e:
-            raise CheckpointError(f"{source}: unsupported UNet configuration: {e}") from None
-
-    @classmethod
-    def _from_diffusers(cls, cfg, source):
-        problems = []
-        for key, value in cfg.items():
-            if key.startswith("_") or key in _TRANSLATED or key in _IGNORED:
-                continue
-            if key not in _FIXED:
-                problems.append(f"unknown field '{key}' = {value!r}")
-            elif value not in _FIXED[key]:
-                problems.append(f"'{key}' = {value!r} (supported: {_FIXED[key]})")
-        if problems:
-            raise ValueError(f"{source}: unsupported UNet configuration: " + "; ".join(problems))
-
-        widths = checks.int_tuple("block_out_channels", cfg.get("block_out_channels", (320, 640, 1280, 1280)))
-        n = len(widths)
-        def per_level(v):
-            return tuple(v) if isinstance(v, (list, tuple)) else (v,) * n
-
-        for f in ("down_block_types", "up_block_types"):
-            if f in cfg and not (isinstance(cfg[f], (list, tuple)) and len(cfg[f]) == n):
-                raise ValueError(f"'{f}' must be a list of {n} block types (one per block_out_channels), "
-                                 f"got {cfg[f]!r}")
-
-        down = cfg.get("down_block_types", ["CrossAttnDownBlock2D"] * 3 + ["DownBlock2D"])
-        up = cfg.get("up_block_types", ["UpBlock2D"] + ["CrossAttnUpBlock2D"] * 3)
-        for t in down:
-            if t not in ("CrossAttnDownBlock2D", "DownBlock2D"):
-                raise ValueError(f"{source}: unsupported down block type '{t}'")
-        levels = tuple(t == "CrossAttnDownBlock2D" for t in down)
-        if list(up) != ["CrossAttnUpBlock2D" if a else "UpBlock2D" for a in reversed(levels)]:
-            raise ValueError(f"{source}: up_block_types {up} do not mirror down_block_types {down}")
-        heads = cfg.get("num_attention_heads")
-        if heads is None:
-            heads = cfg.get("attention_head_dim", 8)  # diffusers' misnomer: it is the number of heads
-        depth = per_level(cfg.get("transformer_layers_per_block", 1))
-        if any(isinstance(d, (list, tuple)) for d in depth):
-            raise ValueError(f"{source}: per-resnet transformer depths are not supported")
-        add = cfg.get("addition_embed_type")
-        return cls(
-            in_channels=cfg.get("in_channels", 4), out_channels=cfg.get("out_channels", 4),
-            block_out_channels=widths,
-            layers_per_block=cfg.get("layers_per_block", 2), attention_levels=levels,
-            transformer_depth=depth, transformer_depth_mid=depth[-1], num_heads=per_level(heads),
-            context_dim=cfg.get("cross_attention_dim", 1280), use_linear_projection=bool(cfg.get("use_linear_projection")),
-            upcast_attention=bool(cfg.get("upcast_attention")),  # configs may say null
-            adm_in_channels=cfg.get("projection_class_embeddings_input_dim") if add == "text_time" else None,
-            addition_time_embed_dim=cfg.get("addition_time_embed_dim") or 256,
-            norm_num_groups=cfg.get("norm_num_groups", 32), norm_eps=cfg.get("norm_eps", 1e-5),
-        )
-
     def asdict(self):
         return asdict(self)
 
-
-# fields read by from_diffusers
-_TRANSLATED = {
-    "in_channels", "out_channels", "block_out_channels", "layers_per_block", "down_block_types", "up_block_types",
-    "transformer_layers_per_block", "num_attention_heads", "attention_head_dim", "cross_attention_dim",
-    "use_linear_projection", "upcast_attention", "projection_class_embeddings_input_dim",
-    "addition_time_embed_dim", "norm_num_groups", "norm_eps",
-}
-# fields with no effect on the network
-_IGNORED = {"sample_size", "addition_embed_type_num_heads", "dropout"}
-# fields that must hold one of these values (the official checkpoints' values and their equivalents)
-_FIXED = {
-    "act_fn": ["silu"], "center_input_sample": [False], "class_embed_type": [None], "conv_in_kernel": [3],
-    "conv_out_kernel": [3], "cross_attention_norm": [None], "downsample_padding": [1], "dual_cross_attention": [False],
-    "encoder_hid_dim": [None], "encoder_hid_dim_type": [None], "flip_sin_to_cos": [True], "freq_shift": [0],
-    "mid_block_scale_factor": [1], "mid_block_type": ["UNetMidBlock2DCrossAttn", None], "num_class_embeds": [None],
-    "only_cross_attention": [False], "resnet_out_scale_factor": [1.0], "resnet_skip_time_act": [False],
-    "resnet_time_scale_shift": ["default"], "time_cond_proj_dim": [None], "time_embedding_act_fn": [None],
-    "time_embedding_dim": [None], "time_embedding_type": ["positional"], "timestep_post_act": [None],
-    "addition_embed_type": [None, "text_time"], "mid_block_only_cross_attention": [None, False],
-    "attention_type": ["default"], "reverse_transformer_layers_per_block": [None],
-    "class_embeddings_concat": [False],
-}
 
 SD15 = UNetConfig()
 SD21 = UNetConfig(num_heads=(5, 10, 20, 20), context_dim=1024, use_linear_projection=True, upcast_attention=True)

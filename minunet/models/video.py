@@ -30,9 +30,6 @@ from ..blocks.resnet import TimestepEmbedding, timestep_embedding
 from ..blocks.unet_blocks import DownBlock, MidBlock, UpBlock
 from .config import UNetConfig
 from ..freeu import FreeUMixin, decoder_input
-from ..loading.io import CheckpointError, load_mapped, read_header
-from ..keymaps import count_indices
-from ..keymaps.video import MARKER, OPTIONAL_PREFIX, to_minunet, to_original, video_key_map
 
 IN_HEADS = 8  # transformer_in has 8 heads of head_size whatever the width (diffusers and ModelScope hard-code it)
 
@@ -74,54 +71,9 @@ class VideoUNetConfig:
             num_heads=tuple(c // self.head_size for c in self.block_out_channels), context_dim=self.context_dim,
             use_linear_projection=True, norm_num_groups=self.norm_num_groups, norm_eps=self.norm_eps)
 
-    def to_diffusers(self):
-        """The equivalent diffusers UNet3DConditionModel config."""
-        return dict(
-            in_channels=self.in_channels, out_channels=self.out_channels,
-            block_out_channels=list(self.block_out_channels), layers_per_block=self.layers_per_block,
-            down_block_types=["CrossAttnDownBlock3D" if a else "DownBlock3D" for a in self.attention_levels],
-            up_block_types=["CrossAttnUpBlock3D" if a else "UpBlock3D" for a in reversed(self.attention_levels)],
-            attention_head_dim=self.head_size, cross_attention_dim=self.context_dim,
-            norm_num_groups=self.norm_num_groups, norm_eps=self.norm_eps)
-
-    @classmethod
-    def from_diffusers(cls, cfg, source="config.json"):
-        """Translate a diffusers UNet3DConditionModel config; raise on any field or value minunet does not do."""
-        problems = []
-        for key, value in cfg.items():
-            if key.startswith("_") or key in _TRANSLATED or key == "sample_size":
-                continue
-            if key not in _FIXED:
-                problems.append(f"unknown field '{key}' = {value!r}")
-            elif value not in _FIXED[key]:
-                problems.append(f"'{key}' = {value!r} (supported: {_FIXED[key]})")
-        head = cfg.get("attention_head_dim", 64)
-        if isinstance(head, bool) or not isinstance(head, int):
-            problems.append(f"'attention_head_dim' = {head!r} (the head size: one int for every level)")
-        down = list(cfg.get("down_block_types", ["CrossAttnDownBlock3D"] * 3 + ["DownBlock3D"]))
-        up = list(cfg.get("up_block_types", ["UpBlock3D"] + ["CrossAttnUpBlock3D"] * 3))
-        if any(t not in ("CrossAttnDownBlock3D", "DownBlock3D") for t in down):
-            problems.append(f"down_block_types {down} (supported: CrossAttnDownBlock3D, DownBlock3D)")
-        levels = tuple(t == "CrossAttnDownBlock3D" for t in down)
-        if up != ["CrossAttnUpBlock3D" if a else "UpBlock3D" for a in reversed(levels)]:
-            problems.append(f"up_block_types {up} do not mirror down_block_types {down}")
-        if problems:
-            raise ValueError(f"{source}: unsupported video UNet configuration: " + "; ".join(problems))
-        return cls(
-            in_channels=cfg.get("in_channels", 4), out_channels=cfg.get("out_channels", 4),
-            block_out_channels=tuple(cfg.get("block_out_channels", (320, 640, 1280, 1280))),
-            layers_per_block=cfg.get("layers_per_block", 2), attention_levels=levels, head_size=head,
-            context_dim=cfg.get("cross_attention_dim", 1024), norm_num_groups=cfg.get("norm_num_groups", 32),
-            norm_eps=cfg.get("norm_eps", 1e-5))
-
     def asdict(self):
         return asdict(self)
 
-
-_TRANSLATED = {"in_channels", "out_channels", "block_out_channels", "layers_per_block", "down_block_types",
-               "up_block_types", "attention_head_dim", "cross_attention_dim", "norm_num_groups", "norm_eps"}
-_FIXED = {"act_fn": ["silu"], "downsample_padding": [1], "mid_block_scale_factor": [1], "num_attention_heads": [None],
-          "time_cond_proj_dim": [None]}
 
 MS_1_7B = VideoUNetConfig()   # ali-vilab/text-to-video-ms-1.7b; cerspense/zeroscope_v2_576w has the same structure
 VIDEO_PRESETS = {"text-to-video-ms-1.7b": MS_1_7B}
@@ -275,57 +227,3 @@ class VideoUNet(FreeUMixin, ModelDtypeDevice, nn.Module):
             h = block(h, block_skips, temb, context, frames, size, freeu=freeu)
         h = self.conv_out(F.silu(self.conv_norm_out(h)))
         return rearrange(h, "(b f) c h w -> b c f h w", f=frames)
-
-
-# ---- loading (load_unet dispatches here for ModelScope files; diffusers folders load as the image UNet's) ---------------------------------
-
-def is_video_config(raw):
-    """A diffusers config.json of a UNet3DConditionModel (by class name, or by its block types)."""
-    blocks = list(raw.get("down_block_types") or []) + list(raw.get("up_block_types") or [])
-    return raw.get("_class_name") == "UNet3DConditionModel" or any(str(b).endswith("3D") for b in blocks)
-
-
-def is_video_checkpoint(keys):
-    return any(f".{MARKER}." in k for k in keys)
-
-
-def video_config_from_shapes(shapes, source="state dict"):
-    """A VideoUNetConfig read off ModelScope-layout shapes (keys without prefix): widths from the ResBlocks, the
-    head size from transformer_in (8 heads), context width from a cross-attention, 32 norm groups."""
-    def need(key):
-        if key not in shapes:
-            raise CheckpointError(f"{source}: not a ModelScope video UNet: expected '{key}', not found")
-        return shapes[key]
-
-    conv_in = need("input_blocks.0.0.weight")
-    n = count_indices(shapes, r"input_blocks\.(\d+)\.op\.weight") + 1
-    n_in = count_indices(shapes, r"input_blocks\.(\d+)\.")
-    if n_in % n:
-        raise CheckpointError(f"{source}: unsupported video UNet ({n_in} input blocks for {n} levels)")
-    L = n_in // n - 1
-    first = [1 + i * (L + 1) for i in range(n)]
-    return VideoUNetConfig(
-        in_channels=conv_in[1], out_channels=need("out.2.weight")[0],
-        block_out_channels=tuple(need(f"input_blocks.{k}.0.out_layers.3.weight")[0] for k in first),
-        layers_per_block=L, attention_levels=tuple(f"input_blocks.{k}.1.proj_in.weight" in shapes for k in first),
-        head_size=need("input_blocks.0.1.proj_in.weight")[0] // IN_HEADS,
-        context_dim=need("middle_block.1.transformer_blocks.0.attn2.to_k.weight")[1])
-
-
-def load_video_unet_single_file(path, *, dtype=None, device=None, config=None) -> VideoUNet:
-    """A ModelScope-layout .safetensors (keys bare, or under `model.diffusion_model.`; other top-level components
-    next to a prefixed UNet are skipped). Convert the published pickle first (see the README)."""
-    header, _, _ = read_header(path)
-    prefix = OPTIONAL_PREFIX if any(k.startswith(OPTIONAL_PREFIX) for k in header) else ""
-    keys = [k for k in header if k.startswith(prefix)]
-    shapes = {k[len(prefix):]: header[k]["shape"] for k in keys}
-    config = config or video_config_from_shapes(shapes, path)
-    return load_mapped(path, VideoUNet, config, keys, prefix, video_key_map,
-                       f"video UNet keys for widths {list(config.block_out_channels)}", dtype, device, to_minunet)
-
-
-def original_state_dict(model: VideoUNet, prefix=""):
-    """The model's tensors under their ModelScope names (Conv1d shapes where the original has them)."""
-    state = model.state_dict()
-    return {prefix + orig: to_original(state[ours], ours)
-            for orig, ours in video_key_map(list(state), model.config).items()}

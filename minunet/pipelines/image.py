@@ -25,7 +25,7 @@ from .micro_conditioning import time_ids
 from ..noise import check_generators, randn, repeat_to
 from ..schedulers import SAMPLERS, Schedule, guided, sample
 from ..loading.text import TextConditioner
-from ..models.vae import load_vae
+from ..loading.vae import load_vae
 from ..weights import CONFIGS
 
 # a single file carries no scheduler config or default size: the official ones for its family

@@ -38,7 +38,7 @@ from ..schedulers import Schedule, cfg_combine
 from ..schedulers.samplers import SAMPLERS
 from ..loading.text import CLIP_L_PAD, as_batch, load_encoder_folder, load_tokenizer, tokenize
 from ..models.kunet import KUNet, KUNetConfig
-from ..models.vae import load_vae
+from ..loading.vae import load_vae
 
 NOISE_LEVEL_FEATURES = 64  # half of the noise-level embedding in timestep_cond: cos(0) = 1 x 64, sin(0) = 0 x 64
 

@@ -27,7 +27,7 @@ from .image import _fetch_pipeline, _progress
 from ..models.random_init import randomize_
 from ..schedulers import SAMPLERS, Schedule, guided, sample
 from ..loading.text import TextConditioner
-from ..models.vae import load_vae
+from ..loading.vae import load_vae
 from ..models.video import VideoUNet
 from ..weights import CONFIGS
 
