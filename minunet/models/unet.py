@@ -14,10 +14,9 @@ from ..blocks.unet_blocks import DownBlock, MidBlock, UpBlock
 from .config import UNetConfig
 from .checkpointing import GradientCheckpointingMixin
 from ..freeu import FreeUMixin
-from ..loading.lora import LoraMixin
 
 
-class UNet(FreeUMixin, LoraMixin, GradientCheckpointingMixin, ModelDtypeDevice, nn.Module):
+class UNet(FreeUMixin, GradientCheckpointingMixin, ModelDtypeDevice, nn.Module):
     def __init__(self, config: UNetConfig):
         super().__init__()
         self.config = cfg = config
