@@ -8,7 +8,8 @@ import torch
 
 from helpers import TINY, assert_close, diffusers_kwargs, diffusers_unet, randomize_, unet_inputs
 from minunet import UNet, UNetConfig
-from minunet.freeu import FreeU, Stage, decoder_input
+from minunet.blocks.freeu import Stage, decoder_input
+from minunet.freeu import FreeU
 from minunet.loading.configs import vae_config
 
 
@@ -116,7 +117,7 @@ def test_gradients_with_freeu_equal_diffusers():
     ours = randomize_(UNet(cfg), seed=4).train()
     ref = diffusers_unet(ours).train()
     ref.enable_freeu(s1=0.9, s2=0.2, b1=1.2, b2=1.4)
-    ours.enable_freeu(0.9, 0.2, 1.2, 1.4, mapping="diffusers", version=1)
+    ours.enable_freeu(FreeU.from_arguments(0.9, 0.2, 1.2, 1.4, mapping="diffusers", version=1))
     x, t, ctx, kw, leaves = leaf_inputs(cfg, h=16, w=12)
     loss_of(ref(x, t, ctx).sample).backward()
     expected = grads(ref, leaves)

@@ -9,6 +9,7 @@ import torch
 from helpers import assert_close, manifest_shapes, randomize_
 from minunet import load_unet
 from minunet.errors import CheckpointError
+from minunet.freeu import FreeU
 from minunet.models.kunet import SD_X2_LATENT_UPSCALER, KUNet, KUNetConfig
 from minunet.loading.configs import kunet_config, to_diffusers
 
@@ -166,7 +167,7 @@ def test_freeu_changes_ours_not_diffusers_and_disabling_restores(pair):
     ours, ref = pair
     x, t, ctx, cond = k_inputs(TINY_K)
     plain = ours(x, t, ctx, timestep_cond=cond)
-    ours.enable_freeu(**FACTORS)
+    ours.enable_freeu(FreeU(**FACTORS))
     try:
         changed = ours(x, t, ctx, timestep_cond=cond)
     finally:
@@ -187,7 +188,7 @@ def test_freeu_changes_ours_not_diffusers_and_disabling_restores(pair):
 def test_freeu_acts_at_up_blocks_1_and_2_only(pair):
     """The first resnet of up block 1 gets FreeU's stage-1 input, up block 2's the stage-2 input, up block 3's
     the plain concatenation (each against the very (backbone, skip) pair its block received)."""
-    from minunet.freeu import Stage, freeu_concat
+    from minunet.blocks.freeu import Stage, freeu_concat
 
     ours, _ = pair
     got = {}
@@ -195,7 +196,7 @@ def test_freeu_acts_at_up_blocks_1_and_2_only(pair):
              for i in range(4)]
     hooks += [ours.up_blocks[i].resnets[0].register_forward_pre_hook(
         lambda m, a, i=i: got.__setitem__(("resnet", i), a[0])) for i in range(4)]
-    ours.enable_freeu(**FACTORS, version=2)
+    ours.enable_freeu(FreeU(**FACTORS, version=2))
     try:
         assert ours.freeu_plan == [None, Stage(1.3, 0.9, 2), Stage(1.4, 0.2, 2), None]
         ours(*k_inputs(TINY_K)[:3], timestep_cond=k_inputs(TINY_K)[3])
@@ -213,5 +214,5 @@ def test_freeu_acts_at_up_blocks_1_and_2_only(pair):
 def test_freeu_diffusers_mapping_is_an_error(pair):
     ours, _ = pair
     with pytest.raises(ValueError, match="diffusers' enable_freeu does nothing on this model"):
-        ours.enable_freeu(**FACTORS, mapping="diffusers")
+        ours.enable_freeu(FreeU(**FACTORS, mapping="diffusers"))
     assert ours.freeu is None and ours.freeu_plan is None

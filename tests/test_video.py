@@ -155,7 +155,7 @@ def test_freeu_diffusers_mapping_matches_diffusers_enable_freeu(pair):
         expected = ref(x, t, ctx).sample
     finally:
         ref.disable_freeu()
-    ours.enable_freeu(0.9, 0.2, 1.2, 1.4, mapping="diffusers")
+    ours.enable_freeu(FreeU.from_arguments(0.9, 0.2, 1.2, 1.4, mapping="diffusers"))
     try:
         assert_close(ours(x, t, ctx), expected)
     finally:

@@ -5,7 +5,7 @@ Attribute names are diffusers' (`resnets`, `attentions`, `downsamplers.0`, `upsa
 """
 from torch import nn
 
-from ..freeu import decoder_input
+from .freeu import decoder_input
 from .attention import Transformer2DModel
 from .resnet import Downsample2D, ResnetBlock2D, Upsample2D
 
@@ -90,7 +90,7 @@ class UpBlock(nn.Module):
         return [(c_prev if j == 0 else c, c_skip_last if j == n - 1 else c) for j in range(n)]
 
     def forward(self, x, skips, temb, context, upsample_size=None, freeu=None):
-        """freeu: None, or one minunet.freeu.Stage | None per resnet (the UNet's freeu_plan for this block)."""
+        """freeu: None, or one blocks.freeu.Stage | None per resnet (the UNet's freeu_plan for this block)."""
         for j, resnet in enumerate(self.resnets):
             # (B, C + C_skip, H, W): backbone || skip, with FreeU's re-weighting where the plan says (freeu.py)
             x = decoder_input(x, skips.pop(), None if freeu is None else freeu[j])

@@ -35,7 +35,7 @@ from torch import nn
 
 from ..blocks import ModelDtypeDevice
 from ..blocks.attention import Attention
-from ..freeu import FreeUMixin, decoder_input
+from ..blocks.freeu import FreeUSwitch, decoder_input
 
 
 @dataclass(frozen=True)
@@ -245,7 +245,7 @@ class KUpBlock(nn.Module):
         self.upsamplers = None if last else nn.ModuleList([KUpsample2D()])
 
     def forward(self, x, skip, temb, context, freeu=None):
-        """freeu: the minunet.freeu.Stage applied at this block's concatenation, or None."""
+        """freeu: the blocks.freeu.Stage applied at this block's concatenation, or None."""
         if skip is not None:
             # (B, 2C, H, W): backbone || the matching down block's last output, re-weighted where FreeU says
             x = decoder_input(x, skip, freeu)
@@ -257,7 +257,7 @@ class KUpBlock(nn.Module):
 
 
 # ---- the model -------------------------------------------------------------------------------------------------
-class KUNet(FreeUMixin, ModelDtypeDevice, nn.Module):
+class KUNet(FreeUSwitch, ModelDtypeDevice, nn.Module):
     def __init__(self, config: KUNetConfig = SD_X2_LATENT_UPSCALER):
         super().__init__()
         self.config = cfg = config
@@ -268,7 +268,6 @@ class KUNet(FreeUMixin, ModelDtypeDevice, nn.Module):
         self.down_blocks = nn.ModuleList([KDownBlock(cfg, i) for i in range(n)])
         self.up_blocks = nn.ModuleList([KUpBlock(cfg, i) for i in range(n)])
         self.conv_out = nn.Conv2d(c0, cfg.out_channels, 1)
-        self.freeu = None  # FreeU settings (or None); setting them works out freeu_plan (see _freeu_plan)
 
     def check_size(self, height, width):
         """The fixed kernels halve and double exactly only for sizes that divide by 2^(levels - 1), and reflect

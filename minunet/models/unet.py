@@ -10,13 +10,13 @@ from torch import nn
 
 from ..blocks import ModelDtypeDevice
 from ..blocks.resnet import TimestepEmbedding, timestep_embedding
+from ..blocks.freeu import FreeUSwitch
 from ..blocks.unet_blocks import DownBlock, MidBlock, UpBlock
 from .config import UNetConfig
 from .checkpointing import GradientCheckpointingMixin
-from ..freeu import FreeUMixin
 
 
-class UNet(FreeUMixin, GradientCheckpointingMixin, ModelDtypeDevice, nn.Module):
+class UNet(FreeUSwitch, GradientCheckpointingMixin, ModelDtypeDevice, nn.Module):
     def __init__(self, config: UNetConfig):
         super().__init__()
         self.config = cfg = config
@@ -31,7 +31,6 @@ class UNet(FreeUMixin, GradientCheckpointingMixin, ModelDtypeDevice, nn.Module):
         self.up_blocks = nn.ModuleList([UpBlock(cfg, i) for i in range(n)])
         self.conv_norm_out = nn.GroupNorm(cfg.norm_num_groups, c0, eps=cfg.norm_eps)
         self.conv_out = nn.Conv2d(c0, cfg.out_channels, 3, padding=1)
-        self.freeu = None  # FreeU settings (or None); setting them works out freeu_plan, what each up block applies
 
     def time_embed(self, t, batch, dtype, text_embeds=None, time_ids=None):
         """(B,) timesteps [+ SDXL pooled text (B, 1280) and ids (B, 5 or 6)] -> temb (B, 4 * C0)."""

@@ -27,9 +27,9 @@ from torch import nn
 from ..blocks import ModelDtypeDevice
 from ..blocks.attention import BasicTransformerBlock
 from ..blocks.resnet import TimestepEmbedding, timestep_embedding
+from ..blocks.freeu import FreeUSwitch, decoder_input
 from ..blocks.unet_blocks import DownBlock, MidBlock, UpBlock
 from .config import UNetConfig
-from ..freeu import FreeUMixin, decoder_input
 
 IN_HEADS = 8  # transformer_in has 8 heads of head_size whatever the width (diffusers and ModelScope hard-code it)
 
@@ -184,7 +184,7 @@ class VideoUpBlock(UpBlock, _Temporal):
         return x
 
 
-class VideoUNet(FreeUMixin, ModelDtypeDevice, nn.Module):
+class VideoUNet(FreeUSwitch, ModelDtypeDevice, nn.Module):
     def __init__(self, config: VideoUNetConfig):
         super().__init__()
         self.config = cfg = config
@@ -197,7 +197,6 @@ class VideoUNet(FreeUMixin, ModelDtypeDevice, nn.Module):
         self.up_blocks = nn.ModuleList([VideoUpBlock(cfg, i) for i in range(n)])
         self.conv_norm_out = nn.GroupNorm(cfg.norm_num_groups, c0, eps=cfg.norm_eps)
         self.conv_out = nn.Conv2d(c0, cfg.out_channels, 3, padding=1)
-        self.freeu = None  # FreeU settings (or None); setting them works out freeu_plan (minunet/freeu.py)
 
     def decoder_widths(self):
         """Backbone channels entering each decoder resnet, [up block][resnet]: what FreeU's stage rule reads. The

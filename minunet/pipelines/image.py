@@ -15,18 +15,19 @@ from pathlib import Path
 
 import torch
 
-from . import checks
-from . import inpaint
-from ..models.config import family
-from .images import from_pil, to_pil
-from ..loading.io import CheckpointError, hub_offline, looks_like_repo_id, read_json
+from ..errors import CheckpointError
+from ..loading.io import looks_like_repo_id, read_json
+from ..loading.text import TextConditioner
 from ..loading.unet import load_unet, load_unet_single_file
-from .micro_conditioning import time_ids
+from ..loading.vae import load_vae
+from ..models.config import family
 from ..noise import check_generators, randn, repeat_to
 from ..schedulers import SAMPLERS, Schedule, guided, sample
-from ..loading.text import TextConditioner
-from ..loading.vae import load_vae
 from ..weights import CONFIGS
+from . import checks, inpaint
+from .common import UNetPipeline, check_output_type, check_sampler, fetch_pipeline, progress
+from .images import from_pil, to_pil
+from .micro_conditioning import time_ids
 
 # a single file carries no scheduler config or default size: the official ones for its family
 FAMILY_DEFAULTS = {"sd1": ("stable-diffusion-v1-5", 512), "sd2": ("stable-diffusion-2-1", 768),
@@ -38,7 +39,7 @@ class PipelineOutput:
     images: list  # PIL images, or a (B, 3, H, W) tensor in [0, 1] for "pt", or latents for "latent"
 
 
-class Pipeline:
+class Pipeline(UNetPipeline):
     def __init__(self, unet, vae, text, schedule, *, default_size=None):
         self.unet, self.vae, self.text, self.schedule = unet, vae, text, schedule
         self.family = text.family  # the text encoders tell the refiner (bigG alone, aesthetic score) from the base
@@ -60,7 +61,7 @@ class Pipeline:
         if not folder.is_dir():
             if not looks_like_repo_id(source):
                 raise CheckpointError(f"{source}: no such folder, and not a Hub repo id ('owner/name')")
-            folder = _fetch_pipeline(str(source), variant)
+            folder = fetch_pipeline(str(source), variant)
         if not (folder / "unet").is_dir():
             raise CheckpointError(f"{folder}: not a diffusers pipeline folder (no unet/)")
         unet = unet if unet is not None else load_unet(folder / "unet", dtype=dtype, device=device, variant=variant)
@@ -137,18 +138,6 @@ class Pipeline:
         sched = read_json(CONFIGS / "stable-diffusion-v1-5" / "scheduler" / "scheduler_config.json", "scheduler config")
         return cls(unet, vae, text, Schedule.from_config(sched), default_size=128)  # 16 x 16 latents
 
-    def compile(self, **options):
-        """torch.compile the UNet; the same as `pipe.unet = torch.compile(pipe.unet, **options)`, which also works
-        (the pipeline calls whatever `pipe.unet` is at call time)."""
-        self.unet = torch.compile(self.unet, **options)
-        return self
-
-    def enable_freeu(self, *args, **kwargs):
-        self.unet.enable_freeu(*args, **kwargs)
-
-    def disable_freeu(self):
-        self.unet.disable_freeu()
-
     def load_lora(self, source, scale=1.0, *, fuse=False):
         """A LoRA file (kohya / A1111 or diffusers / PEFT, see minunet.loading.lora) on the UNet and the text encoders ->
         the `Lora` (change `.scale`, `.fuse()`, `.unfuse()`, `.remove()`). Several can be on at once; every key
@@ -184,7 +173,7 @@ class Pipeline:
                 module.to("cpu")
 
     @property
-    def device(self):
+    def device(self):  # with CPU offload, where each model runs
         return self.offload_device or self.unet.device
 
     # ---- generation ----------------------------------------------------------------------------------------
@@ -247,10 +236,8 @@ class Pipeline:
         return unet_fn if guidance_scale is None else guided(unet_fn, guidance_scale, guidance_rescale)
 
     def _check_call(self, sampler, output_type, image, mask_image, padding_mask_crop):
-        if sampler not in SAMPLERS:
-            raise ValueError(f"sampler '{sampler}' is not one of {tuple(SAMPLERS)}")
-        if output_type not in ("pil", "pt", "latent"):
-            raise ValueError(f"output_type '{output_type}' is not one of 'pil', 'pt', 'latent'")
+        check_sampler(sampler)
+        check_output_type(output_type, ("pil", "pt", "latent"))
         if mask_image is not None:
             inpaint.check_inputs(image, mask_image, padding_mask_crop, output_type, self.unet.config.in_channels)
         elif self.unet.config.in_channels != 4:
@@ -299,12 +286,12 @@ class Pipeline:
             noise = randn(shape, generator, self.device)
         return dict(noise=noise, init_latents=init, **{k: v for k, v in window.items() if v is not None})
 
-    def _sample(self, sampler, model_fn, num_steps, start, eta, generator, callback, progress, run=None):
+    def _sample(self, sampler, model_fn, num_steps, start, eta, generator, callback, show, run=None):
         window = {k: v for k, v in start.items() if k not in ("noise", "init_latents")}
         steps = self.schedule.steps(num_steps, sampler, **window)
-        blend = None if run is None else (lambda i, x: run.after_step(steps, i, x))  # 4-channel inpainting
+        blend = None if run is None else run.blend_step(steps)  # 4-channel inpainting: before the user's callback
         options = {"eta": eta} if "eta" in SAMPLERS[sampler].options else {}
-        with self._running(self.unet), _progress(len(steps.timesteps), progress, callback, blend) as step_callback:
+        with self._running(self.unet), progress(len(steps.timesteps), show, [blend, callback]) as step_callback:
             return sample(sampler, model_fn, start["noise"], self.schedule, num_steps, init_latents=start["init_latents"],
                           generator=generator, callback=step_callback, **window, **options)
 
@@ -355,14 +342,37 @@ class Pipeline:
         dev = self.device
         def noise_fn():  # drawn between the image encode and the masked-image encode, as diffusers
             return latents.to(dev, torch.float32) if latents is not None else randn(shape, generator, dev)
-        run = inpaint.start(self, pixels.to(dev), mask.to(dev), batch=shape[0], generator=generator, noise_fn=noise_fn,
-                            need_image_latents=self.unet.config.in_channels == 4 or bool(window),
-                            masked_image_latents=masked_image_latents, box=box, original=image,
-                            original_mask=mask_image)
+        image_latents, noise, masked = self._inpaint_latents(
+            pixels.to(dev), mask.to(dev), shape[0], generator, noise_fn, masked_image_latents,
+            need_image_latents=self.unet.config.in_channels == 4 or bool(window))
+        small = repeat_to(inpaint.latent_mask(mask.to(dev), self.vae_scale), shape[0], "mask_image").to(dev)
+        run = inpaint.InpaintRun(small, masked, image_latents, noise, box, image, mask_image)
         window["denoising_end"] = denoising_end
         start = dict(noise=None if denoising_start is not None else run.noise,
                      init_latents=run.image_latents if "strength" in window or denoising_start is not None else None)
         return {**start, **{k: v for k, v in window.items() if v is not None}}, run
+
+    def _inpaint_latents(self, pixels, mask, batch, generator, noise_fn, masked_image_latents, need_image_latents):
+        """(image latents, starting noise, masked-image latents), drawn in diffusers' order: [image encode] ->
+        noise -> [masked-image encode]. A 4-channel UNet never reads the masked-image latents: diffusers encodes
+        them anyway; here only their random draws are made (skip_encode), so a seed gives the same stream
+        (Euler a, DDIM with eta) without the wasted VAE pass."""
+        nine = self.unet.config.in_channels == 9
+        given = pixels.shape[1] == 4  # latents (the SDXL refiner continuing the base): no encode
+        image_latents = None
+        if given or need_image_latents:
+            image_latents = repeat_to(pixels if given else self.encode_latents(pixels, generator), batch, "image")
+        noise = noise_fn()
+        masked = masked_image_latents
+        if masked is None and nine and given:
+            raise ValueError("a 9-channel (inpainting) UNet given latents as image= needs masked_image_latents= too")
+        if masked is None and nine:
+            masked = self.encode_latents(inpaint.masked_image(pixels, mask), generator)
+        elif masked is None and not given:
+            self.skip_encode(pixels, generator)
+        if masked is not None:
+            masked = repeat_to(masked.to(self.device, torch.float32), batch, "masked_image_latents")
+        return image_latents, noise, masked
 
     def encode_latents(self, pixels, generator):
         """Scaled VAE posterior samples of (n, 3, H, W) pixels in [-1, 1], as diffusers' inpainting pipelines draw
@@ -409,34 +419,6 @@ class Pipeline:
 
 def _shared_encoders(text_encoder, text_encoder_2):
     return {k: v for k, v in (("text_encoder", text_encoder), ("text_encoder_2", text_encoder_2)) if v is not None}
-
-
-@contextmanager
-def _progress(total, enabled, callback, blend=None):
-    """The sampler's callback: progress bar, then the inpainting blend, then the user's callback; a tensor
-    returned replaces the latents."""
-    from tqdm import tqdm
-
-    with tqdm(total=total, disable=not enabled, desc="sampling", leave=False) as bar:
-        def step(i, t, x):
-            bar.update(1)
-            if blend is not None:
-                x = blend(i, x)
-            out = None if callback is None else callback(i, t, x)
-            return x if out is None and blend is not None else out
-        yield step
-
-
-def _fetch_pipeline(repo_id, variant):
-    from huggingface_hub import snapshot_download
-
-    weights = f"*.{variant}.safetensors" if variant else "*.safetensors"
-    try:
-        return Path(snapshot_download(repo_id, allow_patterns=["*.json", "*.txt", weights],
-                                      local_files_only=hub_offline()))
-    except Exception as e:
-        raise CheckpointError(f"{repo_id}: could not fetch from the Hugging Face Hub ({type(e).__name__}). Without "
-                              "network, pass a local diffusers folder or a .safetensors file instead.") from None
 
 
 def schedule_from_file(path):
