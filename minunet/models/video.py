@@ -2,7 +2,8 @@
 
 It is the image UNet (minunet.models.unet) with frames folded into the batch, plus three temporal modules; everything
 spatial is the 2-D UNet's own blocks (ResnetBlock2D, Transformer2DModel, Down/Upsample2D, the time embedding),
-built by the 2-D block classes from `VideoUNetConfig.image_config()`. What the video model adds, all of it here:
+built by the 2-D block classes from `VideoUNetConfig.image_config()`, run by the image UNet's own loops
+(models/unet.py encode / decode). What the video model adds, all of it here, fills the 2-D blocks' per-layer hook:
 
     x (B, C, F, H, W) -> (B*F, C, H, W): every spatial op sees B*F images (index b * F + f); t and the text context
                          are repeated F times (repeat_interleave) to match
@@ -27,9 +28,10 @@ from torch import nn
 from ..blocks import ModelDtypeDevice
 from ..blocks.attention import BasicTransformerBlock
 from ..blocks.resnet import TimestepEmbedding, timestep_embedding
-from ..blocks.freeu import FreeUSwitch, decoder_input
+from ..blocks.freeu import FreeUSwitch
 from ..blocks.unet_blocks import DownBlock, MidBlock, UpBlock
 from .config import UNetConfig
+from .unet import decode, decoder_widths, encode
 
 IN_HEADS = 8  # transformer_in has 8 heads of head_size whatever the width (diffusers and ModelScope hard-code it)
 
@@ -126,7 +128,8 @@ class TransformerTemporalModel(nn.Module):
 
 
 class _Temporal:
-    """Adds temp_convs (one per resnet) and temp_attentions (one per spatial transformer) to a 2-D block."""
+    """What a video block adds to its 2-D block: temp_convs (one per resnet) and temp_attentions (one per spatial
+    transformer), run by the 2-D block's per-layer hook: resnet -> temp_conv [-> transformer -> temp_attention]."""
 
     def add_temporal(self, cfg, channels):
         groups, heads = cfg.norm_num_groups, channels // cfg.head_size
@@ -134,54 +137,29 @@ class _Temporal:
         self.temp_attentions = None if self.attentions is None else nn.ModuleList(
             [TransformerTemporalModel(channels, heads, cfg.head_size, groups) for _ in self.attentions])
 
-    def layer(self, j, x, context, frames):
-        """After resnet j: temp_conv j, then (where there is one) spatial transformer j and temporal transformer j."""
-        x = self.temp_convs[j](x, frames)
-        if self.attentions is not None and j < len(self.attentions):
-            x = self.attentions[j](x, context)
-            x = self.temp_attentions[j](x, frames)
-        return x
+    def after(self, kind, j, x, frames):
+        """After resnet j its temporal conv, after spatial transformer j its temporal transformer; (B*F, C, H, W)."""
+        return (self.temp_convs if kind == "resnet" else self.temp_attentions)[j](x, frames)
 
 
-class VideoDownBlock(DownBlock, _Temporal):
+class VideoDownBlock(_Temporal, DownBlock):
     def __init__(self, cfg, i):
         super().__init__(cfg.image_config(), i)
         self.add_temporal(cfg, cfg.block_out_channels[i])
 
-    def forward(self, x, temb, context, frames):
-        skips = []
-        for j, resnet in enumerate(self.resnets):
-            x = self.layer(j, resnet(x, temb), context, frames)
-            skips.append(x)
-        if self.downsamplers is not None:
-            x = self.downsamplers[0](x)
-            skips.append(x)
-        return x, skips
 
-
-class VideoMidBlock(MidBlock, _Temporal):
+class VideoMidBlock(_Temporal, MidBlock):
     def __init__(self, cfg):
         super().__init__(cfg.image_config())
         self.add_temporal(cfg, cfg.block_out_channels[-1])
 
-    def forward(self, x, temb, context, frames):
-        x = self.layer(0, self.resnets[0](x, temb), context, frames)   # resnet, temp conv, attention, temp attention
-        return self.layer(1, self.resnets[1](x, temb), context, frames)  # resnet, temp conv
 
+class VideoUpBlock(_Temporal, UpBlock):
+    """FreeU acts per frame here: the 2-D filter on each of the B*F images."""
 
-class VideoUpBlock(UpBlock, _Temporal):
     def __init__(self, cfg, i):
         super().__init__(cfg.image_config(), i)
         self.add_temporal(cfg, cfg.block_out_channels[::-1][i])
-
-    def forward(self, x, skips, temb, context, frames, upsample_size=None, freeu=None):
-        """freeu: None, or one Stage | None per resnet; FreeU acts per frame (the 2-D filter on each of B*F images)."""
-        for j, resnet in enumerate(self.resnets):
-            x = decoder_input(x, skips.pop(), None if freeu is None else freeu[j])  # (B*F, C + C_skip, H, W)
-            x = self.layer(j, resnet(x, temb), context, frames)
-        if self.upsamplers is not None:
-            x = self.upsamplers[0](x, upsample_size)
-        return x
 
 
 class VideoUNet(FreeUSwitch, ModelDtypeDevice, nn.Module):
@@ -199,10 +177,9 @@ class VideoUNet(FreeUSwitch, ModelDtypeDevice, nn.Module):
         self.conv_out = nn.Conv2d(c0, cfg.out_channels, 3, padding=1)
 
     def decoder_widths(self):
-        """Backbone channels entering each decoder resnet, [up block][resnet]: what FreeU's stage rule reads. The
-        official video port keys on them as the image port does (1280 -> stage 1, 640 -> stage 2 at full size)."""
-        image = self.config.image_config()
-        return [[backbone for backbone, _ in UpBlock.widths(image, i)] for i in range(len(self.up_blocks))]
+        """The image UNet's: the official video port keys FreeU on them as the image port does (1280 -> stage 1,
+        640 -> stage 2 at full size)."""
+        return decoder_widths(self.config.image_config())
 
     def forward(self, x, t, context):
         """x (B, in, F, H, W), t scalar or (B,), context (B, T, context_dim) -> raw prediction (B, out, F, H, W)."""
@@ -212,17 +189,8 @@ class VideoUNet(FreeUSwitch, ModelDtypeDevice, nn.Module):
         temb = temb.repeat_interleave(frames, dim=0)                 # (B*F, 4 C0), row b * F + f
         context = context.repeat_interleave(frames, dim=0)           # (B*F, T, context_dim)
         h = self.conv_in(rearrange(x, "b c f h w -> (b f) c h w"))
-        h = self.transformer_in(h, frames)
-        skips = [h]
-        for block in self.down_blocks:
-            h, s = block(h, temb, context, frames)
-            skips += s
+        h, skips = encode(self.down_blocks, self.transformer_in(h, frames), temb, context, frames)
         h = self.mid_block(h, temb, context, frames)
-        for i, block in enumerate(self.up_blocks):
-            n = len(block.resnets)
-            block_skips, skips = skips[-n:], skips[:-n]
-            size = skips[-1].shape[2:] if skips else None             # upsample to the next skip's size (odd sizes)
-            freeu = None if self.freeu_plan is None else self.freeu_plan[i]  # per resnet: Stage | None
-            h = block(h, block_skips, temb, context, frames, size, freeu=freeu)
+        h = decode(self.up_blocks, h, skips, temb, context, self.freeu_plan, frames)
         h = self.conv_out(F.silu(self.conv_norm_out(h)))
         return rearrange(h, "(b f) c h w -> b c f h w", f=frames)
