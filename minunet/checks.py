@@ -1,11 +1,9 @@
 """Value checks: one function per kind of value, each raising one ValueError / TypeError that names the argument,
 the value found and what is allowed. Used by the config dataclasses, the config translators (there the name is
-"file: field"), the samplers and the pipelines' argument checks (minunet.pipelines.checks), so that bad input stops
-before it turns into a black image.
+"file: field") and the pipelines' argument checks (minunet.pipelines.checks), so that bad input stops before it
+turns into a black image. (The samplers check their generator and callback themselves: schedulers/samplers.py.)
 """
 import math
-
-import torch
 
 
 def _is_int(value):
@@ -62,25 +60,6 @@ def flag(name, value):
 def divisible(name, value, by, by_name):
     if value % by:
         raise ValueError(f"{name}={value} must be divisible by {by_name}={by}")
-
-
-def generator(value):
-    """None, a torch.Generator, or a non-empty list of them."""
-    if value is None or isinstance(value, torch.Generator):
-        return value
-    if isinstance(value, (list, tuple)) and value:
-        for i, g in enumerate(value):
-            if not isinstance(g, torch.Generator):
-                raise TypeError(f"generator[{i}] must be a torch.Generator, got {short(g)}")
-        return value
-    raise TypeError(f"generator must be None, a torch.Generator or a list of them (one per sample), got "
-                    f"{short(value)}; e.g. torch.Generator().manual_seed(0)")
-
-
-def callback(value):
-    if value is not None and not callable(value):
-        raise TypeError(f"callback must be None or a callable (i, t, latents), got {short(value)}")
-    return value
 
 
 def short(value):

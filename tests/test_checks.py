@@ -13,6 +13,7 @@ from PIL import Image
 import pipes
 from minunet import CheckpointError, VAEConfig, checks
 from minunet.pipelines import checks as pipeline_checks
+from minunet.schedulers.samplers import check_callback, check_generator
 from minunet.cli import main
 from minunet.schedulers import Schedule
 from minunet.loading.configs import unet_config, vae_config
@@ -34,9 +35,9 @@ from minunet.loading.configs import unet_config, vae_config
     (lambda: pipeline_checks.size("width", "64", 8, 16), TypeError, "width must be an int"),
     (lambda: pipeline_checks.prompt("prompt", []), ValueError, "prompt must not be an empty list"),
     (lambda: pipeline_checks.prompt("prompt", ["a", 3]), TypeError, "prompt must be a str or a list of str"),
-    (lambda: checks.generator(3), TypeError, "generator must be None, a torch.Generator or a list"),
-    (lambda: checks.generator("cuda"), TypeError, "generator must be"),
-    (lambda: checks.generator([torch.Generator(), 1]), TypeError, "generator[1] must be a torch.Generator"),
+    (lambda: check_generator(3), TypeError, "generator must be None, a torch.Generator or a list"),
+    (lambda: check_generator("cuda"), TypeError, "generator must be"),
+    (lambda: check_generator([torch.Generator(), 1]), TypeError, "generator[1] must be a torch.Generator"),
     (lambda: pipeline_checks.latents(torch.zeros(4, 16, 16), (1, 4, 16, 16)), ValueError, "latents have shape [4, 16, 16]"),
     (lambda: pipeline_checks.latents(torch.full((1, 4, 2, 2), math.nan), (1, 4, 2, 2)), ValueError, "NaN or Inf"),
     (lambda: pipeline_checks.latents(np.zeros((1, 4, 2, 2)), (1, 4, 2, 2)), TypeError, "latents must be a float tensor"),
@@ -45,7 +46,7 @@ from minunet.loading.configs import unet_config, vae_config
     (lambda: pipeline_checks.image("no-such-cat.png"), ValueError, "image='no-such-cat.png': not an image file"),
     (lambda: pipeline_checks.image(np.zeros((16, 16))), ValueError, "numpy array must be (H, W, 3)"),
     (lambda: pipeline_checks.image(5), TypeError, "image must be a PIL image"),
-    (lambda: checks.callback(5), TypeError, "callback must be None or a callable"),
+    (lambda: check_callback(5), TypeError, "callback must be None or a callable"),
     (lambda: pipeline_checks.strength(0.5, has_image=False), ValueError, "strength=0.5 is used only with image="),
     (lambda: pipeline_checks.strength(1.5, has_image=True), ValueError, "strength must be in (0, 1]"),
 ])
@@ -58,7 +59,7 @@ def test_each_kind_names_argument_value_and_allowed(fn, error, message):
 def test_accepted_values_pass_through(tmp_path):
     g = torch.Generator()
     assert pipeline_checks.size("height", None, 8, 16) is None and pipeline_checks.size("height", 64, 8, 16) == 64
-    assert checks.generator(g) is g and checks.generator([g, g]) == [g, g]
+    assert check_generator(g) is g and check_generator([g, g]) == [g, g]
     path = tmp_path / "cat.png"
     Image.new("RGB", (16, 8), "red").save(path)
     assert pipeline_checks.image(path).size == (16, 8)  # a path is opened with PIL

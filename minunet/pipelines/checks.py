@@ -4,9 +4,10 @@ from pathlib import Path
 
 import torch
 
-from ..checks import short, callback, generator, integer, number
+from ..checks import integer, number, short
 from ..errors import NonFiniteError
 from ..noise import check_generators
+from ..schedulers.samplers import check_callback, check_generator
 
 
 def size(name, value, multiple, minimum):
@@ -133,8 +134,8 @@ def pipeline_arguments(pipe, a):
     for name in ("original_size", "target_size", "crops_coords_top_left"):
         if a[name] is not None:
             pair(name, a[name], minimum=0 if name == "crops_coords_top_left" else 1)
-    gen = generator(a["generator"])
-    callback(a["callback"])
+    gen = check_generator(a["generator"])
+    check_callback(a["callback"])
     img = image(a["image"])
     strength(a["strength"], img is not None)
     batch = (1 if isinstance(a["prompt"], str) else len(a["prompt"])) * a["num_images_per_prompt"]
