@@ -32,8 +32,8 @@ def run(argv, capsys):
 @pytest.fixture
 def no_model_load(monkeypatch):
     """Fails the test if any pipeline is built: the error must come before."""
-    from minunet.pipeline import Pipeline
-    from minunet.video_pipeline import VideoPipeline
+    from minunet.pipelines.image import Pipeline
+    from minunet.pipelines.video import VideoPipeline
 
     def boom(*a, **k):
         raise AssertionError("a model was loaded before the argument error")
@@ -77,7 +77,7 @@ def test_device_cuda_without_cuda_is_one_line(capsys, tmp_path, sd):
 
 
 def test_video_tiny_takes_dtype(capsys, tmp_path, monkeypatch):
-    from minunet.video_pipeline import VideoPipeline
+    from minunet.pipelines.video import VideoPipeline
 
     seen = []
     real = VideoPipeline.__call__
@@ -140,7 +140,7 @@ def test_offline_messages_are_one_form(capsys, tmp_path, monkeypatch):
     names; download names what it was asked for."""
     import huggingface_hub.constants
 
-    import minunet.io as io
+    import minunet.loading.io as io
     monkeypatch.setattr(io, "_OFFLINE", None)
     monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", True)
     monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_CACHE", str(tmp_path))
@@ -186,7 +186,7 @@ def test_help_shows_defaults_and_version(capsys):
 
 
 def test_tiny_upscaler_gets_tiny_defaults(capsys, tmp_path, monkeypatch):
-    from minunet.upscale_pipeline import UpscalePipeline
+    from minunet.pipelines.upscale import UpscalePipeline
 
     seen = []
     real = UpscalePipeline.__call__

@@ -11,6 +11,7 @@ import torch
 
 from helpers import TINY, assert_close, randomize_, unet_inputs
 from minunet import UNet
+from minunet.loading.lora import load_unet_lora, unet_loras, unload_loras
 
 TE_LINEARS = {"self_attn_q_proj": "self_attn.q_proj", "self_attn_k_proj": "self_attn.k_proj",
               "self_attn_v_proj": "self_attn.v_proj", "self_attn_out_proj": "self_attn.out_proj",
@@ -246,7 +247,7 @@ def test_lycoris_updates_equal_the_formulas_and_fuse_bit_exact(name, tmp_path):
     x, t, ctx, _ = unet_inputs(cfg)
     formula = loha_delta if name.startswith("loha") else lokr_delta
     with torch.no_grad():
-        lora = unet.load_lora(tmp_path / "l.safetensors", 0.7)
+        lora = load_unet_lora(unet, tmp_path / "l.safetensors", 0.7)
         assert len(lora.layers) == len(spec)
         unmerged = unet(x, t, ctx)
         lora.fuse()
@@ -258,9 +259,9 @@ def test_lycoris_updates_equal_the_formulas_and_fuse_bit_exact(name, tmp_path):
         assert_close(unet(x, t, ctx), unmerged, msg="fused vs unmerged")
         lora.unfuse()
         assert all(torch.equal(v, before[k]) for k, v in unet.state_dict().items())
-        unet.unload_lora()
+        unload_loras(unet)
         lora.save(tmp_path / "again.safetensors")  # LyCORIS tensors written back under their own names
-        again = unet.load_lora(tmp_path / "again.safetensors", 0.7)
+        again = load_unet_lora(unet, tmp_path / "again.safetensors", 0.7)
         torch.testing.assert_close(unet(x, t, ctx), unmerged, rtol=0, atol=0)
         again.remove()
 
@@ -279,8 +280,8 @@ def test_lycoris_bad_tensors_are_named_and_apply_nothing(tmp_path):
     for state, match in cases:
         st.save_file(state, tmp_path / "bad.safetensors")
         with pytest.raises(CheckpointError, match=match):
-            unet.load_lora(tmp_path / "bad.safetensors")
-        assert unet.loras == [] and all(torch.equal(v, before[k]) for k, v in unet.state_dict().items())
+            load_unet_lora(unet, tmp_path / "bad.safetensors")
+        assert unet_loras(unet) == [] and all(torch.equal(v, before[k]) for k, v in unet.state_dict().items())
 
 
 def test_peft_older_unet_names_equal_lora_a_b(sd, tmp_path):

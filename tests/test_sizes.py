@@ -84,7 +84,7 @@ def test_sdxl_structure_small_size_equals_diffusers(tmp_path):
 
 
 def test_bad_and_huge_sizes_are_refused_up_front(sd15):
-    from minunet.checks import TooLargeError
+    from minunet.pipelines.checks import TooLargeError
 
     _, ours = sd15[4]
     for value in (0, -8, 44):

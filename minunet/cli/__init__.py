@@ -29,11 +29,22 @@ def build_parser():
     return ap
 
 
+def given_options(argv):
+    """The options written on the command line: argv parsed again with every default suppressed."""
+    ap = build_parser()
+    subparsers = next(a for a in ap._actions if isinstance(a, argparse._SubParsersAction))
+    for parser in subparsers.choices.values():
+        for action in parser._actions:
+            action.default = argparse.SUPPRESS
+    return set(vars(ap.parse_args(argv))) - {"command", "func"}
+
+
 def main(argv=None):
     args = build_parser().parse_args(argv)
-    args.argv = sys.argv[1:] if argv is None else list(argv)  # generate --from-png: which options were given
-    from ..io import CheckpointError
-    from ..checks import NonFiniteError
+    if getattr(args, "from_png", None) is not None:  # generate --from-png: the options given override the PNG's
+        args.given = given_options(sys.argv[1:] if argv is None else argv)
+    from ..errors import CheckpointError
+    from ..errors import NonFiniteError
     try:
         args.func(args)
     except UsageError as e:  # the command line: exit 2, as argparse's own errors

@@ -86,7 +86,7 @@ def run_pipeline(pipe, args, height, width, freeu, inputs=None, refiner=None):
     images; with --refiner the base stops at --high-noise-frac and the refiner finishes."""
     import torch
 
-    from ..io import CheckpointError
+    from ..errors import CheckpointError
 
     if freeu is not None:
         pipe.enable_freeu(freeu)
@@ -147,7 +147,7 @@ def check_generate_args(args):
 def load_pipeline(model, dtype=None, device=None, flag="--model", **shared):
     """--model: 'tiny' ('tiny-inpainting': its 9-channel twin), an official name (downloaded once into the Hub
     cache), a folder, a file or a repo id. `shared`: loaded modules to use instead of loading them (--refiner)."""
-    from ..pipeline import Pipeline
+    from ..pipelines.image import Pipeline
 
     if model in ("tiny", "tiny-inpainting"):
         print(f"minunet: {flag} {model} is a small RANDOM-weight model: it makes noise, not pictures.")
@@ -156,7 +156,7 @@ def load_pipeline(model, dtype=None, device=None, flag="--model", **shared):
             module.to(device=device, dtype=dtype)
         return pipe
     if model in OFFICIAL:
-        from ..io import hub_download
+        from ..loading.io import hub_download
         repo, filename, _ = OFFICIAL[model]
         path = hub_download(repo, [filename], subject=f"{flag} {model} ({filename} of {repo})")
         return Pipeline.from_single_file(path, dtype=dtype, device=device, **shared)
@@ -291,9 +291,9 @@ def save_png(image, s, out, model_hash=None, lora_hashes=(), panels=False):
 
 def apply_png(args):
     """--from-png: the PNG's settings for every option not given on the command line."""
-    from ..lora import parse_lora_arg
+    from ..loading.lora import parse_lora_arg
 
-    given = given_options(args.argv)
+    given = args.given
     found = parameters.read_png(args.from_png)
     found = parameters.resolve_a1111(found, given, args.from_png)
     found.pop("panels", None)
@@ -302,20 +302,9 @@ def apply_png(args):
             setattr(args, dest, [parse_lora_arg(t) for t in value] if dest == "lora" else value)
 
 
-def given_options(argv):
-    """The `generate` options written on the command line: argv parsed again with every default suppressed."""
-    from . import build_parser
-
-    ap = build_parser()
-    sub = next(a for a in ap._actions if isinstance(a, argparse._SubParsersAction)).choices["generate"]
-    for action in sub._actions:
-        action.default = argparse.SUPPRESS
-    return set(vars(ap.parse_args(argv))) - {"command", "func"}
-
-
 def lora_arg(text):
     """--lora FILE[:SCALE] for argparse: a bad SCALE is a usage error with its own message."""
-    from ..lora import parse_lora_arg
+    from ..loading.lora import parse_lora_arg
 
     try:
         return parse_lora_arg(text)
@@ -374,7 +363,7 @@ def add_upscale_arguments(p):
 
 
 def load_upscaler(model, args, dtype):
-    from ..upscale_pipeline import UpscalePipeline
+    from ..pipelines.upscale import UpscalePipeline
 
     if model == "tiny":
         print("minunet: --upscale tiny is a small RANDOM-weight upscaler: it makes noise, not pictures.")

@@ -98,11 +98,11 @@ def model_name(model):
 def model_hash(model):
     """A1111's model hash (first 10 hex digits of the SHA-256) of a checkpoint file or an official name, else None."""
     if model in OFFICIAL and OFFICIAL[model][2] is not None:
-        from ..inspect import official_files
+        from ..loading.official import official_files
 
         return {p: s for entries in official_files().values() for p, s in entries}[OFFICIAL[model][2]][:10]
     if Path(model).is_file():
-        from ..inspect import sha256
+        from ..loading.official import sha256
 
         return sha256(model, progress=False)[:10]
     return None

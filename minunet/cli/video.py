@@ -32,7 +32,7 @@ def add_parser(sub):
 
 def load_video_pipeline(model, dtype=None, device=None):
     """--model for `video`: 'tiny-video', a known name, a diffusers text-to-video folder or a Hub repo id."""
-    from ..video_pipeline import VideoPipeline
+    from ..pipelines.video import VideoPipeline
 
     if model == "tiny-video":
         print("minunet: --model tiny-video is a small RANDOM-weight model: it makes noise, not videos.")
@@ -53,7 +53,7 @@ def load_video_pipeline(model, dtype=None, device=None):
 
 def check_video_args(args):
     """Every argument, the output path and its writer, before any model loads (as generate) -> (size, FreeU)."""
-    from ..video_io import check_writer
+    from ..pipelines.video_io import check_writer
 
     for flag, value in (("--frames", args.frames), ("--steps", args.steps)):
         if value is not None and value < 1:
@@ -79,7 +79,7 @@ def cmd_video(args):
     import numpy as np
     import torch
 
-    from ..video_io import export_video
+    from ..pipelines.video_io import export_video
 
     size, freeu = check_video_args(args)
     pipe = load_video_pipeline(args.model, dtype=getattr(torch, args.dtype), device=args.device)

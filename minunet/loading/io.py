@@ -12,16 +12,14 @@ from pathlib import Path
 
 import torch
 
+from ..errors import CheckpointError
+
 DTYPES = {
     "F64": torch.float64, "F32": torch.float32, "F16": torch.float16, "BF16": torch.bfloat16,
     "I64": torch.int64, "I32": torch.int32, "I16": torch.int16, "I8": torch.int8, "U8": torch.uint8,
     "BOOL": torch.bool, "F8_E4M3": torch.float8_e4m3fn, "F8_E5M2": torch.float8_e5m2,
 }
 PICKLE_SUFFIXES = {".ckpt", ".bin", ".pt", ".pth", ".pkl"}
-
-
-class CheckpointError(ValueError):
-    """A checkpoint that cannot be loaded as asked: the message names the file and what is wrong."""
 
 
 def refuse_pickle(path):
@@ -345,3 +343,23 @@ def load_folder_weights(folder, stem, variant=None):
         refuse_pickle(folder / pickles[0])  # raises, with the conversion recipe
     raise CheckpointError(f"{folder}: no {file.name}; found {found}"
                           + ("" if variant else f". Pass variant='fp16' for {stem}.fp16.safetensors."))
+
+
+def check_device(name, value):
+    """None, or a device that exists on this machine -> torch.device. A missing CUDA / MPS is one named
+    RuntimeError here, before any file is read, instead of torch's AssertionError from deep in a load."""
+
+    if value is None:
+        return None
+    try:
+        d = torch.device(value)
+    except (RuntimeError, ValueError, TypeError):
+        raise ValueError(f"{name}={value!r} is not a device (cpu, cuda, cuda:1, mps, ...)") from None
+    if d.type == "cuda" and not torch.cuda.is_available():
+        raise RuntimeError(f"{name}={value!r}: CUDA is not available on this machine (torch.cuda.is_available() is "
+                           "False: no GPU, or a CPU-only torch); use device='cpu'")
+    if d.type == "cuda" and d.index is not None and d.index >= torch.cuda.device_count():
+        raise RuntimeError(f"{name}={value!r}: this machine has {torch.cuda.device_count()} CUDA device(s)")
+    if d.type == "mps" and not torch.backends.mps.is_available():
+        raise RuntimeError(f"{name}={value!r}: MPS is not available on this machine; use device='cpu'")
+    return d
