@@ -52,7 +52,7 @@ def a1111_text(s, model_hash=None, lora_hashes=()):
 
     loras = [_lora_arg(text) for text in s["lora"]]
     prompt = s["prompt"] + "".join(f" <lora:{path.stem}:{scale:g}>" for path, scale in loras)
-    lines = [prompt] + ([f"Negative prompt: {s['negative']}"] if s["negative"] else [])
+    lines = [prompt] + ([f"Negative prompt: {s['negative']}"] if s["negative"] not in (None, "") else [])
     fields = {"Steps": s["steps"], "Sampler": A1111_SAMPLERS[s["sampler"]],
               "Schedule type": "Karras" if s["karras"] else None, "CFG scale": f"{s['cfg']:g}", "Seed": s["seed"],
               "Size": s["size"], "Model hash": model_hash, "Model": model_name(s["model"]),
@@ -60,7 +60,7 @@ def a1111_text(s, model_hash=None, lora_hashes=()):
               "Clip skip": None if s["clip_skip"] is None else s["clip_skip"] + 1, **_freeu_fields(s),
               **_refiner_fields(s), **_hires_fields(s),
               "Lora hashes": _quote(", ".join(f"{p.stem}: {h}" for (p, _), h in zip(loras, lora_hashes))) if
-              lora_hashes else None, "Version": f"minunet {__version__}"}
+              len(lora_hashes) > 0 else None, "Version": f"minunet {__version__}"}
     lines.append(", ".join(f"{k}: {v}" for k, v in fields.items() if v is not None))
     return "\n".join(lines)
 

@@ -272,7 +272,7 @@ def hub_snapshot(repo_id, patterns, revision=None, subject=None):
     try:
         return Path(snapshot_download(repo_id, revision=revision, allow_patterns=patterns, local_files_only=offline))
     except Exception as e:  # any failure of the Hub client: one message (hub_failure)
-        raise hub_failure(subject or repo_id, "its files", e, offline) from None
+        raise hub_failure(repo_id if subject is None else subject, "its files", e, offline) from None
 
 
 def hub_download(repo_id, filenames, subfolder=None, subject=None):
@@ -281,7 +281,7 @@ def hub_download(repo_id, filenames, subfolder=None, subject=None):
     from huggingface_hub import hf_hub_download
     from huggingface_hub.errors import EntryNotFoundError, LocalEntryNotFoundError
 
-    offline, last, subject = hub_offline(), None, subject or repo_id
+    offline, last, subject = hub_offline(), None, repo_id if subject is None else subject
     for name in filenames:
         try:
             return Path(hf_hub_download(repo_id, name, subfolder=subfolder, local_files_only=offline))
