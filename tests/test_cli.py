@@ -17,7 +17,7 @@ def test_generate_tiny_writes_png_with_parameters(tmp_path, capsys):
     assert "RANDOM-weight model: it makes noise, not pictures" in capsys.readouterr().out
     image = Image.open(out)
     assert image.size == (128, 128)
-    params = json.loads(image.text["parameters"])
+    params = json.loads(image.text["minunet"])["settings"]  # the exact settings (A1111's text: test_png_parameters)
     assert params["prompt"] == "a red fox" and params["steps"] == 2 and params["seed"] == 7
     assert params["model"] == "tiny-random" and params["freeu"] is None and params["clip_skip"] is None
 
@@ -25,7 +25,7 @@ def test_generate_tiny_writes_png_with_parameters(tmp_path, capsys):
 def test_generate_leaves_guidance_and_sampler_options_to_the_pipeline(tmp_path, monkeypatch):
     """--cfg defaults to None (the Pipeline's own default: 7.5 for SD, 5.0 for SDXL); --sampler takes every entry
     of the sampler table; --karras switches the schedule to Karras sigmas."""
-    from minunet.pipeline import Pipeline
+    from minunet.pipelines.image import Pipeline
     from minunet.schedulers import SAMPLERS
 
     seen = []
@@ -42,8 +42,8 @@ def test_generate_leaves_guidance_and_sampler_options_to_the_pipeline(tmp_path, 
     assert [kw["sampler"] for kw, _ in seen] == list(SAMPLERS)
     assert all(kw["guidance_scale"] is None for kw, _ in seen)
     assert [karras for _, karras in seen] == [sampler != "ddim" for sampler in SAMPLERS]
-    params = json.loads(Image.open(tmp_path / "dpmpp_2m.png").text["parameters"])
-    assert params["sampler"] == "dpmpp_2m" and params["karras"] and params["cfg"] is None
+    params = json.loads(Image.open(tmp_path / "dpmpp_2m.png").text["minunet"])["settings"]
+    assert params["sampler"] == "dpmpp_2m" and params["karras"] and params["cfg"] == 7.5  # the CFG used
 
 
 def test_generate_compare_freeu_side_by_side(tmp_path):
@@ -53,8 +53,9 @@ def test_generate_compare_freeu_side_by_side(tmp_path):
     assert main(argv) == 0
     image = Image.open(out)
     assert image.size == (128, 48)
-    params = json.loads(image.text["parameters"])
-    assert params["freeu"]["b1"] == 1.5 and params["freeu"]["mapping"] == "diffusers" and params["compare_freeu"]
+    params = json.loads(image.text["minunet"])["settings"]
+    assert params["panels"][1]["freeu"] == "1.5,1.6,0.9,0.2" and params["freeu_mapping"] == "diffusers"
+    assert params["compare_freeu"] and params["panels"][0]["freeu"] is None
     left, right = image.crop((0, 0, 64, 48)), image.crop((64, 0, 128, 48))
     assert left.tobytes() != right.tobytes()
 
@@ -115,8 +116,8 @@ def test_generate_then_upscale_tiny(tmp_path, capsys):
     assert "RANDOM-weight upscaler" in capsys.readouterr().out
     image = Image.open(out)
     assert image.size == (256, 256)
-    params = json.loads(image.text["parameters"])
-    assert params["upscale"] == {"model": "tiny", "steps": 2, "cfg": 0.0}
+    params = json.loads(image.text["minunet"])["settings"]
+    assert (params["upscale"], params["upscale_steps"], params["upscale_cfg"]) == ("tiny", 2, 0.0)
     # the same command without --upscale gives the 128 px image the upscaler started from
     assert main(argv[:6] + ["--out", str(tmp_path / "plain.png")]) == 0
     assert Image.open(tmp_path / "plain.png").size == (128, 128)
@@ -142,7 +143,7 @@ def test_upscale_official_offline_says_how_to_use_a_folder(monkeypatch, capsys):
     monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", True)
     assert main(["generate", "x", "--model", "tiny-random", "--steps", "1", "--upscale", "x2"]) == 1  # a model error
     err = capsys.readouterr().err
-    assert "stabilityai/sd-x2-latent-upscaler: could not fetch" in err and "pass a local diffusers folder" in err
+    assert "stabilityai/sd-x2-latent-upscaler: could not fetch" in err and "diffusers folder) instead" in err
 
 
 def test_video_tiny_writes_a_video(tmp_path, capsys):
@@ -173,9 +174,9 @@ def test_video_compare_freeu_side_by_side(tmp_path):
     (["--frames", "0"], "--frames 0: must be at least 1"),
     (["--size", "100x64"], "multiples of 8"),
     (["--model", "sd99"], "--model sd99: not a diffusers text-to-video folder, Hub repo id or known name"),
-    (["--out", "x.avi", "--frames", "1", "--steps", "1", "--size", "16x16"], "unsupported file type '.avi'"),
+    (["--out", "x.avi", "--frames", "1", "--steps", "1", "--size", "16x16"], "unsupported video file type '.avi'"),
     (["--compare-freeu"], "--compare-freeu needs --freeu"),
-    (["--steps", "0"], "num_steps=0 must be an integer from 1"),
+    (["--steps", "0"], "--steps 0: must be at least 1"),
 ])
 def test_video_errors(argv, message, capsys, tmp_path):
     assert main(["video", "x", "--model", "tiny-video", "--out", str(tmp_path / "v.gif"), *argv]) == 2

@@ -8,7 +8,7 @@ import torch
 from PIL import Image
 
 from minunet.cli import main
-from minunet.pipeline import Pipeline
+from minunet.pipelines.image import Pipeline
 
 
 @pytest.fixture(scope="module")
@@ -38,7 +38,7 @@ def test_img2img(files, tmp_path):
     expected = Pipeline.tiny_random()("a cat", image=image, strength=0.9, num_inference_steps=2, progress=False,
                                generator=torch.Generator().manual_seed(3)).images[0]
     assert same(tmp_path / "a.png", expected) and expected.size == (48, 40)
-    params = json.loads(Image.open(tmp_path / "a.png").text["parameters"])
+    params = json.loads(Image.open(tmp_path / "a.png").text["minunet"])["settings"]
     assert params["image"].endswith("image.png") and params["strength"] == 0.9 and params["mask"] is None
 
 
@@ -69,14 +69,16 @@ def test_base_to_refiner_and_num_images(tmp_path):
              "--out", str(tmp_path / "r.png"))
     base = Pipeline.tiny_random()
     kw = dict(num_inference_steps=2, height=32, width=32, progress=False)
-    latents = base("a cat", denoising_end=0.5, output_type="latent", num_images_per_prompt=2,
-                   generator=torch.Generator().manual_seed(3), **kw).images
+    def seeds():  # image i from seed 3 + i (A1111's convention)
+        return [torch.Generator().manual_seed(3 + i) for i in range(2)]
+    latents = base("a cat", denoising_end=0.5, output_type="latent", num_images_per_prompt=2, generator=seeds(),
+                   **kw).images
     expected = Pipeline.tiny_random()("a cat", image=latents, denoising_start=0.5, num_images_per_prompt=2,
-                               generator=torch.Generator().manual_seed(3), **kw).images
+                               generator=seeds(), **kw).images
     assert same(tmp_path / "r-0.png", expected[0]) and same(tmp_path / "r-1.png", expected[1])
     assert not same(tmp_path / "r-0.png", expected[1])
-    params = json.loads(Image.open(tmp_path / "r-1.png").text["parameters"])
-    assert params["refiner"] == "tiny-random" and params["high_noise_frac"] == 0.5 and params["num_images"] == 2
+    params = json.loads(Image.open(tmp_path / "r-1.png").text["minunet"])["settings"]
+    assert params["refiner"] == "tiny-random" and params["high_noise_frac"] == 0.5 and params["seed"] == 4
 
 
 @pytest.mark.parametrize("argv, message", [

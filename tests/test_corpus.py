@@ -18,9 +18,9 @@ import torch
 import pipes
 from helpers import TINY, randomize_
 from minunet import CheckpointError, UNet, load_unet, load_vae, original_state_dict
-from minunet.checks import NonFiniteError
+from minunet.errors import NonFiniteError
 from minunet.cli import main
-from minunet.inspect import inspect_file
+from minunet.loading.inspect import inspect_file
 
 NAMED = (CheckpointError, NonFiniteError, ValueError, TypeError)
 COUNTS = {}
@@ -119,7 +119,7 @@ def header_defects(path):
 def entry_points(path, name):
     """Every public way a user hands minunet a file: (label, callable, fragment the error must name)."""
     from minunet import Pipeline
-    from minunet.text import load_text_conditioner
+    from minunet.loading.text import load_text_conditioner
 
     frag = Path(path).name
     return [("load_unet", lambda: load_unet(path), frag),
@@ -188,7 +188,7 @@ class Evil:
 
 def test_pickles_never_run(base, tmp_path):
     from minunet import Pipeline
-    from minunet.convert import convert
+    from minunet.loading.convert import convert
 
     marker = tmp_path / "MARKER"
     payload = {"state_dict": {"model.diffusion_model.x": torch.zeros(2), "evil": Evil(marker)}}
@@ -230,7 +230,7 @@ def _replace(src, dst, key, tensor):
 
 
 def test_weight_defects(base, tmp_path):
-    from minunet.text import load_text_conditioner
+    from minunet.loading.text import load_text_conditioner
 
     state = st.load_file(base["whole"])
     unet_key = "model.diffusion_model.input_blocks.1.0.in_layers.2.weight"
@@ -383,7 +383,7 @@ def argument_defects(tmp_path):
     nan, inf = float("nan"), float("inf")
     return {
         "float height": ({"height": 64.0}, "height"), "string width": ({"width": "64"}, "width"),
-        "height 0": ({"height": 0}, "height"), "height 8 (too small for the levels)": ({"height": 8}, "height"),
+        "height 0": ({"height": 0}, "height"), "height 12 (not a multiple of 8)": ({"height": 12}, "height"),
         "height not a multiple of 8": ({"height": 60}, "height"), "empty prompt list": ({"prompt": []}, "prompt"),
         "prompt an int": ({"prompt": 3}, "prompt"), "prompt list with an int": ({"prompt": ["a", 1]}, "prompt"),
         "negative prompt an int": ({"negative_prompt": 5}, "negative_prompt"),
@@ -439,7 +439,8 @@ def test_an_image_path_is_opened(tiny, tmp_path):
 
 @pytest.mark.parametrize("component, module, dtype, advice", [
     ("UNet", "unet", None, "inspect --check-values"), ("VAE", "vae", None, "inspect --check-values"),
-    ("text encoder", "text", None, "inspect --check-values"), ("UNet", "unet", torch.bfloat16, "dtype=torch.float32")])
+    ("text encoder", "text", None, "inspect --check-values"),
+    ("UNet", "unet", torch.bfloat16, "Its weight .* holds NaN / Inf")])  # a damaged weight, whatever the dtype
 def test_one_nan_weight_is_a_named_error_at_the_first_step(component, module, dtype, advice):
     from minunet import Pipeline
 

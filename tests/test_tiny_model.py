@@ -55,7 +55,7 @@ def adherence(pipe, freeu=None, **kw):
 
 def test_shipped_file_is_an_original_single_file():
     assert TINY_MODEL.stat().st_size <= 20_000_000
-    from minunet.io import read_header
+    from minunet.loading.io import read_header
 
     roots = {k.split(".")[0] for k in read_header(TINY_MODEL)[0]}
     assert roots == {"model", "first_stage_model", "cond_stage_model"}
@@ -199,5 +199,5 @@ def test_generate_prompts_over_two_ranks_writes_each_image_once(tmp_path):
     assert sorted(p.name for p in tmp_path.glob("p-*.png")) == ["p-0.png", "p-1.png", "p-2.png"]
     assert done.stdout.count("wrote ") == 3
     for i, prompt in enumerate(prompts):
-        params = json.loads(Image.open(tmp_path / f"p-{i}.png").text["parameters"])
+        params = json.loads(Image.open(tmp_path / f"p-{i}.png").text["minunet"])["settings"]
         assert params["prompt"] == prompt

@@ -11,18 +11,30 @@ import pytest
 import torch
 
 from shapes_judge import judge
-from minunet.io import load_safetensors
+from minunet.loading.io import load_safetensors
 from minunet.training import shapes, tiny
 
 ROOT = Path(__file__).resolve().parents[1]
 
 
 def test_drawn_pictures_are_what_the_judge_sees():
-    images, _ = shapes.draw_batch(range(300), seed=3)
+    """At 64 px the judge reads every drawn picture right."""
+    images, _ = shapes.draw_batch(range(300), seed=3, size=64)
     for i, image in enumerate(images):
         p = shapes.draw_params(i, 3)
         v = judge(image * 0.5 + 0.5)
         assert (v["colour"], v["shape"], v["background"]) == (p["colour"], p["shape"], p["background"]), (i, p, v)
+
+
+def test_at_32_px_the_judge_reads_colours_always_and_shapes_mostly():
+    """At the tiny model's 32 px the smallest triangles (8 px) fill more of their box than 0.64: measured 92.4% of
+    the shapes right on 1000 drawn pictures (triangles 78%), colours and backgrounds 100%; the ceiling of the
+    model's shape score."""
+    images, _ = shapes.draw_batch(range(1000), seed=3, size=32)
+    drawn = [shapes.draw_params(i, 3) for i in range(1000)]
+    verdicts = [judge(im * 0.5 + 0.5) for im in images]
+    assert all(v["colour"] == p["colour"] and v["background"] == p["background"] for v, p in zip(verdicts, drawn))
+    assert 0.9 <= sum(v["shape"] == p["shape"] for v, p in zip(verdicts, drawn)) / 1000 <= 0.95
 
 
 def test_captions_name_the_colours_and_the_shape():
@@ -89,7 +101,7 @@ def test_resuming_gives_the_parameters_of_a_run_that_never_stopped(tmp_path):
 
 
 def test_resuming_another_run_is_refused(tmp_path):
-    from minunet.io import CheckpointError
+    from minunet import CheckpointError
 
     tiny.train_vae(SMALL, tmp_path, progress=False, mixed_precision="no", stop_at=2)
     with pytest.raises(CheckpointError, match="seed=0.*seed=1"):

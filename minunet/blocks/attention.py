@@ -71,7 +71,7 @@ class BasicTransformerBlock(nn.Module):
         self.norm3 = nn.LayerNorm(dim)
         self.ff = FeedForward(dim)
 
-    gradient_checkpointing = False  # recompute in backward instead of storing activations (minunet.checkpointing)
+    gradient_checkpointing = False  # recompute in backward instead of storing activations (minunet.models.checkpointing)
 
     def forward(self, x, context):
         if self.gradient_checkpointing and torch.is_grad_enabled():

@@ -2,10 +2,12 @@
 
 Each is `layers` resnets, each optionally followed by a spatial transformer, then a resampler.
 Attribute names are diffusers' (`resnets`, `attentions`, `downsamplers.0`, `upsamplers.0`).
+Layer j (resnet j, then transformer j where there is one) runs through `Layers.layer`, whose `after` hook the
+video UNet's blocks fill with their temporal layers (models/video.py); `frames` is only theirs.
 """
 from torch import nn
 
-from ..freeu import decoder_input
+from .freeu import decoder_input
 from .attention import Transformer2DModel
 from .resnet import Downsample2D, ResnetBlock2D, Upsample2D
 
@@ -16,7 +18,21 @@ def _transformers(n, channels, heads, depth, cfg):
                            cfg.upcast_attention, cfg.norm_num_groups) for _ in range(n)])
 
 
-class DownBlock(nn.Module):
+class Layers:
+    """Layer j of a block: resnet j, then spatial transformer j where there is one, each followed by `after`."""
+
+    def layer(self, j, x, temb, context, frames=None):
+        x = self.after("resnet", j, self.resnets[j](x, temb), frames)
+        if self.attentions is not None and j < len(self.attentions):
+            x = self.after("attention", j, self.attentions[j](x, context), frames)
+        return x
+
+    def after(self, kind, j, x, frames):
+        """The per-layer hook: nothing in the 2-D UNet (a video block runs its temporal layer j here)."""
+        return x
+
+
+class DownBlock(Layers, nn.Module):
     """Level `i` of the encoder. Returns the output and the skips it hands to the decoder."""
 
     def __init__(self, cfg, i):
@@ -33,12 +49,10 @@ class DownBlock(nn.Module):
         last = i == len(cfg.block_out_channels) - 1
         self.downsamplers = None if last else nn.ModuleList([Downsample2D(c)])
 
-    def forward(self, x, temb, context):
+    def forward(self, x, temb, context, frames=None):
         skips = []
-        for j, resnet in enumerate(self.resnets):
-            x = resnet(x, temb)
-            if self.attentions is not None:
-                x = self.attentions[j](x, context)
+        for j in range(len(self.resnets)):
+            x = self.layer(j, x, temb, context, frames)
             skips.append(x)
         if self.downsamplers is not None:
             x = self.downsamplers[0](x)  # (B, C, H, W) -> (B, C, ceil(H/2), ceil(W/2))
@@ -46,7 +60,7 @@ class DownBlock(nn.Module):
         return x, skips
 
 
-class MidBlock(nn.Module):
+class MidBlock(Layers, nn.Module):
     """resnet -> transformer -> resnet at the lowest resolution."""
 
     def __init__(self, cfg):
@@ -56,13 +70,12 @@ class MidBlock(nn.Module):
             [ResnetBlock2D(c, c, cfg.time_embed_dim, cfg.norm_num_groups, cfg.norm_eps) for _ in range(2)])
         self.attentions = _transformers(1, c, cfg.num_heads[-1], cfg.transformer_depth_mid, cfg)
 
-    def forward(self, x, temb, context):
-        x = self.resnets[0](x, temb)
-        x = self.attentions[0](x, context)
-        return self.resnets[1](x, temb)
+    def forward(self, x, temb, context, frames=None):
+        x = self.layer(0, x, temb, context, frames)      # resnet, transformer
+        return self.layer(1, x, temb, context, frames)   # resnet
 
 
-class UpBlock(nn.Module):
+class UpBlock(Layers, nn.Module):
     """Up block `i` (level n-1-i of the encoder, read backwards): each resnet takes the running features
     concatenated with one skip, popped last-in first-out."""
 
@@ -89,14 +102,12 @@ class UpBlock(nn.Module):
         n = cfg.layers_per_block + 1
         return [(c_prev if j == 0 else c, c_skip_last if j == n - 1 else c) for j in range(n)]
 
-    def forward(self, x, skips, temb, context, upsample_size=None, freeu=None):
-        """freeu: None, or one minunet.freeu.Stage | None per resnet (the UNet's freeu_plan for this block)."""
-        for j, resnet in enumerate(self.resnets):
+    def forward(self, x, skips, temb, context, upsample_size=None, freeu=None, frames=None):
+        """freeu: None, or one blocks.freeu.Stage | None per resnet (the UNet's freeu_plan for this block)."""
+        for j in range(len(self.resnets)):
             # (B, C + C_skip, H, W): backbone || skip, with FreeU's re-weighting where the plan says (freeu.py)
             x = decoder_input(x, skips.pop(), None if freeu is None else freeu[j])
-            x = resnet(x, temb)
-            if self.attentions is not None:
-                x = self.attentions[j](x, context)
+            x = self.layer(j, x, temb, context, frames)
         if self.upsamplers is not None:
             x = self.upsamplers[0](x, upsample_size)
         return x

@@ -10,15 +10,20 @@ generate.py, video.py, files.py, train.py; what they share in common.py).
     minunet train-tiny --out runs/tiny
 """
 import argparse
+import functools
 import sys
 
 from . import files, generate, train, video
-from .common import UsageError
+from .common import HelpFormatter, UsageError
 
 
 def build_parser():
-    ap = argparse.ArgumentParser(prog="minunet", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    sub = ap.add_subparsers(dest="command", required=True)
+    from .. import __version__
+
+    ap = argparse.ArgumentParser(prog="minunet", description=__doc__, formatter_class=HelpFormatter)
+    ap.add_argument("--version", action="version", version=f"minunet {__version__}")
+    parser_class = functools.partial(argparse.ArgumentParser, formatter_class=HelpFormatter)
+    sub = ap.add_subparsers(dest="command", required=True, parser_class=parser_class)
     generate.add_parser(sub)
     video.add_parser(sub)
     files.add_parsers(sub)
@@ -26,10 +31,22 @@ def build_parser():
     return ap
 
 
+def given_options(argv):
+    """The options written on the command line: argv parsed again with every default suppressed."""
+    ap = build_parser()
+    subparsers = next(a for a in ap._actions if isinstance(a, argparse._SubParsersAction))
+    for parser in subparsers.choices.values():
+        for action in parser._actions:
+            action.default = argparse.SUPPRESS
+    return set(vars(ap.parse_args(argv))) - {"command", "func"}
+
+
 def main(argv=None):
     args = build_parser().parse_args(argv)
-    from ..io import CheckpointError
-    from ..checks import NonFiniteError
+    if getattr(args, "from_png", None) is not None:  # generate --from-png: the options given override the PNG's
+        args.given = given_options(sys.argv[1:] if argv is None else argv)
+    from ..errors import CheckpointError
+    from ..errors import NonFiniteError
     try:
         args.func(args)
     except UsageError as e:  # the command line: exit 2, as argparse's own errors

@@ -1,9 +1,50 @@
-"""What the commands share: the usage error, the official file names, and the size / FreeU / device arguments."""
+"""What the commands share: the usage error, the help format, the official file names, and the size / FreeU /
+device / output-path arguments."""
+import argparse
 import dataclasses
+from pathlib import Path
 
 
 class UsageError(Exception):
     """A mistake in the command line or its inputs: printed as one line, exit status 2."""
+
+
+class HelpFormatter(argparse.RawDescriptionHelpFormatter, argparse.ArgumentDefaultsHelpFormatter):
+    """--help keeps the descriptions' line breaks and shows every option's default (where its help does not
+    already say it; flags and options without a default show none)."""
+
+    def _get_help_string(self, action):
+        text = action.help or ""
+        if "default" in text or action.default is None or action.default is False or action.default == argparse.SUPPRESS:
+            return text
+        return super()._get_help_string(action)
+
+
+def check_out_path(flag, out):
+    """An output file that can be written, checked before any model loads: not a folder, and its folder (or the
+    nearest existing folder above it, where the missing ones will be made) takes a new file."""
+    import tempfile
+
+    out = Path(out)
+    if out.is_dir():
+        raise UsageError(f"{flag} {out}: is a directory; give a file name, e.g. {out / ('minunet' + '.png')}")
+    above = next(p for p in [out.parent, *out.parent.parents] if p.exists())
+    if not above.is_dir():
+        raise UsageError(f"{flag} {out}: {above} is a file, not a folder")
+    try:
+        tempfile.TemporaryFile(dir=above).close()
+    except OSError as e:
+        raise UsageError(f"{flag} {out}: cannot write in {above} ({e.strerror or e})") from None
+    return out
+
+
+def check_finite(flag, value, minimum=None):
+    """A finite number (>= minimum) for a float option, e.g. --cfg nan is refused."""
+    import math
+
+    if value is not None and (not math.isfinite(value) or (minimum is not None and value < minimum)):
+        raise UsageError(f"{flag} {value}: must be a finite number" + (f" >= {minimum}" if minimum is not None else ""))
+    return value
 
 
 # official single files: name -> (Hub repo, file, path in LFS_POINTERS.tsv or None when no pointer is known)
@@ -70,14 +111,16 @@ def parse_device(text):
 
 def add_freeu_arguments(p, presets="a preset name"):
     p.add_argument("--freeu", default=None, help=f"{presets} or b1,b2,s1,s2")
-    p.add_argument("--freeu-mapping", choices=["official", "diffusers"], default=None)
-    p.add_argument("--freeu-version", type=int, choices=[1, 2], default=None)
+    p.add_argument("--freeu-mapping", choices=["official", "diffusers"], default=None,
+                   help="which decoder resnets get stage 1 / 2 (default: the preset's, else official)")
+    p.add_argument("--freeu-version", type=int, choices=[1, 2], default=None,
+                   help="backbone factor rule (default: the preset's, else 1)")
     p.add_argument("--compare-freeu", action="store_true", help="same seed without and with FreeU, side by side")
 
 
 def add_dtype_device_arguments(p):
-    p.add_argument("--dtype", default="float32", choices=["float32", "float16", "bfloat16"])
-    p.add_argument("--device", default=None)
+    p.add_argument("--dtype", default="float32", choices=["float32", "float16", "bfloat16"], help="model weights' dtype")
+    p.add_argument("--device", default=None, help="cpu, cuda, cuda:1, mps, ... (default: cpu)")
 
 
 def freeu_from_args(args):

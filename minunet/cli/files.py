@@ -9,13 +9,13 @@ from .common import OFFICIAL, UsageError, parse_size
 def add_parsers(sub):
     p = sub.add_parser("parity", help="per-block largest difference between minunet and diffusers on your weights")
     p.add_argument("model", help="a .safetensors file, a diffusers folder, a Hub repo id, or tiny")
-    p.add_argument("--size", default=None, help="image WIDTHxHEIGHT the latents stand for (default 256x256)")
+    p.add_argument("--size", default=None, help="image WIDTHxHEIGHT the latents stand for (default: 256x256)")
     p.set_defaults(func=cmd_parity)
     p = sub.add_parser("inspect", help="structure, dtypes, parameters, key coverage, official-file check")
-    p.add_argument("file", nargs="?")
+    p.add_argument("file", nargs="?", help="a .safetensors file (original single file or a diffusers model file)")
     p.add_argument("--demo", action="store_true", help="inspect a tiny random file written on the fly")
     p.add_argument("--no-hash", action="store_true", help="skip the SHA-256 of a file whose size is an official one")
-    p.add_argument("--json", action="store_true")
+    p.add_argument("--json", action="store_true", help="the report as JSON")
     p.add_argument("--check-values", action="store_true", help="scan every tensor and list those with NaN or Inf")
     p.set_defaults(func=cmd_inspect)
     p = sub.add_parser("convert", help="a pickled .ckpt/.bin/.pt/.pth -> .safetensors (tensors only, verified)")
@@ -30,16 +30,16 @@ def add_parsers(sub):
 
 
 def cmd_inspect(args):
-    from ..inspect import format_report, inspect_file
+    from ..loading.inspect import format_report, inspect_file
 
     path = Path(args.file) if args.file else None
     tmp = None
     if args.demo:  # a tiny random SD 1.5-structured single file, so the command runs anywhere
         import safetensors.torch as st
 
-        from ..config import UNetConfig
-        from ..loading import original_state_dict
-        from ..unet import UNet
+        from ..models.config import UNetConfig
+        from ..loading.unet import original_state_dict
+        from ..models.unet import UNet
         tmp = tempfile.TemporaryDirectory()
         path = Path(tmp.name) / "tiny-sd15-random.safetensors"
         cfg = UNetConfig(block_out_channels=(32, 64, 64, 64))
@@ -47,11 +47,14 @@ def cmd_inspect(args):
         print("(demo: a tiny random-weight UNet in the SD 1.5 layout, written to a temporary file)")
     if path is None:
         raise UsageError("inspect: give a FILE (or --demo)")
+    if path.is_dir():
+        raise UsageError(f"inspect: {path} is a folder; inspect takes one .safetensors file, e.g. "
+                         f"{path / 'unet' / 'diffusion_pytorch_model.safetensors'}")
     if not path.exists():
         raise UsageError(f"inspect: {path}: no such file")
     report = inspect_file(path, check_hash=not args.no_hash)
     if args.check_values:
-        from ..inspect import nonfinite_tensors
+        from ..loading.inspect import nonfinite_tensors
         report["nonfinite"] = nonfinite_tensors(path)
     print(json.dumps(report, indent=1) if args.json else format_report(report))
 
@@ -61,12 +64,12 @@ def cmd_parity(args):
 
     if importlib.util.find_spec("diffusers") is None:
         raise UsageError("parity needs diffusers: pip install 'minunet[test]'")
-    from ..parity import compare_blocks, diffusers_twin, format_rows, random_inputs
+    from .parity import compare_blocks, diffusers_twin, format_rows, random_inputs
     if args.model == "tiny":
-        from ..pipeline import Pipeline
+        from ..pipelines.image import Pipeline
         unet, source = Pipeline.tiny_random().unet, None
     else:
-        from ..loading import load_unet
+        from ..loading.unet import load_unet
         path = Path(args.model)
         if not path.exists() and args.model.count("/") != 1:
             raise UsageError(f"parity: {args.model}: no such file or folder")
@@ -80,7 +83,7 @@ def cmd_parity(args):
 def cmd_convert(args):
     import torch
 
-    from ..convert import convert
+    from ..loading.convert import convert
     out = Path(args.output)
     if out.suffix != ".safetensors":
         raise UsageError(f"convert: the output {out} must end in .safetensors")
@@ -94,13 +97,13 @@ def cmd_convert(args):
 
 
 def cmd_download(args):
-    from ..inspect import official_files, sha256
-    from ..io import hub_download
+    from ..loading.official import official_files, sha256
+    from ..loading.io import hub_download
 
     if args.name not in OFFICIAL:
         raise UsageError(f"download: unknown name '{args.name}' (known: {', '.join(OFFICIAL)})")
     repo, filename, pointer = OFFICIAL[args.name]
-    path = hub_download(repo, [filename])
+    path = hub_download(repo, [filename], subject=f"download {args.name} ({filename} of {repo})")
     if pointer is None:
         print(f"{path}\n(no published SHA-256 on record for {filename}: not verified)")
         return

@@ -1,33 +1,43 @@
 """`minunet generate`: prompt -> PNG, with img2img / inpainting (--image, --mask), a refiner, the x2 upscaler,
-LoRAs and FreeU; the generation parameters go into the PNG's `parameters` text chunk."""
+LoRAs and FreeU; the PNG carries A1111's `parameters` text and the exact settings as JSON (cli/parameters.py), and
+`--from-png` repeats a generation from either."""
+import argparse
 import dataclasses
-import json
 from pathlib import Path
 
 from ..schedulers.samplers import SAMPLERS  # the one sampler table (light: no torch model code)
-from .common import (OFFICIAL, UsageError, add_dtype_device_arguments, add_freeu_arguments, freeu_from_args, parse_device,
-                     parse_size)
+from . import parameters
+from .common import (OFFICIAL, UsageError, add_dtype_device_arguments, add_freeu_arguments, check_out_path,
+                     freeu_from_args, parse_device, parse_size)
 
 MODEL_NAMES = ("tiny", "tiny-random", "tiny-random-inpainting", *OFFICIAL)
+STEPS, TINY_STEPS = 30, 10  # default sampling steps; the random-weight tiny models make noise at any count
+UPSCALE_STEPS, TINY_UPSCALE_STEPS = 75, 10  # diffusers' default for the x2 upscaler; the tiny one
+PICKLES = (".ckpt", ".bin", ".pt", ".pth")
 
 
 def add_parser(sub):
     p = sub.add_parser("generate", help="prompt -> PNG (parameters in its text metadata)")
-    p.add_argument("prompt", nargs="?", default=None)
-    p.add_argument("--prompts", default=None, help="a text file, one prompt per line: OUT-0.png, OUT-1.png, ... "
-                                                   "(under torchrun the prompts are split over the ranks)")
+    p.add_argument("prompt", nargs="?", default=None, help="the prompt (optional with --from-png)")
+    p.add_argument("--from-png", default=None, metavar="FILE",
+                   help="repeat the generation recorded in a PNG (minunet's or A1111's parameters); options given "
+                        "here override the PNG's")
+    p.add_argument("--prompts", default=None, metavar="FILE", help="a text file, one prompt per line: OUT-0.png, "
+                   "OUT-1.png, ... (under torchrun the prompts are split over the ranks)")
     p.add_argument("--model", default="tiny", help="repo id | folder | file.safetensors | " + " | ".join(MODEL_NAMES))
-    p.add_argument("--negative", default=None)
-    p.add_argument("--sampler", default="euler", choices=list(SAMPLERS))
+    p.add_argument("--negative", default=None, help="negative prompt")
+    p.add_argument("--sampler", default="euler", choices=list(SAMPLERS), help="sampler")
     p.add_argument("--karras", action="store_true", help="Karras sigmas (euler, euler_a, dpmpp_2m)")
-    p.add_argument("--steps", type=int, default=30)
+    p.add_argument("--steps", type=int, default=None, help=f"sampling steps (default: {STEPS}; tiny-random models: "
+                   f"{TINY_STEPS})")
     p.add_argument("--cfg", type=float, default=None, help="guidance scale (default: the model's, 7.5 SD / 5.0 SDXL)")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=int, default=0, help="-1: a random seed (printed and recorded); with "
+                   "--num-images N image i gets seed + i, as A1111")
     p.add_argument("--clip-skip", type=int, default=None, help="use the text encoder's state this many layers earlier")
     p.add_argument("--size", default=None, help="WIDTHxHEIGHT, multiples of 8 (default: the model's)")
     add_freeu_arguments(p)
     add_dtype_device_arguments(p)
-    p.add_argument("--out", default="minunet.png")
+    p.add_argument("--out", default="minunet.png", help="the PNG to write (--num-images N: OUT-0.png, ...)")
     add_lora_arguments(p)
     add_upscale_arguments(p)
     add_image_arguments(p)
@@ -37,12 +47,17 @@ def add_parser(sub):
 def cmd_generate(args):
     import torch
 
+    if args.from_png is not None:
+        apply_png(args)
+    prompts = read_prompts(args)
     size = parse_size(args.size) if args.size else None
     check_generate_args(args)
-    prompts = read_prompts(args)
     freeu = freeu_from_args(args)
     inputs = image_inputs(args)  # --image / --mask, checked before any model loads
     pipe = load_pipeline(args.model, dtype=getattr(torch, args.dtype), device=args.device)
+    if args.upscale is not None and pipe.family not in ("sd1", "sd2"):
+        raise UsageError(f"--upscale {args.upscale}: the x2 latent upscaler takes SD 1.x / 2.x latents; --model "
+                         f"{args.model} is an {pipe.family} model")
     apply_loras(pipe, args)
     check_image_inputs(pipe, args)
     if args.karras:
@@ -51,8 +66,11 @@ def cmd_generate(args):
     if args.upscale is not None:  # SD latents -> the x2 latent upscaler, no VAE round trip
         pipe = UpscaledPipeline(pipe, load_upscaler(args.upscale, args, getattr(torch, args.dtype)), args)
     width, height = size or default_size(args, inputs) or (None, None)
+    cfg, strength = (pipe.pipe if args.upscale is not None else pipe).defaults(args.cfg, args.strength,
+                                                                                 args.mask is not None)
+    run = (pipe, height, width, freeu, inputs, refiner, cfg, strength)
     if prompts is None:
-        return generate_one(pipe, args, height, width, freeu, inputs, refiner, args.out)
+        return generate_one(args, run, args.out)
     from ..training import distributed
 
     world = distributed.start(args.device)
@@ -60,56 +78,36 @@ def cmd_generate(args):
         for i, prompt in world.split(prompts):
             args.prompt = prompt
             out = Path(args.out)
-            generate_one(pipe, args, height, width, freeu, inputs, refiner, out.with_name(f"{out.stem}-{i}{out.suffix}"))
+            generate_one(args, run, out.with_name(f"{out.stem}-{i}{out.suffix}"))
         world.barrier()
     finally:
         distributed.stop(world)
 
 
-def generate_one(pipe, args, height, width, freeu, inputs, refiner, out):
+def generate_one(args, run, out_path):
+    """The images of args.prompt, saved as out_path (OUT-i for --num-images)."""
+    pipe, height, width, freeu, inputs, refiner, cfg, strength = run
     if args.compare_freeu:
         images = [side_by_side(a, b) for a, b in zip(run_pipeline(pipe, args, height, width, None, inputs, refiner),
                                                       run_pipeline(pipe, args, height, width, freeu, inputs, refiner))]
     else:
         images = run_pipeline(pipe, args, height, width, freeu, inputs, refiner)
-    for path, image in zip(output_paths(out, len(images)), images):
-        save_png(image, args, freeu, path)
-        print(f"wrote {path} ({image.width}x{image.height})" +
+    hashes = parameters.model_hash(args.model), [parameters.lora_hash(path) for path, _ in args.lora]
+    for i, (out, image) in enumerate(zip(output_paths(out_path, len(images)), images)):
+        size = (image.width // 2, image.height) if args.compare_freeu else image.size
+        s = parameters.settings(args, seed=args.seed + i, cfg=cfg, strength=strength, size=size, freeu=freeu)
+        save_png(image, s, out, *hashes, panels=args.compare_freeu)
+        print(f"wrote {out} ({image.width}x{image.height}, seed {args.seed + i})" +
               (" -- left without FreeU, right with" if args.compare_freeu else ""))
-
-
-def run_pipeline(pipe, args, height, width, freeu, inputs=None, refiner=None):
-    """One generation with the command line's settings (same seed each call), FreeU on or off: --num-images PIL
-    images; with --refiner the base stops at --high-noise-frac and the refiner finishes."""
-    import torch
-
-    from ..io import CheckpointError
-
-    if freeu is not None:
-        pipe.enable_freeu(freeu)
-    else:
-        pipe.disable_freeu()
-    kw = dict(negative_prompt=args.negative, height=height, width=width, sampler=args.sampler,
-              num_inference_steps=args.steps, guidance_scale=args.cfg, clip_skip=args.clip_skip,
-              num_images_per_prompt=args.num_images, **(inputs or {}), **micro_conditioning_args(args))
-    try:
-        if refiner is None:
-            return pipe(args.prompt, generator=torch.Generator().manual_seed(args.seed), **kw).images
-        latents = pipe(args.prompt, generator=torch.Generator().manual_seed(args.seed),
-                       denoising_end=args.high_noise_frac, output_type="latent", **kw).images
-        kw.update(image=latents, denoising_start=args.high_noise_frac)
-        return refiner(args.prompt, generator=torch.Generator().manual_seed(args.seed), **kw).images
-    except CheckpointError:  # the model, not the command line
-        raise
-    except (ValueError, TypeError) as e:  # bad --steps, --clip-skip, ...: the pipeline's argument checks
-        raise UsageError(str(e)) from None
 
 
 def read_prompts(args):
     """--prompts FILE -> its non-empty lines, or None when the prompt is given on the command line (one of them)."""
-    if (args.prompt is None) == (args.prompts is None):
-        raise UsageError("give a prompt or --prompts FILE (one of them)")
+    if args.prompt is not None and args.prompts is not None:
+        raise UsageError("give a PROMPT or --prompts FILE, not both")
     if args.prompts is None:
+        if args.prompt is None:
+            raise UsageError("generate: give a PROMPT (or --prompts FILE, or --from-png FILE)")
         return None
     path = Path(args.prompts)
     try:
@@ -122,21 +120,63 @@ def read_prompts(args):
     return prompts
 
 
+def run_pipeline(pipe, args, height, width, freeu, inputs=None, refiner=None):
+    """One generation with the command line's settings (same seed each call), FreeU on or off: --num-images PIL
+    images; with --refiner the base stops at --high-noise-frac and the refiner finishes."""
+    import torch
+
+    from ..errors import CheckpointError
+
+    if freeu is not None:
+        pipe.enable_freeu(freeu)
+    else:
+        pipe.disable_freeu()
+    kw = dict(negative_prompt=args.negative, height=height, width=width, sampler=args.sampler,
+              num_inference_steps=args.steps, guidance_scale=args.cfg, clip_skip=args.clip_skip,
+              num_images_per_prompt=args.num_images, **(inputs or {}), **micro_conditioning_args(args))
+
+    def seeds():  # image i from seed + i alone (A1111's convention): --seed S+i repeats it by itself
+        return [torch.Generator().manual_seed(args.seed + i) for i in range(args.num_images)]
+    try:
+        if refiner is None:
+            return pipe(args.prompt, generator=seeds(), **kw).images
+        latents = pipe(args.prompt, generator=seeds(), denoising_end=args.high_noise_frac, output_type="latent",
+                       **kw).images
+        kw.update(image=latents, denoising_start=args.high_noise_frac)
+        return refiner(args.prompt, generator=seeds(), **kw).images
+    except CheckpointError:  # the model, not the command line
+        raise
+    except (ValueError, TypeError) as e:  # bad --steps, --clip-skip, ...: the pipeline's argument checks
+        raise UsageError(str(e)) from None
+
+
 def check_generate_args(args):
     """Command-line values the pipeline would take but cannot use: caught before any model loads."""
     import math
 
     from PIL import Image
 
-    if not 0 <= args.seed < 2**64:
-        raise UsageError(f"--seed {args.seed}: must be an integer from 0 to 2**64 - 1")
+    if args.seed == -1:  # A1111's convention: a random seed, printed and recorded
+        import secrets
+
+        args.seed = secrets.randbelow(2**32)
+        print(f"minunet: --seed -1: random seed {args.seed}")
+    if not 0 <= args.seed <= 2**64 - args.num_images:
+        raise UsageError(f"--seed {args.seed}: must be -1 (random) or an integer from 0 to 2**64 - 1 (minus "
+                         "--num-images - 1: image i uses seed + i)")
     if args.cfg is not None and not math.isfinite(args.cfg):
         raise UsageError(f"--cfg {args.cfg}: the guidance scale must be a finite number")
     if args.upscale is not None and args.refiner is not None:
         raise UsageError("--upscale and --refiner: give one (the upscaler takes the base's latents)")
-    out = Path(args.out)
-    if out.is_dir():
-        raise UsageError(f"--out {out}: is a directory; give a file name, e.g. {out / 'minunet.png'}")
+    if args.karras and args.sampler == "ddim":
+        raise UsageError("--karras with --sampler ddim: DDIM steps on its own timestep grid and takes no Karras "
+                         "sigmas; use --sampler euler, euler_a or dpmpp_2m, or drop --karras")
+    tiny = args.model.startswith("tiny-random")  # the trained tiny model takes the usual default
+    args.steps = args.steps if args.steps is not None else TINY_STEPS if tiny else STEPS
+    if args.upscale_steps is None:
+        args.upscale_steps = TINY_UPSCALE_STEPS if args.upscale == "tiny" else UPSCALE_STEPS
+    check_loras(args.lora)
+    out = check_out_path("--out", args.out)
     Image.init()
     if out.suffix.lower() not in Image.registered_extensions():
         raise UsageError(f"--out {out}: unknown image extension '{out.suffix}' (use .png, .jpg, .webp, ...)")
@@ -147,7 +187,7 @@ def load_pipeline(model, dtype=None, device=None, flag="--model", **shared):
     """--model: 'tiny' (the shipped trained tiny model, 32 px shapes), 'tiny-random' ('tiny-random-inpainting': its
     9-channel twin), an official name (downloaded once into the Hub cache), a folder, a file or a repo id.
     `shared`: loaded modules to use instead of loading them (--refiner)."""
-    from ..pipeline import Pipeline
+    from ..pipelines.image import Pipeline
 
     if model == "tiny":
         return Pipeline.tiny(dtype=dtype, device=device)
@@ -158,13 +198,14 @@ def load_pipeline(model, dtype=None, device=None, flag="--model", **shared):
             module.to(device=device, dtype=dtype)
         return pipe
     if model in OFFICIAL:
-        from ..io import hub_download
+        from ..loading.io import hub_download
         repo, filename, _ = OFFICIAL[model]
-        return Pipeline.from_single_file(hub_download(repo, [filename]), dtype=dtype, device=device, **shared)
+        path = hub_download(repo, [filename], subject=f"{flag} {model} ({filename} of {repo})")
+        return Pipeline.from_single_file(path, dtype=dtype, device=device, **shared)
     path = Path(model)
     if path.is_dir():
         return Pipeline.from_pretrained(path, dtype=dtype, device=device, **shared)
-    if path.suffix == ".safetensors" or path.suffix in (".ckpt", ".bin", ".pt"):
+    if path.suffix == ".safetensors" or path.suffix in PICKLES:  # a pickle is refused with the convert recipe
         if not path.exists():
             raise UsageError(f"{flag} {model}: no such file")
         return Pipeline.from_single_file(path, dtype=dtype, device=device, **shared)
@@ -277,33 +318,53 @@ def side_by_side(left, right):
     return image
 
 
-def save_png(image, args, freeu, out=None):
-    """The PNG with the generation parameters in its `parameters` text chunk."""
-    from PIL.PngImagePlugin import PngInfo
-
-    params = {"prompt": args.prompt, "negative_prompt": args.negative, "model": args.model, "sampler": args.sampler,
-              "karras": args.karras, "steps": args.steps, "cfg": args.cfg, "clip_skip": args.clip_skip,
-              "seed": args.seed, "size": f"{image.width}x{image.height}",
-              "freeu": None if freeu is None else dataclasses.asdict(freeu), "compare_freeu": args.compare_freeu,
-              "lora": [[str(path), scale] for path, scale in getattr(args, "lora", [])],
-              "upscale": None if args.upscale is None else {"model": args.upscale, "steps": args.upscale_steps,
-                                                            "cfg": args.upscale_cfg},
-              "image": args.image, "mask": args.mask, "strength": args.strength, "refiner": args.refiner,
-              "high_noise_frac": args.high_noise_frac if args.refiner is not None else None,
-              "num_images": args.num_images, "generator": "minunet"}
-    meta = PngInfo()
-    meta.add_text("parameters", json.dumps(params))
-    out = Path(args.out if out is None else out)
+def save_png(image, s, out, model_hash=None, lora_hashes=(), panels=False):
+    """The PNG with A1111's `parameters` text and the exact settings `s` (parameters.settings) as JSON. With
+    --compare-freeu the text describes the right panel (FreeU on) and says so; the JSON lists both panels."""
+    text = parameters.a1111_text(s, model_hash, lora_hashes)
+    if panels:
+        text += ", Comparison: left without FreeU / right with FreeU"
+        s = {**s, "compare_freeu": True, "panels": [{**s, "freeu": None, "freeu_mapping": None,
+                                                     "freeu_version": None}, dict(s)]}
+    out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
-    image.save(out, pnginfo=meta)
+    image.save(out, pnginfo=parameters.png_info(s, text))
+
+
+def apply_png(args):
+    """--from-png: the PNG's settings for every option not given on the command line."""
+    from ..loading.lora import parse_lora_arg
+
+    given = args.given
+    found = parameters.read_png(args.from_png)
+    found = parameters.resolve_a1111(found, given, args.from_png)
+    found.pop("panels", None)
+    for dest, value in found.items():
+        if dest not in given:
+            setattr(args, dest, [parse_lora_arg(t) for t in value] if dest == "lora" else value)
+
+
+def lora_arg(text):
+    """--lora FILE[:SCALE] for argparse: a bad SCALE is a usage error with its own message."""
+    from ..loading.lora import parse_lora_arg
+
+    try:
+        return parse_lora_arg(text)
+    except ValueError as e:
+        raise argparse.ArgumentTypeError(str(e)) from None
 
 
 def add_lora_arguments(p):
-    from ..lora import parse_lora_arg
-
-    p.add_argument("--lora", action="append", default=[], type=parse_lora_arg, metavar="FILE[:SCALE]",
+    p.add_argument("--lora", action="append", default=[], type=lora_arg, metavar="FILE[:SCALE]",
                    help="a LoRA .safetensors (kohya / A1111 or diffusers / PEFT) on the UNet and text encoders, "
                         "at SCALE (default 1.0); repeatable")
+
+
+def check_loras(loras):
+    """Every --lora file exists (a usage error, exit 2, as a missing --model) and is a .safetensors file."""
+    for path, _ in loras:
+        if not path.is_file():
+            raise UsageError(f"--lora {path}: no such file")
 
 
 def apply_loras(pipe, args):
@@ -336,14 +397,15 @@ def add_upscale_arguments(p):
     g = p.add_argument_group("x2 latent upscaler (SD latents -> an image twice the size, one command)")
     g.add_argument("--upscale", default=None, metavar="MODEL",
                    help="tiny | x2 (stabilityai/sd-x2-latent-upscaler) | a diffusers folder | a Hub repo id")
-    g.add_argument("--upscale-steps", type=int, default=75, help="upscaler steps (diffusers' default 75)")
+    g.add_argument("--upscale-steps", type=int, default=None,
+                   help=f"upscaler steps (default: {UPSCALE_STEPS}, diffusers'; with --upscale tiny: {TINY_UPSCALE_STEPS})")
     g.add_argument("--upscale-cfg", type=float, default=9.0,
                    help="upscaler guidance (diffusers' default 9.0; 0 = empty prompt, as the documented examples)")
     g.add_argument("--upscale-revision", default=None, help="Hub ref of a repo id given to --upscale")
 
 
 def load_upscaler(model, args, dtype):
-    from ..upscale_pipeline import UpscalePipeline
+    from ..pipelines.upscale import UpscalePipeline
 
     if model == "tiny":
         print("minunet: --upscale tiny is a small RANDOM-weight upscaler: it makes noise, not pictures.")
@@ -365,5 +427,7 @@ class UpscaledPipeline:
     def __call__(self, prompt, *, negative_prompt=None, generator=None, **kwargs):
         latents = self.pipe(prompt, negative_prompt=negative_prompt, generator=generator, output_type="latent",
                             **kwargs).images
-        return self.upscaler(prompt, image=latents, negative_prompt=negative_prompt, generator=generator,
+        n = len(latents)  # --num-images: one prompt per image latents
+        return self.upscaler([prompt] * n, image=latents, negative_prompt=None if negative_prompt is None else
+                             [negative_prompt] * n, generator=generator,
                              num_inference_steps=self.args.upscale_steps, guidance_scale=self.args.upscale_cfg)

@@ -49,7 +49,7 @@ def check_args(args):
 def cmd_train(args):
     import torch
 
-    from ..io import CheckpointError
+    from ..errors import CheckpointError
     from ..training import distributed
     from ..training.tiny import RECIPES, train
 

@@ -2,26 +2,28 @@
 from pathlib import Path
 
 from ..schedulers.samplers import SAMPLERS
-from .common import UsageError, add_dtype_device_arguments, add_freeu_arguments, freeu_from_args, parse_size
+from .common import (UsageError, add_dtype_device_arguments, add_freeu_arguments, check_finite, check_out_path,
+                     freeu_from_args, parse_device, parse_size)
 
 # video models by name: name -> Hub repo of a diffusers TextToVideoSDPipeline with safetensors files
 VIDEO_MODELS = {"ms-1.7b": "ali-vilab/text-to-video-ms-1.7b"}
 VIDEO_MODEL_NAMES = ("tiny-video", *VIDEO_MODELS)
+STEPS, TINY_STEPS = 50, 10  # TextToVideoSDPipeline's default; the random-weight tiny model
 
 
 def add_parser(sub):
     p = sub.add_parser("video", help="prompt -> video (.mp4 / .gif / .webp) with a text-to-video model")
     p.add_argument("prompt")
     p.add_argument("--model", default="tiny-video", help="repo id | folder | " + " | ".join(VIDEO_MODEL_NAMES))
-    p.add_argument("--negative", default=None)
-    p.add_argument("--frames", type=int, default=16)
+    p.add_argument("--negative", default=None, help="negative prompt")
+    p.add_argument("--frames", type=int, default=16, help="number of frames")
     p.add_argument("--size", default=None,
                    help="WIDTHxHEIGHT, multiples of 8 (default: the model's; zeroscope: 576x320)")
-    p.add_argument("--fps", type=float, default=8)
-    p.add_argument("--sampler", default="ddim", choices=list(SAMPLERS))
-    p.add_argument("--steps", type=int, default=50)
-    p.add_argument("--cfg", type=float, default=9.0)
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--fps", type=float, default=8, help="frames per second of the file")
+    p.add_argument("--sampler", default="ddim", choices=list(SAMPLERS), help="sampler")
+    p.add_argument("--steps", type=int, default=None, help=f"sampling steps (default: {STEPS}; tiny-video: {TINY_STEPS})")
+    p.add_argument("--cfg", type=float, default=9.0, help="guidance scale")
+    p.add_argument("--seed", type=int, default=0, help="random seed")
     add_freeu_arguments(p, presets="a preset name (video)")
     add_dtype_device_arguments(p)
     p.add_argument("--out", default="minunet.mp4", help=".mp4 (needs minunet[video]), .gif or .webp")
@@ -30,11 +32,14 @@ def add_parser(sub):
 
 def load_video_pipeline(model, dtype=None, device=None):
     """--model for `video`: 'tiny-video', a known name, a diffusers text-to-video folder or a Hub repo id."""
-    from ..video_pipeline import VideoPipeline
+    from ..pipelines.video import VideoPipeline
 
     if model == "tiny-video":
         print("minunet: --model tiny-video is a small RANDOM-weight model: it makes noise, not videos.")
-        return VideoPipeline.tiny()
+        pipe = VideoPipeline.tiny()
+        for module in (pipe.unet, pipe.vae, pipe.text):  # --dtype / --device as for any other model
+            module.to(device=device, dtype=dtype)
+        return pipe
     if model in VIDEO_MODELS:
         return VideoPipeline.from_pretrained(VIDEO_MODELS[model], dtype=dtype, device=device, variant="fp16")
     path = Path(model)
@@ -46,18 +51,37 @@ def load_video_pipeline(model, dtype=None, device=None):
                      f"({', '.join(VIDEO_MODEL_NAMES)})")
 
 
+def check_video_args(args):
+    """Every argument, the output path and its writer, before any model loads (as generate) -> (size, FreeU)."""
+    from ..pipelines.video_io import check_writer
+
+    for flag, value in (("--frames", args.frames), ("--steps", args.steps)):
+        if value is not None and value < 1:
+            raise UsageError(f"{flag} {value}: must be at least 1")
+    check_finite("--fps", args.fps)
+    if args.fps <= 0:
+        raise UsageError(f"--fps {args.fps}: must be positive")
+    check_finite("--cfg", args.cfg)
+    if not 0 <= args.seed < 2**64:
+        raise UsageError(f"--seed {args.seed}: must be an integer from 0 to 2**64 - 1")
+    if args.steps is None:
+        args.steps = TINY_STEPS if args.model == "tiny-video" else STEPS
+    check_out_path("--out", args.out)
+    try:
+        check_writer(args.out)
+    except (ImportError, ValueError) as e:
+        raise UsageError(f"--out {args.out}: {e}") from None
+    args.device = parse_device(args.device)
+    return (parse_size(args.size) if args.size else None), freeu_from_args(args)
+
+
 def cmd_video(args):
     import numpy as np
     import torch
 
-    from ..video_io import export_video
+    from ..pipelines.video_io import export_video
 
-    if args.frames < 1:
-        raise UsageError(f"--frames {args.frames}: must be at least 1")
-    if args.fps <= 0:
-        raise UsageError(f"--fps {args.fps}: must be positive")
-    size = parse_size(args.size) if args.size else None
-    freeu = freeu_from_args(args)
+    size, freeu = check_video_args(args)
     pipe = load_video_pipeline(args.model, dtype=getattr(torch, args.dtype), device=args.device)
     width, height = size or (None, None)
 

@@ -7,7 +7,8 @@ import os
 import torch
 from safetensors.torch import save_file
 
-from ..io import CheckpointError, load_safetensors, read_header
+from ..errors import CheckpointError
+from ..loading.io import load_safetensors, read_header
 
 
 def read_metadata(path):

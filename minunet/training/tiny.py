@@ -87,7 +87,7 @@ def build_vae(recipe, seed):
 def build_text(recipe, seed):
     from transformers import CLIPTextModel
 
-    from ..text import tiny_text_config
+    from ..loading.text import tiny_text_config
 
     torch.manual_seed(seed + 1)
     config = tiny_text_config("sd1", width=recipe.text_width, layers=recipe.text_layers, head_size=64)
@@ -100,13 +100,13 @@ def build_unet(recipe, seed):
 
 
 def tokenizer():
-    from ..text import CLIP_L_PAD, load_tokenizer
+    from ..loading.text import CLIP_L_PAD, load_tokenizer
 
     return load_tokenizer(None, CLIP_L_PAD)
 
 
 def token_ids(tok, captions):
-    from ..text import tokenize
+    from ..loading.text import tokenize
 
     return tokenize(tok, captions, 77)
 
@@ -148,7 +148,7 @@ class DenoiserLoss(nn.Module):
 
 
 def sd15_schedule():
-    from ..pipeline import schedule_from_file
+    from ..pipelines.image import schedule_from_file
     from ..weights import CONFIGS
 
     return schedule_from_file(CONFIGS / "stable-diffusion-v1-5" / "scheduler" / "scheduler_config.json")
@@ -373,7 +373,7 @@ def vae_samples(recipe, run, step, data_seed, frozen=None):
 
 def save_grid(images, columns, path, scale=2):
     """(N, 3, H, W) in [-1, 1] -> one PNG, nearest-neighbour enlarged `scale` times."""
-    from ..images import to_pil
+    from ..pipelines.images import to_pil
 
     n, c, h, w = images.shape
     rows = math.ceil(n / columns)
@@ -440,7 +440,8 @@ def ema_models(recipe, run, seed):
 
 def load_stage_vae(recipe, out, name="decoder"):
     """The VAE a stage wrote: OUT/vae.safetensors (VAE stage) or OUT/decoder.safetensors (decoder stage)."""
-    from ..io import CheckpointError, load_safetensors
+    from ..errors import CheckpointError
+    from ..loading.io import load_safetensors
 
     path = Path(out) / f"{name}.safetensors"
     if not path.is_file():
@@ -471,8 +472,8 @@ SAMPLE_PROMPTS = [shapes.plain_caption(c, s, b) for c, s, b in
 
 def pipeline(recipe, unet, vae, text):
     """A minunet Pipeline on in-memory parts (the sample grids; tests)."""
-    from ..pipeline import Pipeline
-    from ..text import TextConditioner
+    from ..pipelines.image import Pipeline
+    from ..loading.text import TextConditioner
 
     conditioner = TextConditioner("sd1", [text], [tokenizer()])
     return Pipeline(unet, vae, conditioner, sd15_schedule(), default_size=recipe.image_size)
@@ -493,7 +494,7 @@ def single_file_state(unet, vae, text, dtype=torch.float16):
     `cond_stage_model.transformer.text_model.*`, as an official SD 1.x checkpoint names them."""
     from .. import original_state_dict
     from ..keymaps.vae import PREFIX as VAE_PREFIX, diffusers_to_original
-    from ..text import SPECS, file_names
+    from ..loading.text import SPECS, file_names
 
     state = dict(original_state_dict(unet))
     cfg = vae.config

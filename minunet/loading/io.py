@@ -12,16 +12,14 @@ from pathlib import Path
 
 import torch
 
+from ..errors import CheckpointError
+
 DTYPES = {
     "F64": torch.float64, "F32": torch.float32, "F16": torch.float16, "BF16": torch.bfloat16,
     "I64": torch.int64, "I32": torch.int32, "I16": torch.int16, "I8": torch.int8, "U8": torch.uint8,
     "BOOL": torch.bool, "F8_E4M3": torch.float8_e4m3fn, "F8_E5M2": torch.float8_e5m2,
 }
 PICKLE_SUFFIXES = {".ckpt", ".bin", ".pt", ".pth", ".pkl"}
-
-
-class CheckpointError(ValueError):
-    """A checkpoint that cannot be loaded as asked: the message names the file and what is wrong."""
 
 
 def refuse_pickle(path):
@@ -220,8 +218,8 @@ def common_dtype(state_dict, source):
     return COMPUTE_DTYPE.get(best, best)
 
 
-OFFLINE_HINT = ("Download the file elsewhere and pass its local path (a .safetensors file or a diffusers folder) "
-                "instead of a repo id.")
+OFFLINE_HINT = ("Without network: download it elsewhere and pass its local path (a .safetensors file or a "
+                "diffusers folder) instead.")
 
 
 def hub_offline():
@@ -247,13 +245,43 @@ def hub_offline():
 _OFFLINE = None
 
 
-def hub_download(repo_id, filenames, subfolder=None):
+def hub_failure(subject, what, error, offline):
+    """The one message for a Hub fetch that failed (generate, --upscale, video, download, load_unet): the reason
+    in words, never an exception class name, and what to do without network."""
+    from huggingface_hub.errors import GatedRepoError, LocalEntryNotFoundError, RepositoryNotFoundError, \
+        RevisionNotFoundError
+
+    if isinstance(error, LocalEntryNotFoundError) or offline:
+        reason = "it is not in the local Hugging Face cache and the Hub cannot be reached (offline)"
+    elif isinstance(error, GatedRepoError):
+        reason = "the repository is gated: accept its terms on huggingface.co and log in (`hf auth login`)"
+    elif isinstance(error, RepositoryNotFoundError):
+        reason = "no such repository on the Hub (or it is private)"
+    elif isinstance(error, RevisionNotFoundError):
+        reason = "no such revision in that repository"
+    else:
+        reason = (str(error).splitlines() or ["the Hub answered with an error"])[0]
+    return CheckpointError(f"{subject}: could not fetch {what} from the Hugging Face Hub: {reason}. {OFFLINE_HINT}")
+
+
+def hub_snapshot(repo_id, patterns, revision=None, subject=None):
+    """The files of a Hub repo matching `patterns` (the cache when offline) -> local folder."""
+    from huggingface_hub import snapshot_download
+
+    offline = hub_offline()
+    try:
+        return Path(snapshot_download(repo_id, revision=revision, allow_patterns=patterns, local_files_only=offline))
+    except Exception as e:  # any failure of the Hub client: one message (hub_failure)
+        raise hub_failure(repo_id if subject is None else subject, "its files", e, offline) from None
+
+
+def hub_download(repo_id, filenames, subfolder=None, subject=None):
     """Fetch only the named files of a Hub repo into the usual cache; offline, use the cache or say how to pass
-    a local file."""
+    a local file. `subject`: what the message names (default: the repo id)."""
     from huggingface_hub import hf_hub_download
     from huggingface_hub.errors import EntryNotFoundError, LocalEntryNotFoundError
 
-    offline, last = hub_offline(), None
+    offline, last, subject = hub_offline(), None, repo_id if subject is None else subject
     for name in filenames:
         try:
             return Path(hf_hub_download(repo_id, name, subfolder=subfolder, local_files_only=offline))
@@ -261,15 +289,12 @@ def hub_download(repo_id, filenames, subfolder=None):
             if isinstance(e, LocalEntryNotFoundError):  # offline and not cached: a subclass, not "no such file"
                 if offline and name != filenames[-1]:
                     continue  # another name may be cached
-                raise CheckpointError(f"{repo_id}: '{name}' is not in the local Hugging Face cache and the Hub "
-                                      f"cannot be reached (offline). {OFFLINE_HINT}") from None
+                raise hub_failure(subject, f"'{name}'", e, offline) from None
             last = e
             continue
         except Exception as e:  # no such repo, gated, ...
-            raise CheckpointError(
-                f"{repo_id}: could not fetch '{name}' from the Hugging Face Hub ({type(e).__name__}: "
-                f"{str(e).splitlines()[0] if str(e) else ''}). Without network: {OFFLINE_HINT}") from None
-    raise CheckpointError(f"{repo_id}: none of {filenames} found in subfolder {subfolder!r} on the Hub ({last})")
+            raise hub_failure(subject, f"'{name}'", e, offline) from None
+    raise CheckpointError(f"{subject}: none of {filenames} found in subfolder {subfolder!r} on the Hub ({last})")
 
 
 def shard_files(index):
@@ -318,3 +343,23 @@ def load_folder_weights(folder, stem, variant=None):
         refuse_pickle(folder / pickles[0])  # raises, with the conversion recipe
     raise CheckpointError(f"{folder}: no {file.name}; found {found}"
                           + ("" if variant else f". Pass variant='fp16' for {stem}.fp16.safetensors."))
+
+
+def check_device(name, value):
+    """None, or a device that exists on this machine -> torch.device. A missing CUDA / MPS is one named
+    RuntimeError here, before any file is read, instead of torch's AssertionError from deep in a load."""
+
+    if value is None:
+        return None
+    try:
+        d = torch.device(value)
+    except (RuntimeError, ValueError, TypeError):
+        raise ValueError(f"{name}={value!r} is not a device (cpu, cuda, cuda:1, mps, ...)") from None
+    if d.type == "cuda" and not torch.cuda.is_available():
+        raise RuntimeError(f"{name}={value!r}: CUDA is not available on this machine (torch.cuda.is_available() is "
+                           "False: no GPU, or a CPU-only torch); use device='cpu'")
+    if d.type == "cuda" and d.index is not None and d.index >= torch.cuda.device_count():
+        raise RuntimeError(f"{name}={value!r}: this machine has {torch.cuda.device_count()} CUDA device(s)")
+    if d.type == "mps" and not torch.backends.mps.is_available():
+        raise RuntimeError(f"{name}={value!r}: MPS is not available on this machine; use device='cpu'")
+    return d

@@ -50,13 +50,13 @@ import torch
 from torch import nn
 from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection, CLIPTokenizer
 
-from . import checks
+from .. import checks
 from .io import (CheckpointError, load_folder_weights, load_into, load_safetensors, read_header, read_json,
                  refuse_pickle)
-from .random_init import randomize_
-from .keymaps.text import TEXT_ROOT, convert, count_layers, detect_family, embedder_rows, \
+from ..models.random_init import randomize_
+from ..keymaps.text import TEXT_ROOT, convert, count_layers, detect_family, embedder_rows, \
     original_shape, target_shapes
-from .weights import CONFIGS, TOKENIZER
+from ..weights import CONFIGS, TOKENIZER
 
 FAMILIES = ("sd1", "sd2", "sdxl", "sdxl-refiner")
 

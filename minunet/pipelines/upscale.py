@@ -30,15 +30,17 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
+from ..errors import CheckpointError
+from ..loading.io import looks_like_repo_id, read_json
+from ..loading.text import CLIP_L_PAD, as_batch, load_encoder_folder, load_tokenizer, tokenize
+from ..loading.unet import load_unet
+from ..loading.vae import load_vae
+from ..models.kunet import KUNet, KUNetConfig
+from ..noise import check_generators, randn
+from ..schedulers import SAMPLERS, Schedule, cfg_combine
+from . import checks
+from .common import UNetPipeline, check_output_type, fetch_pipeline, progress
 from .images import from_pil, to_pil
-from .io import CheckpointError, looks_like_repo_id, read_json
-from .loading import load_unet
-from .noise import check_generators, randn
-from .schedulers import Schedule, cfg_combine
-from .schedulers.samplers import SAMPLERS
-from .text import CLIP_L_PAD, as_batch, load_encoder_folder, load_tokenizer, tokenize
-from .upscaler import KUNet, KUNetConfig
-from .vae import load_vae
 
 NOISE_LEVEL_FEATURES = 64  # half of the noise-level embedding in timestep_cond: cos(0) = 1 x 64, sin(0) = 0 x 64
 
@@ -73,7 +75,7 @@ class KarrasDenoiser:
         return cfg_combine(*x0.chunk(2), self.guidance_scale)
 
 
-class UpscalePipeline:
+class UpscalePipeline(UNetPipeline):
     def __init__(self, unet, vae, text_encoder, tokenizer, schedule):
         if not isinstance(unet, KUNet):
             raise TypeError(f"UpscalePipeline needs the latent upscaler's KUNet, got {type(unet).__name__}")
@@ -89,7 +91,7 @@ class UpscalePipeline:
         if not folder.is_dir():
             if not looks_like_repo_id(source):
                 raise CheckpointError(f"{source}: no such folder, and not a Hub repo id ('owner/name')")
-            folder = _fetch(str(source), variant, revision)
+            folder = fetch_pipeline(str(source), variant, revision)
         unet = load_unet(folder / "unet", dtype=dtype, device=device, variant=variant)
         if not isinstance(unet, KUNet):
             raise CheckpointError(f"{folder / 'unet'}: a {type(unet).__name__}, not the latent upscaler's K-UNet "
@@ -103,13 +105,13 @@ class UpscalePipeline:
     @classmethod
     def tiny(cls, seed=0):
         """A small random-initialised upscaler built in memory from a fixed seed, for demos and tests: it runs
-        anywhere in seconds and makes noise, not pictures. Its VAE has Pipeline.tiny()'s structure (x8)."""
+        anywhere in seconds and makes noise, not pictures. Its VAE has Pipeline.tiny_random()'s structure (x8)."""
         from transformers import CLIPTextModel
 
-        from .random_init import randomize_
-        from .text import tiny_text_config
-        from .vae import VAE, VAEConfig
-        from .weights import CONFIGS
+        from ..models.random_init import randomize_
+        from ..loading.text import tiny_text_config
+        from ..models.vae import VAE, VAEConfig
+        from ..weights import CONFIGS
 
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(seed)
@@ -120,30 +122,12 @@ class UpscalePipeline:
         sched = read_json(CONFIGS / "sd-x2-latent-upscaler" / "scheduler" / "scheduler_config.json", "scheduler config")
         return cls(unet.eval(), vae.eval(), text.eval(), load_tokenizer(None, CLIP_L_PAD), Schedule.from_config(sched))
 
-    def enable_freeu(self, *args, **kwargs):
-        """minunet's FreeU on the K-UNet (see KUNet._freeu_plan); diffusers' enable_freeu does nothing here."""
-        self.unet.enable_freeu(*args, **kwargs)
-
-    def disable_freeu(self):
-        self.unet.disable_freeu()
-
-    def compile(self, **options):
-        """torch.compile the K-UNet; the same as `up.unet = torch.compile(up.unet, **options)` (the pipeline calls
-        whatever `up.unet` is at call time)."""
-        self.unet = torch.compile(self.unet, **options)
-        return self
-
-    @property
-    def device(self):
-        return self.unet.device
-
     # ---- upscaling -------------------------------------------------------------------------------------------
     @torch.no_grad()
     def __call__(self, prompt, image, num_inference_steps=75, guidance_scale=9.0, negative_prompt=None,
                  generator=None, latents=None, output_type="pil", callback=None, progress=True):
         """prompt (str or list), image (B, 4, h, w) SD latents, or RGB image(s) -> UpscaleOutput at 2x the size."""
-        if output_type not in ("pil", "pt", "latent"):
-            raise ValueError(f"output_type '{output_type}' is not one of 'pil', 'pt', 'latent'")
+        check_output_type(output_type, ("pil", "pt", "latent"))
         if isinstance(num_inference_steps, bool) or not isinstance(num_inference_steps, int) or num_inference_steps < 1:
             raise ValueError(f"num_inference_steps={num_inference_steps!r} must be an integer >= 1")
         prompts = as_batch(prompt, "prompt")
@@ -151,8 +135,9 @@ class UpscalePipeline:
         if guidance_scale == 0:  # diffusers: no guidance and an empty prompt
             prompts = [""] * batch
         check_generators(generator, batch)
+        self._check_image(image, batch)
         context, pooled = self.encode_prompt(prompts, as_batch(negative_prompt or "", "negative_prompt", batch), cfg)
-        low = self._image_latents(image, generator, batch)
+        low = self._image_latents(image, generator)
         steps = self.schedule.steps(num_inference_steps, "euler")
         repeat = 2 if cfg else 1
         image_cond = F.interpolate(low.repeat(repeat, 1, 1, 1), scale_factor=2, mode="nearest")  # * 1 / sqrt(0 + 1)
@@ -161,14 +146,15 @@ class UpscalePipeline:
         shape = (batch, self.vae.config.latent_channels, 2 * low.shape[2], 2 * low.shape[3])
         x = self._start(latents, shape, generator) * steps.init_noise_sigma
 
-        def model_fn(x_in, t):
-            return self.unet(x_in.to(self.unet.dtype), t, context, timestep_cond=timestep_cond)
+        def model_fn(x_in, t):  # every output checked: a damaged weight is named at the first step
+            out = self.unet(x_in.to(self.unet.dtype), t, context, timestep_cond=timestep_cond)
+            return checks.finite_output(out, "upscaler UNet", self.unet.dtype, self.unet)
 
         denoiser = KarrasDenoiser(model_fn, image_cond.to(self.unet.dtype), guidance_scale)
         x = _run(denoiser, x, steps, callback, progress)
         if output_type == "latent":
             return UpscaleOutput(images=x)
-        decoded = self.vae.decode(x / self.vae.scaling_factor)
+        decoded = checks.finite_output(self.vae.decode(x / self.vae.scaling_factor), "VAE", self.vae.dtype, self.vae)
         if output_type == "pt":
             return UpscaleOutput(images=(decoded.float() * 0.5 + 0.5).clamp(0, 1))
         return UpscaleOutput(images=to_pil(decoded))
@@ -182,27 +168,32 @@ class UpscalePipeline:
         dev, dtype = self.device, self.unet.dtype
         return out.hidden_states[-1].to(dev, dtype), out.pooler_output.to(dev, dtype)
 
-    def _image_latents(self, image, generator, batch):
-        """SD latents as given, or the VAE's posterior sample (the generator's first draw) * scaling factor."""
+    def _check_image(self, image, batch):
+        """image: SD latents (B, 4, h, w) or RGB images (tensor (B, 3, H, W) or PIL) of the prompts' batch, with
+        sides the K-UNet's kernels take; checked before any model runs."""
         if isinstance(image, torch.Tensor):
             if image.ndim != 4 or image.shape[1] not in (3, self.vae.config.latent_channels):
                 raise ValueError(f"image has shape {tuple(image.shape)}: pass SD latents (B, "
                                  f"{self.vae.config.latent_channels}, h, w), e.g. a Pipeline's output_type='latent', "
                                  "or RGB images (B, 3, H, W) in [0, 1]")
-            pixels = None if image.shape[1] != 3 else image * 2 - 1
+            n, (h, w), pixels = image.shape[0], image.shape[2:], image.shape[1] == 3
         else:
-            pixels = from_pil(image)
-        if pixels is not None:
-            self._check_size(*pixels.shape[2:], self.vae.config.downscale, "image")
-            posterior = self.vae.encode(pixels.to(self.device, self.vae.dtype))
-            low = posterior.sample(generator) * self.vae.scaling_factor
-        else:
-            low = image
-        if low.shape[0] != batch:
-            raise ValueError(f"image has a batch of {low.shape[0]} but the prompt batch has {batch}: pass one image "
+            first = image[0] if isinstance(image, (list, tuple)) and image else image
+            if not hasattr(first, "size"):
+                raise TypeError(f"image must be SD latents, an RGB tensor or PIL image(s), got {type(image).__name__}")
+            n, (w, h), pixels = len(image) if isinstance(image, (list, tuple)) else 1, first.size, True
+        if n != batch:
+            raise ValueError(f"image has a batch of {n} but the prompt batch has {batch}: pass one image "
                              "(or latent) per prompt")
-        self._check_size(*low.shape[2:], 1, "latents")
-        return low.to(self.device, torch.float32)
+        self._check_size(h, w, self.vae.config.downscale if pixels else 1, "image" if pixels else "latents")
+
+    def _image_latents(self, image, generator):
+        """SD latents as given, or the VAE's posterior sample (the generator's first draw) * scaling factor."""
+        if isinstance(image, torch.Tensor) and image.shape[1] != 3:
+            return image.to(self.device, torch.float32)
+        pixels = image * 2 - 1 if isinstance(image, torch.Tensor) else from_pil(image)
+        posterior = self.vae.encode(pixels.to(self.device, self.vae.dtype))
+        return (posterior.sample(generator) * self.vae.scaling_factor).to(self.device, torch.float32)
 
     def _check_size(self, h, w, per_latent, what):
         """The K-UNet runs at 2x the latents and needs multiples of `downscale` (>= 2 x that): latents must be
@@ -221,23 +212,7 @@ class UpscalePipeline:
         return latents.to(self.device, torch.float32)
 
 
-def _run(denoiser, x, steps, callback, progress):
+def _run(denoiser, x, steps, callback, show):
     """The Euler loop with a progress bar; callback(i, t, latents) after step i may return latents to use."""
-    from tqdm import tqdm
-
-    with tqdm(total=len(steps.timesteps), disable=not progress, desc="upscaling", leave=False) as bar:
-        def step(i, t, x):
-            bar.update(1)
-            return None if callback is None else callback(i, t, x)
+    with progress(len(steps.timesteps), show, [callback], desc="upscaling") as step:
         return SAMPLERS["euler"].loop(denoiser, x, steps, callback=step)
-
-
-def _fetch(repo_id, variant, revision):
-    from huggingface_hub import snapshot_download
-
-    weights = f"*.{variant}.safetensors" if variant else "*.safetensors"
-    try:
-        return Path(snapshot_download(repo_id, revision=revision, allow_patterns=["*.json", "*.txt", weights]))
-    except Exception as e:
-        raise CheckpointError(f"{repo_id}: could not fetch from the Hugging Face Hub ({type(e).__name__}). Without "
-                              "network, pass a local diffusers folder instead.") from None

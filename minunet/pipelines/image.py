@@ -6,8 +6,8 @@
 Argument names and meanings are diffusers' (StableDiffusion[XL][Img2Img]Pipeline). With the same generator the
 random draws happen in diffusers' order (initial noise; in img2img the VAE sample, then the noise), so a seed
 gives the same image as diffusers. One deliberate difference: `clip_skip` applies to the negative prompt too
-(see minunet.text). Inpainting (mask_image=) is StableDiffusion[XL]InpaintPipeline's: see minunet.inpaint; the
-SDXL negative size / crop ids follow diffusers' rules, ignored arguments included: see minunet.micro_conditioning.
+(see minunet.loading.text). Inpainting (mask_image=) is StableDiffusion[XL]InpaintPipeline's: see minunet.pipelines.inpaint; the
+SDXL negative size / crop ids follow diffusers' rules, ignored arguments included: see minunet.pipelines.micro_conditioning.
 """
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -15,17 +15,19 @@ from pathlib import Path
 
 import torch
 
+from ..errors import CheckpointError
+from ..loading.io import looks_like_repo_id, read_json
+from ..loading.text import TextConditioner
+from ..loading.unet import load_unet, load_unet_single_file
+from ..loading.vae import load_vae
+from ..models.config import family
+from ..noise import check_generators, randn, repeat_to
+from ..schedulers import SAMPLERS, Schedule, guided, sample
+from ..weights import CONFIGS
 from . import checks, inpaint
-from .config import family
+from .common import UNetPipeline, check_output_type, check_sampler, fetch_pipeline, progress
 from .images import from_pil, to_pil
-from .io import CheckpointError, hub_offline, looks_like_repo_id, read_json
-from .loading import load_unet, load_unet_single_file
 from .micro_conditioning import time_ids
-from .noise import check_generators, randn, repeat_to
-from .schedulers import SAMPLERS, Schedule, guided, sample
-from .text import TextConditioner
-from .vae import load_vae
-from .weights import CONFIGS
 
 # a single file carries no scheduler config or default size: the official ones for its family
 FAMILY_DEFAULTS = {"sd1": ("stable-diffusion-v1-5", 512), "sd2": ("stable-diffusion-2-1", 768),
@@ -37,7 +39,7 @@ class PipelineOutput:
     images: list  # PIL images, or a (B, 3, H, W) tensor in [0, 1] for "pt", or latents for "latent"
 
 
-class Pipeline:
+class Pipeline(UNetPipeline):
     def __init__(self, unet, vae, text, schedule, *, default_size=None):
         self.unet, self.vae, self.text, self.schedule = unet, vae, text, schedule
         self.family = text.family  # the text encoders tell the refiner (bigG alone, aesthetic score) from the base
@@ -59,7 +61,7 @@ class Pipeline:
         if not folder.is_dir():
             if not looks_like_repo_id(source):
                 raise CheckpointError(f"{source}: no such folder, and not a Hub repo id ('owner/name')")
-            folder = _fetch_pipeline(str(source), variant)
+            folder = fetch_pipeline(str(source), variant)
         if not (folder / "unet").is_dir():
             raise CheckpointError(f"{folder}: not a diffusers pipeline folder (no unet/)")
         unet = unet if unet is not None else load_unet(folder / "unet", dtype=dtype, device=device, variant=variant)
@@ -122,7 +124,7 @@ class Pipeline:
         """The tiny Stable Diffusion trained by `minunet train-tiny` and shipped in the package (16 MB): one plain
         shape of one colour on a plain background, e.g. "a red circle on a blue background", 32 x 32 px. An SD
         1.x-structure single file like any other (from_single_file), at the size it was trained at."""
-        from .weights import TINY_MODEL, TINY_SIZE
+        from ..weights import TINY_MODEL, TINY_SIZE
 
         if not TINY_MODEL.is_file():
             raise CheckpointError(f"{TINY_MODEL}: the shipped tiny model is missing from this installation")
@@ -133,9 +135,9 @@ class Pipeline:
     def tiny_random(cls, family_name="sd1", seed=0, *, in_channels=4):
         """A small random-initialised pipeline built in memory from a fixed seed: it runs anywhere in seconds and
         makes noise, not pictures. in_channels=9: the inpainting UNet structure."""
-        from .config import UNetConfig
-        from .vae import VAE, VAEConfig
-        from .unet import UNet
+        from ..models.config import UNetConfig
+        from ..models.vae import VAE, VAEConfig
+        from ..models.unet import UNet
 
         if family_name != "sd1":
             raise ValueError("tiny pipelines exist for the sd1 structure only")
@@ -148,23 +150,11 @@ class Pipeline:
         sched = read_json(CONFIGS / "stable-diffusion-v1-5" / "scheduler" / "scheduler_config.json", "scheduler config")
         return cls(unet, vae, text, Schedule.from_config(sched), default_size=128)  # 16 x 16 latents
 
-    def compile(self, **options):
-        """torch.compile the UNet; the same as `pipe.unet = torch.compile(pipe.unet, **options)`, which also works
-        (the pipeline calls whatever `pipe.unet` is at call time)."""
-        self.unet = torch.compile(self.unet, **options)
-        return self
-
-    def enable_freeu(self, *args, **kwargs):
-        self.unet.enable_freeu(*args, **kwargs)
-
-    def disable_freeu(self):
-        self.unet.disable_freeu()
-
     def load_lora(self, source, scale=1.0, *, fuse=False):
-        """A LoRA file (kohya / A1111 or diffusers / PEFT, see minunet.lora) on the UNet and the text encoders ->
+        """A LoRA file (kohya / A1111 or diffusers / PEFT, see minunet.loading.lora) on the UNet and the text encoders ->
         the `Lora` (change `.scale`, `.fuse()`, `.unfuse()`, `.remove()`). Several can be on at once; every key
         must map to a module of this pipeline, else nothing is applied. `unload_lora()` takes them all off."""
-        from .lora import load_lora
+        from ..loading.lora import load_lora
 
         unet = getattr(self.unet, "_orig_mod", self.unet)  # the module itself under torch.compile
         targets = {"unet": unet, **{s.subfolder: e for s, e in zip(self.text.specs, self.text.encoders)}}
@@ -195,7 +185,7 @@ class Pipeline:
                 module.to("cpu")
 
     @property
-    def device(self):
+    def device(self):  # with CPU offload, where each model runs
         return self.offload_device or self.unet.device
 
     # ---- generation ----------------------------------------------------------------------------------------
@@ -209,11 +199,11 @@ class Pipeline:
                  negative_original_size=None, negative_crops_coords_top_left=None, negative_target_size=None,
                  negative_ids="diffusers"):
         """Prompt (and, for img2img / the refiner, an image or latents; for inpainting, an image and a mask) ->
-        images; see the module docstring, minunet.inpaint and minunet.micro_conditioning."""
+        images; see the module docstring, minunet.pipelines.inpaint and minunet.pipelines.micro_conditioning."""
         image = checks.pipeline_arguments(self, locals())  # one named ValueError / TypeError per bad argument
         inpainting = mask_image is not None
         self._check_call(sampler, output_type, image, mask_image, padding_mask_crop)
-        guidance_scale, strength = self._defaults(guidance_scale, strength, inpainting)
+        guidance_scale, strength = self.defaults(guidance_scale, strength, inpainting)
         height, width = self._size(height, width, image, inpainting)
         cfg = guidance_scale > 1.0
         # 1. text -> context (and SDXL's pooled text + size ids)
@@ -225,7 +215,7 @@ class Pipeline:
                        negative_crops_coords_top_left=negative_crops_coords_top_left, negative_ids=negative_ids)
         context, added = self._conditioning(prompt, negative_prompt, prompt_2, negative_prompt_2, num_images_per_prompt,
                                             clip_skip, cfg, ids)
-        checks.finite_output(context, "text encoder", self.text.encoders[-1].dtype)
+        checks.finite_output(context, "text encoder", self.text.encoders[-1].dtype, self.text)
         # 2. where the run starts: noise, or an image's latents (img2img, refiner, inpainting)
         batch = context.shape[0] // (2 if cfg else 1)
         shape = (batch, self.unet.config.out_channels, height // self.vae_scale, width // self.vae_scale)
@@ -236,39 +226,42 @@ class Pipeline:
         else:
             start = self._start(shape, image, latents, strength, denoising_start, denoising_end, generator)
         # 3. the denoising loop: the UNet (with classifier-free guidance) inside the sampler
+        cause = _overflow_cause(guidance_scale if cfg else None, sampler)
         model_fn = self.model_fn(context, added, guidance_scale if cfg else None, guidance_rescale,
-                                 None if run is None else run.unet_input)
-        model_fn = checks.first_call_finite(model_fn, "UNet", self.unet.dtype)  # NaN at step 1: a named error
+                                 None if run is None else run.unet_input, cause)
         x = self._sample(sampler, model_fn, num_inference_steps, start, eta, generator, callback, progress, run)
+        checks.finite_output(x, "sampler", None, cause=cause)
         # 4. latents -> images (inpainting with padding_mask_crop: pasted into the original)
         if output_type == "latent":
             return PipelineOutput(images=x)
-        images = self._decode(x, output_type)
+        images = self._decode(x, output_type, cause)
         return PipelineOutput(images=images if run is None else run.finish(images))
 
-    def model_fn(self, context, added, guidance_scale=None, guidance_rescale=0.0, extra_input=None):
+    def model_fn(self, context, added, guidance_scale=None, guidance_rescale=0.0, extra_input=None, cause=None):
         """The sampler's model_fn(x_in, t) -> raw UNet output, with classifier-free guidance when guidance_scale is
         given (context and the added conditioning then hold [negative; positive]). `self.unet` is read at each call,
         so `pipe.unet = torch.compile(pipe.unet, ...)` takes effect. extra_input(x_in) -> the UNet's input (a
-        9-channel inpainting UNet's mask and masked-image latents)."""
+        9-channel inpainting UNet's mask and masked-image latents). Every output is checked for NaN / Inf (the
+        UNet's, naming a damaged weight; the guided one, naming `cause`)."""
         def unet_fn(x_in, t):
             if extra_input is not None:
                 x_in = extra_input(x_in)
             return self.unet(x_in.to(self.unet.dtype), t, context, **added).float()
-        return unet_fn if guidance_scale is None else guided(unet_fn, guidance_scale, guidance_rescale)
+        unet_fn = checks.finite_calls(unet_fn, "UNet", self.unet.dtype, self.unet, cause)
+        if guidance_scale is None:
+            return unet_fn
+        return checks.finite_calls(guided(unet_fn, guidance_scale, guidance_rescale), "guidance", None, cause=cause)
 
     def _check_call(self, sampler, output_type, image, mask_image, padding_mask_crop):
-        if sampler not in SAMPLERS:
-            raise ValueError(f"sampler '{sampler}' is not one of {tuple(SAMPLERS)}")
-        if output_type not in ("pil", "pt", "latent"):
-            raise ValueError(f"output_type '{output_type}' is not one of 'pil', 'pt', 'latent'")
+        check_sampler(sampler)
+        check_output_type(output_type, ("pil", "pt", "latent"))
         if mask_image is not None:
             inpaint.check_inputs(image, mask_image, padding_mask_crop, output_type, self.unet.config.in_channels)
         elif self.unet.config.in_channels != 4:
             raise ValueError(f"this UNet has {self.unet.config.in_channels} input channels (an inpainting model): "
                              "give image= and mask_image=")
 
-    def _defaults(self, guidance_scale, strength, inpainting):
+    def defaults(self, guidance_scale=None, strength=None, inpainting=False):
         """diffusers' defaults: guidance 7.5 (SDXL text-to-image / img2img 5.0; SDXL inpainting 7.5 again);
         strength 0.8 / 0.3 (SDXL) for img2img, 1.0 / 0.9999 (SDXL) for inpainting."""
         xl = self.family in ("sdxl", "sdxl-refiner")
@@ -310,19 +303,21 @@ class Pipeline:
             noise = randn(shape, generator, self.device)
         return dict(noise=noise, init_latents=init, **{k: v for k, v in window.items() if v is not None})
 
-    def _sample(self, sampler, model_fn, num_steps, start, eta, generator, callback, progress, run=None):
+    def _sample(self, sampler, model_fn, num_steps, start, eta, generator, callback, show, run=None):
         window = {k: v for k, v in start.items() if k not in ("noise", "init_latents")}
         steps = self.schedule.steps(num_steps, sampler, **window)
-        blend = None if run is None else (lambda i, x: run.after_step(steps, i, x))  # 4-channel inpainting
+        blend = None if run is None else run.blend_step(steps)  # 4-channel inpainting: before the user's callback
         options = {"eta": eta} if "eta" in SAMPLERS[sampler].options else {}
-        with self._running(self.unet), _progress(len(steps.timesteps), progress, callback, blend) as step_callback:
+        with self._running(self.unet), progress(len(steps.timesteps), show, [blend, callback]) as step_callback:
             return sample(sampler, model_fn, start["noise"], self.schedule, num_steps, init_latents=start["init_latents"],
                           generator=generator, callback=step_callback, **window, **options)
 
-    def _decode(self, latents, output_type):
+    def _decode(self, latents, output_type, cause=None):
         with self._running(self.vae):
             decoded = self.vae.decode(latents.to(self.device) / self.vae.scaling_factor)
-        checks.finite_output(decoded, "VAE", self.vae.dtype)  # a NaN image would be saved black
+        # a NaN image would be saved black; finite weights: the latents were out of range (`cause`)
+        checks.finite_output(decoded, "VAE", self.vae.dtype, self.vae,
+                             None if cause is None else f"Its input latents reach |x| = {float(latents.abs().max()):.3g}. {cause}")
         if output_type == "pt":
             return (decoded.float() * 0.5 + 0.5).clamp(0, 1)
         return to_pil(decoded)
@@ -342,7 +337,7 @@ class Pipeline:
         return height, width
 
     def _added_conditioning(self, pooled, neg_pooled, ids, cfg):
-        """SDXL micro-conditioning: pooled text + the (positive, negative) ids of minunet.micro_conditioning."""
+        """SDXL micro-conditioning: pooled text + the (positive, negative) ids of minunet.pipelines.micro_conditioning."""
         if self.unet.config.adm_in_channels is None:
             return {}
         b = pooled.shape[0]
@@ -355,7 +350,7 @@ class Pipeline:
 
     def _inpaint_start(self, shape, image, mask_image, masked_image_latents, padding_mask_crop, latents, strength,
                        denoising_start, denoising_end, generator):
-        """(sampler start as _start gives it, InpaintRun) for an inpainting run (see minunet.inpaint)."""
+        """(sampler start as _start gives it, InpaintRun) for an inpainting run (see minunet.pipelines.inpaint)."""
         if denoising_start is not None:  # the refiner: start from the given latents, no noise added
             window = {"denoising_start": denoising_start}
         else:  # strength 1: pure noise, as text-to-image; else the image latents noised to the first step
@@ -366,14 +361,37 @@ class Pipeline:
         dev = self.device
         def noise_fn():  # drawn between the image encode and the masked-image encode, as diffusers
             return latents.to(dev, torch.float32) if latents is not None else randn(shape, generator, dev)
-        run = inpaint.start(self, pixels.to(dev), mask.to(dev), batch=shape[0], generator=generator, noise_fn=noise_fn,
-                            need_image_latents=self.unet.config.in_channels == 4 or bool(window),
-                            masked_image_latents=masked_image_latents, box=box, original=image,
-                            original_mask=mask_image)
+        image_latents, noise, masked = self._inpaint_latents(
+            pixels.to(dev), mask.to(dev), shape[0], generator, noise_fn, masked_image_latents,
+            need_image_latents=self.unet.config.in_channels == 4 or bool(window))
+        small = repeat_to(inpaint.latent_mask(mask.to(dev), self.vae_scale), shape[0], "mask_image").to(dev)
+        run = inpaint.InpaintRun(small, masked, image_latents, noise, box, image, mask_image)
         window["denoising_end"] = denoising_end
         start = dict(noise=None if denoising_start is not None else run.noise,
                      init_latents=run.image_latents if "strength" in window or denoising_start is not None else None)
         return {**start, **{k: v for k, v in window.items() if v is not None}}, run
+
+    def _inpaint_latents(self, pixels, mask, batch, generator, noise_fn, masked_image_latents, need_image_latents):
+        """(image latents, starting noise, masked-image latents), drawn in diffusers' order: [image encode] ->
+        noise -> [masked-image encode]. A 4-channel UNet never reads the masked-image latents: diffusers encodes
+        them anyway; here only their random draws are made (skip_encode), so a seed gives the same stream
+        (Euler a, DDIM with eta) without the wasted VAE pass."""
+        nine = self.unet.config.in_channels == 9
+        given = pixels.shape[1] == 4  # latents (the SDXL refiner continuing the base): no encode
+        image_latents = None
+        if given or need_image_latents:
+            image_latents = repeat_to(pixels if given else self.encode_latents(pixels, generator), batch, "image")
+        noise = noise_fn()
+        masked = masked_image_latents
+        if masked is None and nine and given:
+            raise ValueError("a 9-channel (inpainting) UNet given latents as image= needs masked_image_latents= too")
+        if masked is None and nine:
+            masked = self.encode_latents(inpaint.masked_image(pixels, mask), generator)
+        elif masked is None and not given:
+            self.skip_encode(pixels, generator)
+        if masked is not None:
+            masked = repeat_to(masked.to(self.device, torch.float32), batch, "masked_image_latents")
+        return image_latents, noise, masked
 
     def encode_latents(self, pixels, generator):
         """Scaled VAE posterior samples of (n, 3, H, W) pixels in [-1, 1], as diffusers' inpainting pipelines draw
@@ -418,36 +436,16 @@ class Pipeline:
         return repeat_to(out, batch, "image latents" if latents else "image")
 
 
+def _overflow_cause(guidance_scale, sampler):
+    """What to blame for NaN / Inf when the weights are finite: the guidance scale when there is guidance."""
+    if guidance_scale is not None:
+        return (f"The weights are finite: guidance_scale={guidance_scale:g} multiplies the difference of the two "
+                "predictions and the latents overflowed; usual values are 1-20.")
+    return f"The weights are finite: the latents overflowed while sampling with sampler '{sampler}'."
+
+
 def _shared_encoders(text_encoder, text_encoder_2):
     return {k: v for k, v in (("text_encoder", text_encoder), ("text_encoder_2", text_encoder_2)) if v is not None}
-
-
-@contextmanager
-def _progress(total, enabled, callback, blend=None):
-    """The sampler's callback: progress bar, then the inpainting blend, then the user's callback; a tensor
-    returned replaces the latents."""
-    from tqdm import tqdm
-
-    with tqdm(total=total, disable=not enabled, desc="sampling", leave=False) as bar:
-        def step(i, t, x):
-            bar.update(1)
-            if blend is not None:
-                x = blend(i, x)
-            out = None if callback is None else callback(i, t, x)
-            return x if out is None and blend is not None else out
-        yield step
-
-
-def _fetch_pipeline(repo_id, variant):
-    from huggingface_hub import snapshot_download
-
-    weights = f"*.{variant}.safetensors" if variant else "*.safetensors"
-    try:
-        return Path(snapshot_download(repo_id, allow_patterns=["*.json", "*.txt", weights],
-                                      local_files_only=hub_offline()))
-    except Exception as e:
-        raise CheckpointError(f"{repo_id}: could not fetch from the Hugging Face Hub ({type(e).__name__}). Without "
-                              "network, pass a local diffusers folder or a .safetensors file instead.") from None
 
 
 def schedule_from_file(path):

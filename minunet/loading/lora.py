@@ -13,13 +13,17 @@ Formats, recognised per key by whole prefixes and suffixes (tables below), never
 - kohya / A1111: `lora_unet_{name}.lora_down.weight`, `.lora_up.weight`, `.alpha`; `lora_te_` (SD 1.x / 2.x),
   `lora_te1_` / `lora_te2_` (SDXL's CLIP-L / bigG). `name` is a module path with "_" for ".": SD 1.x files use
   diffusers' paths (`down_blocks_0_attentions_0_transformer_blocks_0_attn1_to_q`), SDXL files the original
-  layout's (`input_blocks_4_1_transformer_blocks_0_attn1_to_q`, `input_blocks_1_0_in_layers_2`), text encoders
-  transformers' (`text_model_encoder_layers_0_self_attn_q_proj`). Since module names contain "_" themselves
+  layout's (`input_blocks_4_1_transformer_blocks_0_attn1_to_q`, `input_blocks_1_0_in_layers_2`; A1111-era SD 1.x
+  files too), text encoders transformers 4's (`text_model_encoder_layers_0_self_attn_q_proj`), which every real
+  file carries although transformers 5's CLIPTextModel has no `text_model.` level (both spellings are accepted). Since module names contain "_" themselves
   (`to_q`, `transformer_blocks`), a name is not split back: it is looked up in a table of every real module path
   written that way (and, for the UNet, of every original-layout path from `keymaps.unet.unet_key_map`).
 - diffusers / PEFT: `unet.{path}.lora_A.weight` / `.lora_B.weight` (also diffusers' older `.lora.down/up.weight`
   and `.lora_linear_layer.down/up.weight`), `text_encoder.*`, `text_encoder_2.*`; alpha from `.alpha` keys or
   the file's `lora_adapter_metadata` (PEFT's `lora_alpha`, `alpha_pattern`, `use_rslora`).
+- LyCORIS LoHa (`.hada_w1_a`, `.hada_w1_b`, `.hada_w2_a`, `.hada_w2_b`, Tucker cores `.hada_t1` / `.hada_t2`) and
+  LoKr (`.lokr_w1` or `.lokr_w1_a/_b`, `.lokr_w2` or `.lokr_w2_a/_b`, core `.lokr_t2`) under kohya names, with
+  `.alpha`: see LohaLayer and LokrLayer for the maths (that of LyCORIS and ComfyUI).
 A key that fits no row, a module the model does not have, a down without its up, or a wrong shape is an error
 listing the keys: nothing is applied then.
 """
@@ -32,15 +36,22 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .io import CheckpointError, load_safetensors, read_header
+from ..errors import CheckpointError
+from ..keymaps.unet import unet_key_map
+from ..models.unet import UNet
+from .io import load_safetensors, read_header
 
 COMPONENTS = ("unet", "text_encoder", "text_encoder_2")
 TEXT_COMPONENTS = ("text_encoder", "text_encoder_2")
 # (format, {key prefix: component}, {key suffix: part})
+# LyCORIS LoHa / LoKr tensors (kohya-style names): the part is the suffix without its dot
+LYCORIS_PARTS = ("hada_w1_a", "hada_w1_b", "hada_w2_a", "hada_w2_b", "hada_t1", "hada_t2",
+                 "lokr_w1", "lokr_w1_a", "lokr_w1_b", "lokr_w2", "lokr_w2_a", "lokr_w2_b", "lokr_t2")
 FORMATS = [
     ("kohya", {"lora_unet_": "unet", "lora_te_": "text_encoder", "lora_te1_": "text_encoder",
                "lora_te2_": "text_encoder_2"},
-     {".lora_down.weight": "down", ".lora_up.weight": "up", ".alpha": "alpha"}),
+     {".lora_down.weight": "down", ".lora_up.weight": "up", ".alpha": "alpha",
+      **{f".{part}": part for part in LYCORIS_PARTS}}),
     ("peft", {"unet.": "unet", "text_encoder.": "text_encoder", "text_encoder_2.": "text_encoder_2"},
      {".lora_A.weight": "down", ".lora_B.weight": "up", ".lora.down.weight": "down", ".lora.up.weight": "up",
       ".lora_linear_layer.down.weight": "down", ".lora_linear_layer.up.weight": "up", ".alpha": "alpha"}),
@@ -68,37 +79,42 @@ def lora_targets(model):
             if isinstance(m, nn.Linear) or (isinstance(m, nn.Conv2d) and m.groups == 1)]
 
 
-def module_names(model, fmt):
-    """{name as a file of format `fmt` writes it: module path} for every LoRA target of `model`."""
-    paths = lora_targets(model)
-    if fmt == "peft":
-        return {p: p for p in paths}
+def file_path(component, path):
+    """A module path as real files name it. Text encoders: with transformers 4's `text_model.` level
+    (`text_model.encoder.layers.0.self_attn.k_proj`), which CLIPTextModel lost in transformers 5 while
+    CLIPTextModelWithProjection kept it; kohya, A1111 and diffusers files all carry it."""
+    if component in TEXT_COMPONENTS and not path.startswith("text_model.") and path != "text_projection":
+        return "text_model." + path
+    return path
+
+
+def module_names(model, fmt, component="unet"):
+    """{name as a file of format `fmt` writes it: module path} for every LoRA target of `model`. Text encoders
+    answer to the real files' names (`text_model.` level) and to the installed transformers' own paths."""
     table = {}
-    for p in paths:
-        if table.setdefault(p.replace(".", "_"), p) != p:
-            raise AssertionError(f"two modules flatten to the same kohya name: {table[p.replace('.', '_')]}, {p}")
-    from .unet import UNet  # late: lora is imported by unet
 
-    if isinstance(model, UNet):  # SDXL kohya files name the original layout's modules
-        from .keymaps.unet import unet_key_map
+    def add(name, path):
+        name = name if fmt == "peft" else name.replace(".", "_")
+        if table.setdefault(name, path) != path:
+            raise AssertionError(f"{fmt} name {name} means both {table[name]} and {path}")
 
-        originals = unet_key_map(list(model.state_dict()), model.config)
-        known = set(paths)
-        for orig, ours in originals.items():
-            module, leaf = orig.rpartition(".")[0], ours.rpartition(".")[0]
-            if ours.endswith(".weight") and leaf in known and table.setdefault(module.replace(".", "_"), leaf) != leaf:
-                raise AssertionError(f"kohya name {module} means both {table[module.replace('.', '_')]} and {leaf}")
+    for p in lora_targets(model):
+        add(p, p)
+        add(file_path(component, p), p)
+    if isinstance(model, UNet) and fmt == "kohya":  # SDXL kohya files name the original layout's modules
+        known = set(table.values())
+        for orig, ours in unet_key_map(list(model.state_dict()), model.config).items():
+            if ours.endswith(".weight") and ours.rpartition(".")[0] in known:
+                add(orig.rpartition(".")[0], ours.rpartition(".")[0])
     return table
 
 
-class LoraLayer(nn.Module):
-    """scale * alpha / rank * up(down(x)) on one Linear or Conv2d `target` (held by reference, not registered)."""
+class Update(nn.Module):
+    """A weight update scale * delta() on one Linear or Conv2d `target` (held by reference, not registered):
+    added by a forward hook, or merged into the weight (fuse). Subclasses give delta() and their file tensors."""
 
-    def __init__(self, target, down, up, alpha=None):
+    def __init__(self, target):
         super().__init__()
-        self.down, self.up = nn.Parameter(down), nn.Parameter(up)
-        self.rank = down.shape[0]
-        self.alpha = float(self.rank if alpha is None else alpha)
         self.scale = 1.0  # the user's multiplier (Lora.scale)
         self.target = [target]  # a list: not a submodule, so the LoRA's state dict holds its own tensors only
         self.hook = None
@@ -108,21 +124,12 @@ class LoraLayer(nn.Module):
         return self.scale * self.alpha / self.rank
 
     def forward(self, x):
+        """x through the update alone: delta() as a weight of the target's kind (stride, padding), no bias."""
         t = self.target[0]
-        # the LoRA's tensors follow the input (a model moved by CPU offload; no-ops otherwise), x their dtype
-        down, up = self.down.to(x.device), self.up.to(x.device)
-        x = x.to(down.dtype)
-        if isinstance(t, nn.Conv2d):  # down: a conv like the target's (kernel, stride, padding), up: 1x1
-            h = F.conv2d(x, down, None, t.stride, t.padding, t.dilation)
-            return F.conv2d(h, up) * self.factor
-        return F.linear(F.linear(x, down), up) * self.factor
-
-    def delta(self):
-        """factor * up @ down as a weight-shaped float32 tensor (out, in[, kh, kw])."""
-        up, down = self.up.float(), self.down.float()
-        if down.ndim == 4:
-            return torch.einsum("or,rikl->oikl", up[:, :, 0, 0], down) * self.factor
-        return (up @ down) * self.factor
+        w = self.delta().to(x.device, x.dtype)
+        if isinstance(t, nn.Conv2d):
+            return F.conv2d(x, w, None, t.stride, t.padding, t.dilation)
+        return F.linear(x, w)
 
     def _hook(self, module, args, output):
         return output + self(args[0]).to(output.dtype)
@@ -157,6 +164,100 @@ class LoraLayer(nn.Module):
     def fused(self):
         stack = _FUSED.get(self.target[0])
         return stack is not None and self in stack[1]
+
+
+class LoraLayer(Update):
+    """scale * alpha / rank * up(down(x)): down (rank, in[, kh, kw]), up (out, rank[, 1, 1])."""
+
+    def __init__(self, target, down, up, alpha=None):
+        super().__init__(target)
+        self.down, self.up = nn.Parameter(down), nn.Parameter(up)
+        self.rank = down.shape[0]
+        self.alpha = float(self.rank if alpha is None else alpha)
+
+    def forward(self, x):
+        t = self.target[0]
+        # the LoRA's tensors follow the input (a model moved by CPU offload; no-ops otherwise), x their dtype
+        down, up = self.down.to(x.device), self.up.to(x.device)
+        x = x.to(down.dtype)
+        if isinstance(t, nn.Conv2d):  # down: a conv like the target's (kernel, stride, padding), up: 1x1
+            h = F.conv2d(x, down, None, t.stride, t.padding, t.dilation)
+            return F.conv2d(h, up) * self.factor
+        return F.linear(F.linear(x, down), up) * self.factor
+
+    def delta(self):
+        """factor * up @ down as a weight-shaped float32 tensor (out, in[, kh, kw])."""
+        up, down = self.up.float(), self.down.float()
+        if down.ndim == 4:
+            return torch.einsum("or,rikl->oikl", up[:, :, 0, 0], down) * self.factor
+        return (up @ down) * self.factor
+
+    def file_tensors(self):
+        return {"lora_down.weight": self.down, "lora_up.weight": self.up}
+
+
+def _product(a, b, core=None):
+    """a @ b, or with LyCORIS' Tucker core (r, r, kh, kw): sum_ij core[i, j] b[j, c] a[i, o] -> (o, c, kh, kw)."""
+    if core is None:
+        return a @ b
+    return torch.einsum("ijkl,jc,io->ockl", core, b, a)
+
+
+class LycorisLayer(Update):
+    """A LyCORIS update from its named tensors (`parts`, float32 maths, rounded when used)."""
+
+    def __init__(self, target, parts, alpha=None):
+        super().__init__(target)
+        self.parts = nn.ParameterDict({k: nn.Parameter(v) for k, v in parts.items()})
+        rank = self.rank_of(parts)
+        if rank is None:  # no low-rank factor: the file's alpha is not used (factor = scale)
+            self.rank, self.alpha = 1, 1.0
+        else:
+            self.rank, self.alpha = rank, float(rank if alpha is None else alpha)
+
+    def delta(self):
+        """factor * raw(), reshaped to the target's weight: (out, in[, kh, kw]) float32."""
+        return self.raw().reshape(self.target[0].weight.shape) * self.factor
+
+    def file_tensors(self):
+        return dict(self.parts)
+
+
+class LohaLayer(LycorisLayer):
+    """LoHa (LyCORIS): delta W = (w1_a @ w1_b) * (w2_a @ w2_b) elementwise, times alpha / rank (rank: w1_b's rows);
+    with Tucker cores hada_t1 / hada_t2 each product is _product(w_a, w_b, t) (conv kernels kept)."""
+
+    @staticmethod
+    def rank_of(parts):
+        return parts["hada_w1_b"].shape[0]
+
+    def raw(self):
+        p = {k: v.float() for k, v in self.parts.items()}
+        w1 = _product(p["hada_w1_a"], p["hada_w1_b"], p.get("hada_t1"))
+        w2 = _product(p["hada_w2_a"], p["hada_w2_b"], p.get("hada_t2"))
+        return w1 * w2  # (out, in * kh * kw), or (out, in, kh, kw) with cores
+
+
+class LokrLayer(LycorisLayer):
+    """LoKr (LyCORIS): delta W = kron(w1, w2) times alpha / rank; w1 is lokr_w1 or w1_a @ w1_b, w2 is lokr_w2, w2_a @ w2_b
+    or with a Tucker core lokr_t2 (conv kernels kept). rank: w2_b's (else w1_b's) rows; with both factors full
+    there is no rank and the factor is 1, as in LyCORIS and ComfyUI."""
+
+    @staticmethod
+    def rank_of(parts):
+        for key in ("lokr_w2_b", "lokr_w1_b"):
+            if key in parts:
+                return parts[key].shape[0]
+        return None
+
+    def raw(self):
+        p = {k: v.float() for k, v in self.parts.items()}
+        w1 = p["lokr_w1"] if "lokr_w1" in p else p["lokr_w1_a"] @ p["lokr_w1_b"]
+        w2 = p["lokr_w2"] if "lokr_w2" in p else _product(p["lokr_w2_a"], p["lokr_w2_b"], p.get("lokr_t2"))
+        if w2.ndim == 4:  # (out_l, in_m, kh, kw): w1 (out_k, in_n) gains a 1x1 kernel
+            w1 = w1[:, :, None, None]
+        # contiguous: torch.kron views its inputs and fails on einsum's strided output
+        return torch.kron(w1.contiguous(), w2.contiguous())  # (out_k * out_l, in_n * in_m[ * kh * kw]) or (out, in, kh, kw)
 
 
 def _refuse(module):
@@ -227,11 +328,12 @@ class Lora(nn.Module):
         return self
 
     def kohya_state_dict(self):
-        """{kohya key: tensor}: `{name}.lora_down.weight`, `.lora_up.weight` and `.alpha` per layer."""
+        """{kohya key: tensor}: `{name}.lora_down.weight`, `.lora_up.weight` (LyCORIS: its own tensors) and
+        `.alpha` per layer."""
         out = {}
         for name, layer in self.layers.items():
-            out[f"{name}.lora_down.weight"] = layer.down.detach().contiguous()
-            out[f"{name}.lora_up.weight"] = layer.up.detach().contiguous()
+            for suffix, tensor in layer.file_tensors().items():
+                out[f"{name}.{suffix}"] = tensor.detach().contiguous()
             out[f"{name}.alpha"] = torch.tensor(layer.alpha, dtype=torch.float32)
         return out
 
@@ -247,7 +349,7 @@ def kohya_name(component, path, components):
     two_text = "text_encoder_2" in components and "text_encoder" in components
     prefix = {"unet": "lora_unet_", "text_encoder": "lora_te1_" if two_text else "lora_te_",
               "text_encoder_2": "lora_te2_"}[component]
-    return prefix + path.replace(".", "_")
+    return prefix + file_path(component, path).replace(".", "_")
 
 
 def read_lora_file(path):
@@ -288,7 +390,7 @@ def group_keys(tensors, targets, source, ignore=()):
             unknown.append(f"{key} (no {component} here)")
             continue
         if (component, fmt) not in names:
-            names[component, fmt] = module_names(targets[component], fmt)
+            names[component, fmt] = module_names(targets[component], fmt, component)
         path = names[component, fmt].get(name)
         if path is None:
             unknown.append(key)
@@ -330,8 +432,21 @@ def _fit(tensor, ndim, kernel):
     return tensor
 
 
+def _alpha(slot, source):
+    """The slot's `.alpha` as a float, None when absent."""
+    if "alpha" not in slot:
+        return None
+    key, a = slot["alpha"]
+    if a.numel() != 1:
+        raise CheckpointError(f"{source}: {key} must be one number, found shape {list(a.shape)}")
+    return float(a.reshape(()))
+
+
 def make_layer(module, slot, component, path, source, metadata, dtype):
-    """A checked LoraLayer for `module` from its {"down", "up"[, "alpha"]} slot."""
+    """A checked LoraLayer (or LoHa / LoKr layer) for `module` from its {"down", "up"[, "alpha"]} slot."""
+    kinds = {p.partition("_")[0] for p in slot if p != "alpha"}
+    if kinds & {"hada", "lokr"}:
+        return make_lycoris(module, slot, component, path, source, dtype)
     missing = [p for p in ("down", "up") if p not in slot]
     if missing:
         have = ", ".join(k for k, _ in slot.values())
@@ -347,15 +462,52 @@ def make_layer(module, slot, component, path, source, metadata, dtype):
         if tuple(t.shape) != want:
             raise CheckpointError(f"{source}: {key} has shape {list(t.shape)}, but {component} module {path} "
                                   f"(weight {list(w.shape)}) needs {list(want)} for a rank-{rank} LoRA")
-    if "alpha" in slot:
-        key, a = slot["alpha"]
-        if a.numel() != 1:
-            raise CheckpointError(f"{source}: {key} must be one number, found shape {list(a.shape)}")
-        alpha = float(a.reshape(()))
-    else:
+    alpha = _alpha(slot, source)
+    if alpha is None:
         alpha = _peft_alpha(metadata, component, path, rank)
     dtype = w.dtype if dtype is None else dtype
     return LoraLayer(module, down.to(w.device, dtype).clone(), up.to(w.device, dtype).clone(), alpha)
+
+
+# the tensors a LyCORIS layer needs: any one of each alternative; optional cores only with their factors
+LYCORIS_NEEDS = {LohaLayer: [("hada_w1_a",), ("hada_w1_b",), ("hada_w2_a",), ("hada_w2_b",)],
+                 LokrLayer: [("lokr_w1", "lokr_w1_a"), ("lokr_w2", "lokr_w2_a")]}
+LYCORIS_PAIRS = {"lokr_w1_a": "lokr_w1_b", "lokr_w2_a": "lokr_w2_b", "hada_t1": "hada_t2", "hada_t2": "hada_t1",
+                 "lokr_t2": "lokr_w2_a"}
+
+
+def make_lycoris(module, slot, component, path, source, dtype):
+    """A LohaLayer / LokrLayer for `module`, its tensors checked against the module's weight."""
+    parts = {p: t for p, (_, t) in slot.items() if p != "alpha"}
+    keys = ", ".join(sorted(k for k, _ in slot.values()))
+    kinds = {p.partition("_")[0] for p in parts}
+    cls = LohaLayer if kinds == {"hada"} else LokrLayer if kinds == {"lokr"} else None
+    if cls is None:
+        raise CheckpointError(f"{source}: {component} module {path} mixes LoRA / LoHa / LoKr tensors: {keys}")
+    for options in LYCORIS_NEEDS[cls]:
+        if not any(o in parts for o in options) or sum(o in parts for o in options) > 1:
+            raise CheckpointError(f"{source}: {component} module {path} needs exactly one of "
+                                  f"{' / '.join(options)} for a {cls.__name__[:4]} layer; it has {keys}")
+    unpaired = [p for p, q in LYCORIS_PAIRS.items() if p in parts and q not in parts]
+    if unpaired:
+        raise CheckpointError(f"{source}: {component} module {path} has {unpaired[0]} without "
+                              f"{LYCORIS_PAIRS[unpaired[0]]} ({keys})")
+    w = module.weight
+    layer = cls(module, {p: t.to(w.device, w.dtype if dtype is None else dtype).clone() for p, t in parts.items()},
+                _alpha(slot, source))
+    _check_lycoris(layer, w, f"{source}: {component} module {path} (weight {list(w.shape)})", keys)
+    return layer
+
+
+def _check_lycoris(layer, w, where, keys):
+    shapes = {k: list(t.shape) for k, t in layer.parts.items()}
+    try:
+        raw = layer.raw()
+    except RuntimeError:
+        raw = None
+    if raw is None or raw.shape[0] != w.shape[0] or raw.numel() != w.numel() or (raw.ndim == 4 and raw.shape != w.shape):
+        raise CheckpointError(f"{where}: the {type(layer).__name__[:4]} tensors {shapes} do not combine to that "
+                              f"weight's shape ({keys})")
 
 
 def load_lora(targets, source, scale=1.0, *, fuse=False, ignore=(), dtype=None):
@@ -416,36 +568,40 @@ def new_lora(targets, rank=4, alpha=None, *, include=ATTENTION, seed=0, dtype=to
     return load_lora(targets, state, dtype=dtype)
 
 
-class LoraMixin:
-    """`load_lora` / `fuse_lora` / `unfuse_lora` / `unload_lora` on a model (the UNet); `loras` lists the
-    LoRAs on it, in the order loaded."""
+# model -> the LoRAs load_unet_lora put on it, in the order loaded (the model class knows nothing of them)
+_ON = weakref.WeakKeyDictionary()
 
-    @property
-    def loras(self):
-        return self.__dict__.setdefault("_loras", [])
 
-    def load_lora(self, source, scale=1.0, *, fuse=False, dtype=None):
-        """Apply the UNet part of a LoRA file (text-encoder keys are skipped with a warning) -> the `Lora`."""
-        lora = load_lora({"unet": self}, source, scale, fuse=fuse, ignore=TEXT_COMPONENTS, dtype=dtype)
-        self.loras.append(lora)
-        return lora
+def unet_loras(unet):
+    """The LoRAs load_unet_lora put on `unet`, in the order loaded."""
+    return _ON.setdefault(unet, [])
 
-    def fuse_lora(self):
-        for lora in self.loras:
-            lora.fuse()
-        return self
 
-    def unfuse_lora(self):
-        for lora in self.loras:
-            lora.unfuse()
-        return self
+def load_unet_lora(unet, source, scale=1.0, *, fuse=False, dtype=None):
+    """Apply the UNet part of a LoRA file (text-encoder keys are skipped with a warning) -> the `Lora`."""
+    lora = load_lora({"unet": unet}, source, scale, fuse=fuse, ignore=TEXT_COMPONENTS, dtype=dtype)
+    unet_loras(unet).append(lora)
+    return lora
 
-    def unload_lora(self):
-        """Take every LoRA off: the weights are the loaded ones again, bit for bit."""
-        for lora in reversed(self.loras):
-            lora.remove()
-        self.loras.clear()
-        return self
+
+def fuse_loras(unet):
+    for lora in unet_loras(unet):
+        lora.fuse()
+    return unet
+
+
+def unfuse_loras(unet):
+    for lora in unet_loras(unet):
+        lora.unfuse()
+    return unet
+
+
+def unload_loras(unet):
+    """Take every LoRA off: the weights are the loaded ones again, bit for bit."""
+    for lora in reversed(unet_loras(unet)):
+        lora.remove()
+    unet_loras(unet).clear()
+    return unet
 
 
 def parse_lora_arg(text):
@@ -453,4 +609,6 @@ def parse_lora_arg(text):
     head, sep, tail = text.rpartition(":")
     if sep and re.fullmatch(r"[-+]?(\d+\.?\d*|\.\d+)([eE][-+]?\d+)?", tail):
         return Path(head), float(tail)
+    if sep and head.endswith(".safetensors"):  # FILE:SCALE with a scale that is no number
+        raise ValueError(f"{text}: the SCALE after ':' must be a number, got '{tail}'")
     return Path(text), 1.0

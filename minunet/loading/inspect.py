@@ -1,66 +1,62 @@
 """What is in a checkpoint: components, structure, dtypes, parameter counts, key coverage, official or not."""
-import hashlib
 import json
 from collections import Counter
 from pathlib import Path
 
-from .io import CheckpointError, read_header
-from .keymaps.unet import PREFIX
-from .weights import CONFIGS
+from ..errors import CheckpointError
+from .io import read_header
+from .official import official_files, sha256
+from ..keymaps.unet import PREFIX
 
 COMPONENTS = [("unet", ("model.diffusion_model.",)), ("vae", ("first_stage_model.",)),
               ("text", ("cond_stage_model.", "conditioner.")), ("ema", ("model_ema.",))]
+# a diffusers folder's model files (unet/, vae/, text_encoder*/): their keys have no component prefix
+DIFFUSERS_COMPONENTS = [("unet", ("conv_in.", "time_embedding.", "down_blocks.", "mid_block.", "up_blocks.",
+                                  "conv_norm_out.", "conv_out.", "add_embedding.", "transformer_in.", "time_proj.")),
+                        ("text", ("text_model.", "text_projection.", "embeddings.", "encoder.layers.",
+                                  "final_layer_norm.")),  # before vae: a VAE's encoder has no "layers"
+                        ("vae", ("encoder.", "decoder.", "quant_conv.", "post_quant_conv."))]
 
 
-def component(key):
-    for name, prefixes in COMPONENTS:
+def component(key, table=COMPONENTS):
+    for name, prefixes in table:
         if key.startswith(prefixes):
             return name
     return "other"
 
 
-def official_files():
-    """{size in bytes: [(repo path, sha256)]} from the git-lfs pointers of the official repos."""
-    table = {}
-    for line in (CONFIGS / "LFS_POINTERS.tsv").read_text().splitlines():
-        if line.startswith("#") or not line.strip():
-            continue
-        path, size, sha = line.split("\t")[:3]
-        table.setdefault(int(size), []).append((path, sha.strip()))
-    return table
-
-
-def sha256(path, progress=True):
-    from tqdm import tqdm
-
-    h = hashlib.sha256()
-    size = Path(path).stat().st_size
-    with open(path, "rb") as f, tqdm(total=size, unit="B", unit_scale=True, desc="sha256", disable=not progress,
-                                     leave=False) as bar:
-        while chunk := f.read(1 << 24):
-            h.update(chunk)
-            bar.update(len(chunk))
-    return h.hexdigest()
+def layout(keys):
+    """"original" (prefixed components: model.diffusion_model., ...) or "diffusers" (one model, bare keys)."""
+    if any(component(k) != "other" for k in keys):
+        return "original"
+    return "diffusers" if any(component(k, DIFFUSERS_COMPONENTS) != "other" for k in keys) else "original"
 
 
 def inspect_file(path, check_hash=True):
     """A report (dict) on a .safetensors file in the original or diffusers layout."""
     path = Path(path)
     header, _, size = read_header(path)
-    report = {"file": str(path), "bytes": size, "tensors": len(header), "components": {}}
+    report = {"file": str(path), "bytes": size, "tensors": len(header), "layout": layout(header), "components": {}}
+    table = DIFFUSERS_COMPONENTS if report["layout"] == "diffusers" else COMPONENTS
     groups = {}
     for key, entry in header.items():
-        groups.setdefault(component(key), {})[key] = entry
+        groups.setdefault(component(key, table), {})[key] = entry
     for name, entries in sorted(groups.items()):
         params = sum(_numel(e["shape"]) for e in entries.values())
         dtypes = dict(Counter(e["dtype"] for e in entries.values()))
         report["components"][name] = {"tensors": len(entries), "parameters": params, "dtypes": dtypes}
-    if "unet" in groups:
+    if "unet" in groups and report["layout"] == "diffusers":
+        report["components"]["unet"].update(_diffusers_unet_structure(groups["unet"], path))
+    elif "unet" in groups:
         report["components"]["unet"].update(_unet_structure(groups["unet"], path))
-    if "vae" in groups:
+    if "vae" in groups and report["layout"] == "diffusers":
+        report["components"]["vae"]["structure"] = "AutoencoderKL (diffusers layout: its config.json holds the rest)"
+    elif "vae" in groups:
         report["components"]["vae"]["structure"] = _vae_structure(header, path)
-    if "text" in groups:
-        from .keymaps.text import detect_family
+    if "text" in groups and report["layout"] == "diffusers":
+        report["components"]["text"]["structure"] = "CLIP text model (diffusers / transformers layout)"
+    elif "text" in groups:
+        from ..keymaps.text import detect_family
         found = detect_family(list(groups["text"]))
         report["components"]["text"]["structure"] = f"{found} text encoders" if found else "not recognised"
     report.update(_official(path, size, check_hash))
@@ -71,8 +67,8 @@ def _unet_structure(entries, path):
     """structure, config and key coverage of the UNet tensors (original layout)."""
     import torch
 
-    from .loading import config_from_shapes, describe, unet_key_map
-    from .unet import UNet
+    from .unet import config_from_shapes, describe, unet_key_map
+    from ..models.unet import UNet
     shapes = {k[len(PREFIX):]: e["shape"] for k, e in entries.items()}
     try:
         cfg = config_from_shapes(shapes, path)
@@ -85,6 +81,29 @@ def _unet_structure(entries, path):
             "key_coverage": {"mapped": len(set(shapes) & set(mapping)), "model": len(mapping),
                              "unknown": sorted(set(shapes) - set(mapping))[:10],
                              "missing": sorted(set(mapping) - set(shapes))[:10]}}
+
+
+def _diffusers_unet_structure(entries, path):
+    """structure and key coverage of a diffusers unet/*.safetensors, read with the config.json next to it."""
+    import torch
+
+    from ..models.config import describe
+    from ..models.unet import UNet
+    from .configs import unet_config
+    from .io import read_json
+    config = path.parent / "config.json"
+    if not config.is_file():
+        return {"structure": f"a UNet in the diffusers layout; no {config.name} next to it to read its structure"}
+    try:
+        cfg = unet_config(read_json(config, "UNet config"), config)
+    except (CheckpointError, TypeError, ValueError) as e:
+        return {"structure": f"a UNet in the diffusers layout; {config}: {e}"}
+    with torch.device("meta"):
+        model_keys = set(UNet(cfg).state_dict())
+    return {"structure": describe(cfg) + " (diffusers layout)", "config": cfg.asdict(),
+            "key_coverage": {"mapped": len(set(entries) & model_keys), "model": len(model_keys),
+                             "unknown": sorted(set(entries) - model_keys)[:10],
+                             "missing": sorted(model_keys - set(entries))[:10]}}
 
 
 def _vae_structure(header, path):
@@ -143,7 +162,7 @@ def _numel(shape):
 
 
 def format_report(report):
-    lines = [f"{report['file']}: {report['bytes']:,} bytes, {report['tensors']} tensors"]
+    lines = [f"{report['file']}: {report['bytes']:,} bytes, {report['tensors']} tensors, {report['layout']} layout"]
     for name, c in report["components"].items():
         lines.append(f"  {name:<6} {c['tensors']:5d} tensors {c['parameters'] / 1e6:10.1f} M parameters  "
                      f"dtypes {json.dumps(c['dtypes'])}")

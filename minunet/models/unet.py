@@ -8,16 +8,15 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .blocks import ModelDtypeDevice
-from .blocks.resnet import TimestepEmbedding, timestep_embedding
-from .blocks.unet_blocks import DownBlock, MidBlock, UpBlock
+from ..blocks import ModelDtypeDevice
+from ..blocks.resnet import TimestepEmbedding, timestep_embedding
+from ..blocks.freeu import FreeUSwitch
+from ..blocks.unet_blocks import DownBlock, MidBlock, UpBlock
 from .config import UNetConfig
 from .checkpointing import GradientCheckpointingMixin
-from .freeu import FreeUMixin
-from .lora import LoraMixin
 
 
-class UNet(FreeUMixin, LoraMixin, GradientCheckpointingMixin, ModelDtypeDevice, nn.Module):
+class UNet(FreeUSwitch, GradientCheckpointingMixin, ModelDtypeDevice, nn.Module):
     def __init__(self, config: UNetConfig):
         super().__init__()
         self.config = cfg = config
@@ -32,7 +31,6 @@ class UNet(FreeUMixin, LoraMixin, GradientCheckpointingMixin, ModelDtypeDevice, 
         self.up_blocks = nn.ModuleList([UpBlock(cfg, i) for i in range(n)])
         self.conv_norm_out = nn.GroupNorm(cfg.norm_num_groups, c0, eps=cfg.norm_eps)
         self.conv_out = nn.Conv2d(c0, cfg.out_channels, 3, padding=1)
-        self.freeu = None  # FreeU settings (or None); setting them works out freeu_plan, what each up block applies
 
     def time_embed(self, t, batch, dtype, text_embeds=None, time_ids=None):
         """(B,) timesteps [+ SDXL pooled text (B, 1280) and ids (B, 5 or 6)] -> temb (B, 4 * C0)."""
@@ -52,22 +50,38 @@ class UNet(FreeUMixin, LoraMixin, GradientCheckpointingMixin, ModelDtypeDevice, 
         return temb
 
     def decoder_widths(self):
-        """Backbone channels entering each decoder resnet, [up block][resnet]: what FreeU's stage rule reads."""
-        return [[backbone for backbone, _ in UpBlock.widths(self.config, i)] for i in range(len(self.up_blocks))]
+        return decoder_widths(self.config)
 
     def forward(self, x, t, context, *, text_embeds=None, time_ids=None):
         """x (B, in, H, W), t scalar or (B,), context (B, T, context_dim) -> raw prediction (B, out, H, W)."""
         temb = self.time_embed(t, x.shape[0], x.dtype, text_embeds, time_ids)
-        h = self.conv_in(x)
-        skips = [h]                                   # s0; then one per down resnet and one per downsample
-        for block in self.down_blocks:
-            h, s = block(h, temb, context)
-            skips += s
+        h, skips = encode(self.down_blocks, self.conv_in(x), temb, context)
         h = self.mid_block(h, temb, context)
-        for i, block in enumerate(self.up_blocks):
-            n = len(block.resnets)
-            block_skips, skips = skips[-n:], skips[:-n]
-            size = skips[-1].shape[2:] if skips else None  # upsample to the next skip's size (odd sizes)
-            freeu = None if self.freeu_plan is None else self.freeu_plan[i]  # per resnet: Stage | None
-            h = block(h, block_skips, temb, context, size, freeu=freeu)
+        h = decode(self.up_blocks, h, skips, temb, context, self.freeu_plan)
         return self.conv_out(F.silu(self.conv_norm_out(h)))
+
+
+def encode(down_blocks, h, temb, context, frames=None):
+    """conv_in's output through the down blocks -> (h, skips): s0 = conv_in's output, then one skip per down
+    resnet and one per downsample. (frames: the video UNet's, handed to its blocks' temporal layers.)"""
+    skips = [h]
+    for block in down_blocks:
+        h, s = block(h, temb, context, frames)
+        skips += s
+    return h, skips
+
+
+def decode(up_blocks, h, skips, temb, context, freeu_plan, frames=None):
+    """The up blocks, each consuming its skips last-in first-out, FreeU's Stage per resnet from `freeu_plan`."""
+    for i, block in enumerate(up_blocks):
+        n = len(block.resnets)
+        block_skips, skips = skips[-n:], skips[:-n]
+        size = skips[-1].shape[2:] if skips else None  # upsample to the next skip's size (odd sizes)
+        freeu = None if freeu_plan is None else freeu_plan[i]  # per resnet: Stage | None
+        h = block(h, block_skips, temb, context, size, freeu=freeu, frames=frames)
+    return h
+
+
+def decoder_widths(config):
+    """Backbone channels entering each decoder resnet, [up block][resnet]: what FreeU's stage rule reads."""
+    return [[backbone for backbone, _ in UpBlock.widths(config, i)] for i in range(len(config.block_out_channels))]

@@ -8,6 +8,9 @@ from pathlib import Path
 
 import torch
 
+from ..loading.configs import to_diffusers
+from ..models.config import family
+
 
 def block_names(cfg):
     n = len(cfg.block_out_channels)
@@ -62,12 +65,21 @@ def diffusers_twin(source, unet):
     if path is not None and path.is_file():
         with tempfile.TemporaryDirectory() as tmp:
             (Path(tmp) / "unet").mkdir()
-            (Path(tmp) / "unet" / "config.json").write_text(json.dumps(unet.config.to_diffusers()))
+            (Path(tmp) / "unet" / "config.json").write_text(json.dumps(to_diffusers(unet.config)))
             return UNet2DConditionModel.from_single_file(str(path), config=tmp, subfolder="unet",
                                                          local_files_only=True, torch_dtype=unet.dtype).eval()
-    model = UNet2DConditionModel(**unet.config.to_diffusers()).to(unet.dtype).eval()
+    model = UNet2DConditionModel(**to_diffusers(unet.config)).to(unet.dtype).eval()
     model.load_state_dict(unet.state_dict(), strict=True)
     return model
+
+
+def sdxl_added_widths(cfg):
+    """(number of size ids, pooled text width) of an SDXL-structured UNet, read from the model's own added
+    conditioning width (pooled + ids x 256): base 6 ids, refiner 5 (aesthetic score); at small widths (no 4th
+    level to tell the refiner) 6 when the width leaves room for them, else 5."""
+    d = cfg.addition_time_embed_dim
+    n_ids = 5 if family(cfg) == "sdxl-refiner" or cfg.adm_in_channels <= 6 * d else 6
+    return n_ids, cfg.adm_in_channels - n_ids * d
 
 
 def random_inputs(cfg, size=(32, 32), batch=1, seed=0, dtype=torch.float32, device="cpu", *, tokens=77,
@@ -80,8 +92,8 @@ def random_inputs(cfg, size=(32, 32), batch=1, seed=0, dtype=torch.float32, devi
     t = torch.tensor(timesteps if timesteps is not None else [500.0] * batch, device=device)
     added = None
     if cfg.adm_in_channels is not None:
-        n_ids = (cfg.adm_in_channels - 1280) // cfg.addition_time_embed_dim
+        n_ids, pooled = sdxl_added_widths(cfg)
         ids = [1024.0, 768.0, 0.0, 16.0, 1024.0, 1024.0] if n_ids == 6 else [1024.0, 768.0, 0.0, 16.0, 6.0]
-        added = {"text_embeds": torch.randn(batch, 1280, generator=g).to(device, dtype),
+        added = {"text_embeds": torch.randn(batch, pooled, generator=g).to(device, dtype),
                  "time_ids": torch.tensor([[v + 512.0 * i for v in ids] for i in range(batch)]).to(device, dtype)}
     return x.to(device, dtype), t, ctx.to(device, dtype), added

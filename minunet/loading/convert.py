@@ -42,19 +42,25 @@ def convert(src, dst, dtype=None):
 
 
 def read_pickle(src):
-    """torch.load(weights_only=True): tensors and plain containers only; anything else is refused unrun."""
+    """torch.load(weights_only=True): tensors and plain containers only; anything else is refused unrun. The
+    error says what stopped the restricted unpickler, never torch's advice to turn it off."""
     try:
         return torch.load(src, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as e:
-        lines = str(e).splitlines()
+        lines = [line.strip() for line in str(e).splitlines() if line.strip()]
         reason = next((line for line in lines if "GLOBAL" in line or "global" in line), None)
         if reason is not None:  # the restricted unpickler met a class / function it does not allow
             raise CheckpointError(f"{src}: refused: this pickle needs more than tensors and plain containers, so it "
-                                  f"could run code ({reason.strip()}); nothing from it was run or written") from None
-        raise CheckpointError(f"{src}: not a readable PyTorch checkpoint ({lines[0] if lines else e!r})") from None
-    except Exception as e:  # not a pickle, truncated zip, ...
-        raise CheckpointError(f"{src}: not a readable PyTorch checkpoint ({type(e).__name__}: "
-                              f"{str(e).splitlines()[0] if str(e) else ''})") from None
+                                  f"could run code ({reason}); nothing from it was run or written") from None
+        detail = next((lines[i + 1] for i, line in enumerate(lines[:-1]) if line.endswith("WeightsUnpickler error:")),
+                      None)
+        raise CheckpointError(f"{src}: not a PyTorch checkpoint minunet can read: PyTorch's restricted unpickler "
+                              f"stopped{f' at: {detail}' if detail else ''} (random bytes, another format, or a "
+                              "pickle of more than tensors and plain containers); nothing from it was run or written"
+                              ) from None
+    except Exception:  # not a pickle, truncated zip, ...: the library's own exception says nothing to a user
+        raise CheckpointError(f"{src}: not a PyTorch checkpoint (neither a zip archive nor a pickle that PyTorch's "
+                              "restricted unpickler reads: another format, or a damaged / truncated file)") from None
 
 
 def tensors_of(obj, src):

@@ -7,21 +7,26 @@ from pathlib import Path
 
 import torch
 
-from .config import UNetConfig, describe
-from .io import (CheckpointError, hub_download, load_folder_weights, load_into, load_mapped, looks_like_repo_id,
-                 read_header, read_json, refuse_pickle)
+from ..errors import CheckpointError
+from ..keymaps import count_indices
+from ..keymaps.unet import PREFIX, unet_key_map
+from ..models.config import UNetConfig, describe
+from ..models.kunet import KUNet
+from ..models.unet import UNet
+from ..models.video import VideoUNet
 from . import video
-from .keymaps import count_indices
-from .keymaps.unet import PREFIX, unet_key_map
-from .unet import UNet
-from .upscaler import KUNet, KUNetConfig, is_kunet_config
+from .configs import is_kunet_config, is_video_config, kunet_config, unet_config, video_config
+from .io import (check_device, hub_download, load_folder_weights, load_into, load_mapped, looks_like_repo_id,
+                 read_header, read_json, refuse_pickle)
+
 
 def load_unet(source, *, dtype=None, device=None, variant=None, config=None) -> UNet:
     """Load a UNet from a diffusers folder (model folder or its unet/), an original .safetensors file,
     or a Hugging Face Hub repo id. `variant="fp16"` picks diffusion_pytorch_model.fp16.safetensors. A diffusers
-    folder of the x2 latent upscaler gives its KUNet (minunet/upscaler.py); a video UNet (UNet3DConditionModel
-    config, or a ModelScope-layout file) gives a minunet.video.VideoUNet.
+    folder of the x2 latent upscaler gives its KUNet (minunet/models/kunet.py); a video UNet (UNet3DConditionModel
+    config, or a ModelScope-layout file) gives a minunet.models.video.VideoUNet.
     `config` (a UNetConfig) overrides what a single file's shapes say (heads and upcast are not in shapes)."""
+    check_device("load_unet: device", device)
     source = str(source)
     refuse_pickle(source)
     path = Path(source)
@@ -44,12 +49,12 @@ def _load_diffusers_folder(path, dtype, device, variant):
     if not config_file.is_file():
         raise CheckpointError(f"{path}: no config.json (nor unet/config.json): not a diffusers UNet folder")
     raw = read_json(config_file, "UNet config")
-    if video.is_video_config(raw):  # UNet3DConditionModel (ModelScope text-to-video, zeroscope)
-        model_class, config = video.VideoUNet, video.VideoUNetConfig.from_diffusers(raw, source=str(config_file))
-    elif is_kunet_config(raw):  # the x2 latent upscaler's K-UNet (minunet/upscaler.py)
-        model_class, config = KUNet, KUNetConfig.from_diffusers(raw, source=str(config_file))
+    if is_video_config(raw):  # UNet3DConditionModel (ModelScope text-to-video, zeroscope)
+        model_class, config = VideoUNet, video_config(raw, source=str(config_file))
+    elif is_kunet_config(raw):  # the x2 latent upscaler's K-UNet (minunet/models/kunet.py)
+        model_class, config = KUNet, kunet_config(raw, source=str(config_file))
     else:
-        model_class, config = UNet, UNetConfig.from_diffusers(raw, source=str(config_file))
+        model_class, config = UNet, unet_config(raw, source=str(config_file))
     state, file = load_folder_weights(path, "diffusion_pytorch_model", variant)
     with torch.device("meta"):
         model = model_class(config)
@@ -58,6 +63,7 @@ def _load_diffusers_folder(path, dtype, device, variant):
 
 def load_unet_single_file(path, *, dtype=None, device=None, config=None) -> UNet:
     """The UNet of an original checkpoint (`model.diffusion_model.*`); config read from the shapes unless given."""
+    check_device("load_unet: device", device)
     header, _, _ = read_header(path)
     if video.is_video_checkpoint(header):  # ModelScope layout (`temopral_conv` in every ResBlock)
         return video.load_video_unet_single_file(path, dtype=dtype, device=device, config=config)

@@ -12,6 +12,22 @@ import numpy as np
 SUFFIXES = (".gif", ".webp", ".mp4")
 
 
+def check_writer(path):
+    """What export_video would refuse about `path` alone, said before any frame exists: the file type, and for
+    .mp4 whether PyAV is installed."""
+    path = Path(path)
+    suffix = path.suffix.lower()
+    if suffix not in SUFFIXES:
+        raise ValueError(f"unsupported video file type '{path.suffix}' (supported: {', '.join(SUFFIXES)})")
+    if suffix == ".mp4":
+        import importlib.util
+
+        if importlib.util.find_spec("av") is None:
+            raise ImportError(f"writing {path.name} (.mp4, H.264) needs PyAV: pip install 'minunet[video]' "
+                              "(or write a .gif / .webp)")
+    return path
+
+
 def export_video(frames, path, fps=8):
     """Write one video. frames: a list of PIL images or (H, W, 3) arrays, an array (F, H, W, 3) (uint8, or float
     in [0, 1] as VideoPipeline's "np" frames[0]), or a tensor (F, 3, H, W) in [0, 1] ("pt" frames[0]).
