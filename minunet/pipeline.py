@@ -16,7 +16,9 @@ from pathlib import Path
 import torch
 
 from . import checks, inpaint
+from .blocks.tome import disable_tome, enable_tome
 from .config import family
+from .deepcache import disable_deepcache, enable_deepcache, start_run
 from .images import from_pil, to_pil
 from .io import CheckpointError, hub_offline, looks_like_repo_id, read_json
 from .loading import load_unet, load_unet_single_file
@@ -148,14 +150,29 @@ class Pipeline:
     def disable_freeu(self):
         self.unet.disable_freeu()
 
+    def enable_deepcache(self, cache_interval=3, cache_branch_id=0):
+        """DeepCache (minunet.deepcache): the full UNet every `cache_interval` steps, only its shallow branch above
+        `cache_branch_id` between them, on the deep features kept from the last full step. -> the DeepCache."""
+        return enable_deepcache(_module(self.unet), cache_interval, cache_branch_id)
+
+    def disable_deepcache(self):
+        disable_deepcache(_module(self.unet))
+
+    def enable_tome(self, ratio=0.5, *, max_downsample=1, sx=2, sy=2):
+        """Token merging (minunet.blocks.tome): self-attention on (1 - ratio) of the tokens at the levels downsampled
+        at most `max_downsample` times. -> the ToMe settings."""
+        return enable_tome(_module(self.unet), ratio, max_downsample=max_downsample, sx=sx, sy=sy)
+
+    def disable_tome(self):
+        disable_tome(_module(self.unet))
+
     def load_lora(self, source, scale=1.0, *, fuse=False):
         """A LoRA file (kohya / A1111 or diffusers / PEFT, see minunet.lora) on the UNet and the text encoders ->
         the `Lora` (change `.scale`, `.fuse()`, `.unfuse()`, `.remove()`). Several can be on at once; every key
         must map to a module of this pipeline, else nothing is applied. `unload_lora()` takes them all off."""
         from .lora import load_lora
 
-        unet = getattr(self.unet, "_orig_mod", self.unet)  # the module itself under torch.compile
-        targets = {"unet": unet, **{s.subfolder: e for s, e in zip(self.text.specs, self.text.encoders)}}
+        targets = {"unet": _module(self.unet), **{s.subfolder: e for s, e in zip(self.text.specs, self.text.encoders)}}
         lora = load_lora(targets, source, scale, fuse=fuse)
         self.loras.append(lora)
         return lora
@@ -303,6 +320,7 @@ class Pipeline:
         steps = self.schedule.steps(num_steps, sampler, **window)
         blend = None if run is None else (lambda i, x: run.after_step(steps, i, x))  # 4-channel inpainting
         options = {"eta": eta} if "eta" in SAMPLERS[sampler].options else {}
+        start_run(self.unet)  # DeepCache, when on: step 0 of this run is a full step
         with self._running(self.unet), _progress(len(steps.timesteps), progress, callback, blend) as step_callback:
             return sample(sampler, model_fn, start["noise"], self.schedule, num_steps, init_latents=start["init_latents"],
                           generator=generator, callback=step_callback, **window, **options)
@@ -404,6 +422,11 @@ class Pipeline:
                 posterior = self.vae.encode(pixels.to(dev, self.vae.dtype))
                 out = (posterior.sample(generator) * self.vae.scaling_factor).float()
         return repeat_to(out, batch, "image latents" if latents else "image")
+
+
+def _module(unet):
+    """The UNet module itself, also under torch.compile."""
+    return getattr(unet, "_orig_mod", unet)
 
 
 def _shared_encoders(text_encoder, text_encoder_2):

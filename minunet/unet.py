@@ -10,7 +10,7 @@ from torch import nn
 
 from .blocks import ModelDtypeDevice
 from .blocks.resnet import TimestepEmbedding, timestep_embedding
-from .blocks.unet_blocks import DownBlock, MidBlock, UpBlock
+from .blocks.unet_blocks import DownBlock, MidBlock, UpBlock, branch_parts, decoder, encoder
 from .config import UNetConfig
 from .checkpointing import GradientCheckpointingMixin
 from .freeu import FreeUMixin
@@ -33,6 +33,7 @@ class UNet(FreeUMixin, LoraMixin, GradientCheckpointingMixin, ModelDtypeDevice, 
         self.conv_norm_out = nn.GroupNorm(cfg.norm_num_groups, c0, eps=cfg.norm_eps)
         self.conv_out = nn.Conv2d(c0, cfg.out_channels, 3, padding=1)
         self.freeu = None  # FreeU settings (or None); setting them works out freeu_plan, what each up block applies
+        self.deepcache = None  # DeepCache (deepcache.py), set from outside by enable_deepcache: reuses deep features
 
     def time_embed(self, t, batch, dtype, text_embeds=None, time_ids=None):
         """(B,) timesteps [+ SDXL pooled text (B, 1280) and ids (B, 5 or 6)] -> temb (B, 4 * C0)."""
@@ -59,15 +60,15 @@ class UNet(FreeUMixin, LoraMixin, GradientCheckpointingMixin, ModelDtypeDevice, 
         """x (B, in, H, W), t scalar or (B,), context (B, T, context_dim) -> raw prediction (B, out, H, W)."""
         temb = self.time_embed(t, x.shape[0], x.dtype, text_embeds, time_ids)
         h = self.conv_in(x)
-        skips = [h]                                   # s0; then one per down resnet and one per downsample
-        for block in self.down_blocks:
-            h, s = block(h, temb, context)
-            skips += s
-        h = self.mid_block(h, temb, context)
-        for i, block in enumerate(self.up_blocks):
-            n = len(block.resnets)
-            block_skips, skips = skips[-n:], skips[:-n]
-            size = skips[-1].shape[2:] if skips else None  # upsample to the next skip's size (odd sizes)
-            freeu = None if self.freeu_plan is None else self.freeu_plan[i]  # per resnet: Stage | None
-            h = block(h, block_skips, temb, context, size, freeu=freeu)
+        skips = [h]                                   # s0; then one per down layer and one per downsample
+        top_enc, deep_enc, deep_dec, top_dec = branch_parts(
+            len(self.down_blocks), self.config.layers_per_block, None if self.deepcache is None else self.deepcache.branch)
+        h = encoder(self.down_blocks, h, skips, top_enc, temb, context)   # shallow part (none without DeepCache)
+
+        def deep(h):  # below DeepCache's branch: the rest of the encoder, the middle, the decoder up to the branch
+            h = self.mid_block(encoder(self.down_blocks, h, skips, deep_enc, temb, context), temb, context)
+            return decoder(self.up_blocks, h, skips, deep_dec, self.freeu_plan, temb, context)
+        # DeepCache (deepcache.py) attaches here: between its full steps `deep` does not run, its last output is reused
+        h = deep(h) if self.deepcache is None else self.deepcache(deep, h)
+        h = decoder(self.up_blocks, h, skips, top_dec, self.freeu_plan, temb, context)
         return self.conv_out(F.silu(self.conv_norm_out(h)))

@@ -27,9 +27,9 @@ from torch import nn
 from .blocks import ModelDtypeDevice
 from .blocks.attention import BasicTransformerBlock
 from .blocks.resnet import TimestepEmbedding, timestep_embedding
-from .blocks.unet_blocks import DownBlock, MidBlock, UpBlock
+from .blocks.unet_blocks import DownBlock, MidBlock, UpBlock, branch_parts, decoder, encoder
 from .config import UNetConfig
-from .freeu import FreeUMixin, decoder_input
+from .freeu import FreeUMixin
 from .io import CheckpointError, load_mapped, read_header
 from .keymaps import count_indices
 from .keymaps.video import MARKER, OPTIONAL_PREFIX, to_minunet, to_original, video_key_map
@@ -182,7 +182,7 @@ class _Temporal:
         self.temp_attentions = None if self.attentions is None else nn.ModuleList(
             [TransformerTemporalModel(channels, heads, cfg.head_size, groups) for _ in self.attentions])
 
-    def layer(self, j, x, context, frames):
+    def temporal(self, j, x, context, frames):
         """After resnet j: temp_conv j, then (where there is one) spatial transformer j and temporal transformer j."""
         x = self.temp_convs[j](x, frames)
         if self.attentions is not None and j < len(self.attentions):
@@ -196,15 +196,8 @@ class VideoDownBlock(DownBlock, _Temporal):
         super().__init__(cfg.image_config(), i)
         self.add_temporal(cfg, cfg.block_out_channels[i])
 
-    def forward(self, x, temb, context, frames):
-        skips = []
-        for j, resnet in enumerate(self.resnets):
-            x = self.layer(j, resnet(x, temb), context, frames)
-            skips.append(x)
-        if self.downsamplers is not None:
-            x = self.downsamplers[0](x)
-            skips.append(x)
-        return x, skips
+    def layer(self, j, x, temb, context, frames):
+        return self.temporal(j, self.resnets[j](x, temb), context, frames)
 
 
 class VideoMidBlock(MidBlock, _Temporal):
@@ -213,8 +206,8 @@ class VideoMidBlock(MidBlock, _Temporal):
         self.add_temporal(cfg, cfg.block_out_channels[-1])
 
     def forward(self, x, temb, context, frames):
-        x = self.layer(0, self.resnets[0](x, temb), context, frames)   # resnet, temp conv, attention, temp attention
-        return self.layer(1, self.resnets[1](x, temb), context, frames)  # resnet, temp conv
+        x = self.temporal(0, self.resnets[0](x, temb), context, frames)   # resnet, temp conv, attention, temp attention
+        return self.temporal(1, self.resnets[1](x, temb), context, frames)  # resnet, temp conv
 
 
 class VideoUpBlock(UpBlock, _Temporal):
@@ -222,14 +215,9 @@ class VideoUpBlock(UpBlock, _Temporal):
         super().__init__(cfg.image_config(), i)
         self.add_temporal(cfg, cfg.block_out_channels[::-1][i])
 
-    def forward(self, x, skips, temb, context, frames, upsample_size=None, freeu=None):
-        """freeu: None, or one Stage | None per resnet; FreeU acts per frame (the 2-D filter on each of B*F images)."""
-        for j, resnet in enumerate(self.resnets):
-            x = decoder_input(x, skips.pop(), None if freeu is None else freeu[j])  # (B*F, C + C_skip, H, W)
-            x = self.layer(j, resnet(x, temb), context, frames)
-        if self.upsamplers is not None:
-            x = self.upsamplers[0](x, upsample_size)
-        return x
+    def layer(self, j, x, temb, context, frames):
+        """FreeU, where planned, acts per frame before this (the 2-D filter on each of the B*F images)."""
+        return self.temporal(j, self.resnets[j](x, temb), context, frames)
 
 
 class VideoUNet(FreeUMixin, ModelDtypeDevice, nn.Module):
@@ -246,6 +234,7 @@ class VideoUNet(FreeUMixin, ModelDtypeDevice, nn.Module):
         self.conv_norm_out = nn.GroupNorm(cfg.norm_num_groups, c0, eps=cfg.norm_eps)
         self.conv_out = nn.Conv2d(c0, cfg.out_channels, 3, padding=1)
         self.freeu = None  # FreeU settings (or None); setting them works out freeu_plan (minunet/freeu.py)
+        self.deepcache = None  # DeepCache (deepcache.py), set from outside by enable_deepcache
 
     def decoder_widths(self):
         """Backbone channels entering each decoder resnet, [up block][resnet]: what FreeU's stage rule reads. The
@@ -263,16 +252,16 @@ class VideoUNet(FreeUMixin, ModelDtypeDevice, nn.Module):
         h = self.conv_in(rearrange(x, "b c f h w -> (b f) c h w"))
         h = self.transformer_in(h, frames)
         skips = [h]
-        for block in self.down_blocks:
-            h, s = block(h, temb, context, frames)
-            skips += s
-        h = self.mid_block(h, temb, context, frames)
-        for i, block in enumerate(self.up_blocks):
-            n = len(block.resnets)
-            block_skips, skips = skips[-n:], skips[:-n]
-            size = skips[-1].shape[2:] if skips else None             # upsample to the next skip's size (odd sizes)
-            freeu = None if self.freeu_plan is None else self.freeu_plan[i]  # per resnet: Stage | None
-            h = block(h, block_skips, temb, context, frames, size, freeu=freeu)
+        top_enc, deep_enc, deep_dec, top_dec = branch_parts(
+            len(self.down_blocks), self.config.layers_per_block, None if self.deepcache is None else self.deepcache.branch)
+        h = encoder(self.down_blocks, h, skips, top_enc, temb, context, frames)   # shallow part (none without DeepCache)
+
+        def deep(h):  # below DeepCache's branch, as in the image UNet (unet.py)
+            h = self.mid_block(encoder(self.down_blocks, h, skips, deep_enc, temb, context, frames), temb, context, frames)
+            return decoder(self.up_blocks, h, skips, deep_dec, self.freeu_plan, temb, context, frames)
+        # DeepCache (deepcache.py) attaches here: between its full steps `deep` does not run, its last output is reused
+        h = deep(h) if self.deepcache is None else self.deepcache(deep, h)
+        h = decoder(self.up_blocks, h, skips, top_dec, self.freeu_plan, temb, context, frames)
         h = self.conv_out(F.silu(self.conv_norm_out(h)))
         return rearrange(h, "(b f) c h w -> b c f h w", f=frames)
 

@@ -19,6 +19,7 @@ import numpy as np
 import torch
 from einops import rearrange
 
+from .deepcache import disable_deepcache, enable_deepcache, start_run
 from .images import to_pil
 from .io import CheckpointError, looks_like_repo_id
 from .loading import load_unet
@@ -95,6 +96,13 @@ class VideoPipeline:
     def disable_freeu(self):
         self.unet.disable_freeu()
 
+    def enable_deepcache(self, cache_interval=3, cache_branch_id=0):
+        """DeepCache on the video UNet (minunet.deepcache), as Pipeline.enable_deepcache. -> the DeepCache."""
+        return enable_deepcache(self.unet, cache_interval, cache_branch_id)
+
+    def disable_deepcache(self):
+        disable_deepcache(self.unet)
+
     @property
     def device(self):
         return self.unet.device
@@ -158,6 +166,7 @@ class VideoPipeline:
             return None if out is None else fold(out)
         total = len(self.schedule.timesteps(num_steps, sampler))
         options = {"eta": eta} if "eta" in SAMPLERS[sampler].options else {}
+        start_run(self.unet)  # DeepCache, when on: step 0 of this run is a full step
         with _progress(total, progress, unfolded) as step_callback:
             x = sample(sampler, model_fn, fold(noise), self.schedule, num_steps, generator=generator,
                        callback=step_callback, **options)

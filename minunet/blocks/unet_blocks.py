@@ -16,7 +16,14 @@ def _transformers(n, channels, heads, depth, cfg):
                            cfg.upcast_attention, cfg.norm_num_groups) for _ in range(n)])
 
 
-class DownBlock(nn.Module):
+class _Level(nn.Module):
+    def layer(self, j, x, temb, context):
+        """Layer j: resnet j, then transformer j where the level has them."""
+        x = self.resnets[j](x, temb)
+        return x if self.attentions is None else self.attentions[j](x, context)
+
+
+class DownBlock(_Level):
     """Level `i` of the encoder. Returns the output and the skips it hands to the decoder."""
 
     def __init__(self, cfg, i):
@@ -33,16 +40,17 @@ class DownBlock(nn.Module):
         last = i == len(cfg.block_out_channels) - 1
         self.downsamplers = None if last else nn.ModuleList([Downsample2D(c)])
 
-    def forward(self, x, temb, context):
+    def forward(self, x, temb, context, *extra, units=None):
+        """units: which of the level's units run, its layers (resnet [+ transformer]) then the downsampler, as a
+        range (DeepCache runs a level in two parts); all by default. -> (x, the skips they made)."""
         skips = []
-        for j, resnet in enumerate(self.resnets):
-            x = resnet(x, temb)
-            if self.attentions is not None:
-                x = self.attentions[j](x, context)
-            skips.append(x)
-        if self.downsamplers is not None:
-            x = self.downsamplers[0](x)  # (B, C, H, W) -> (B, C, ceil(H/2), ceil(W/2))
-            skips.append(x)
+        for j in range(len(self.resnets) + 1) if units is None else units:
+            if j < len(self.resnets):
+                x = self.layer(j, x, temb, context, *extra)
+                skips.append(x)
+            elif self.downsamplers is not None:
+                x = self.downsamplers[0](x)  # (B, C, H, W) -> (B, C, ceil(H/2), ceil(W/2))
+                skips.append(x)
         return x, skips
 
 
@@ -62,7 +70,7 @@ class MidBlock(nn.Module):
         return self.resnets[1](x, temb)
 
 
-class UpBlock(nn.Module):
+class UpBlock(_Level):
     """Up block `i` (level n-1-i of the encoder, read backwards): each resnet takes the running features
     concatenated with one skip, popped last-in first-out."""
 
@@ -89,14 +97,53 @@ class UpBlock(nn.Module):
         n = cfg.layers_per_block + 1
         return [(c_prev if j == 0 else c, c_skip_last if j == n - 1 else c) for j in range(n)]
 
-    def forward(self, x, skips, temb, context, upsample_size=None, freeu=None):
-        """freeu: None, or one minunet.freeu.Stage | None per resnet (the UNet's freeu_plan for this block)."""
-        for j, resnet in enumerate(self.resnets):
-            # (B, C + C_skip, H, W): backbone || skip, with FreeU's re-weighting where the plan says (freeu.py)
-            x = decoder_input(x, skips.pop(), None if freeu is None else freeu[j])
-            x = resnet(x, temb)
-            if self.attentions is not None:
-                x = self.attentions[j](x, context)
-        if self.upsamplers is not None:
-            x = self.upsamplers[0](x, upsample_size)
+    def forward(self, x, skips, temb, context, *extra, freeu=None, units=None):
+        """skips: the UNet's list, each resnet pops its skip off the end. freeu: None, or one
+        minunet.freeu.Stage | None per resnet (the UNet's freeu_plan for this block). units: which of the block's
+        units run, its layers then the upsampler, as a range; all by default."""
+        n = len(self.resnets)
+        for j in range(n + 1) if units is None else units:
+            if j < n:
+                # (B, C + C_skip, H, W): backbone || skip, with FreeU's re-weighting where the plan says (freeu.py)
+                x = decoder_input(x, skips.pop(), None if freeu is None else freeu[j])
+                x = self.layer(j, x, temb, context, *extra)
+            elif self.upsamplers is not None:
+                x = self.upsamplers[0](x, skips[-1].shape[2:])  # to the next skip's size (odd sizes)
         return x
+
+
+# ---- the paths through a UNet's levels (image and video UNets) ---------------------------------------------------
+# The encoder is a sequence of units, layers_per_block + 1 per level (its layers, then the downsampler), the decoder
+# one of layers_per_block + 2 per up block (its layers, then the upsampler); a unit a level lacks does nothing.
+
+def encoder(blocks, h, skips, units, *args):
+    """Run the encoder units in the range `units`, appending their skips to `skips`; -> h."""
+    per = len(blocks[0].resnets) + 1
+    for i, block in enumerate(blocks):
+        part = range(max(units.start - i * per, 0), min(units.stop - i * per, per))
+        if len(part):
+            h, s = block(h, *args, units=part)
+            skips += s
+    return h
+
+
+def decoder(blocks, h, skips, units, freeu_plan, *args):
+    """Run the decoder units in the range `units`, popping their skips off `skips`; -> h."""
+    per = len(blocks[0].resnets) + 1
+    for i, block in enumerate(blocks):
+        part = range(max(units.start - i * per, 0), min(units.stop - i * per, per))
+        if len(part):
+            h = block(h, skips, *args, freeu=None if freeu_plan is None else freeu_plan[i], units=part)
+    return h
+
+
+def branch_parts(levels, layers, branch):
+    """The unit ranges (shallow encoder, deep encoder, deep decoder, shallow decoder) of a UNet with `levels`
+    levels of `layers` layers split at DeepCache's branch (level, unit) (deepcache.py): the shallow encoder is
+    the units before it, the shallow decoder the units from its mirror on. branch None: all of it deep."""
+    n_enc, n_dec = levels * (layers + 1), levels * (layers + 2)
+    if branch is None:
+        return range(0), range(n_enc), range(n_dec), range(n_dec, n_dec)
+    level, unit = branch
+    enc, dec = level * (layers + 1) + unit, (levels - 1 - level) * (layers + 2) + layers - unit
+    return range(enc), range(enc, n_enc), range(dec), range(dec, n_dec)
