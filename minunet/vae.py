@@ -18,6 +18,7 @@ from . import checks
 from .io import CheckpointError, hub_download, load_into, load_safetensors, looks_like_repo_id, read_json, refuse_pickle
 from .keymaps import vae as keymap
 from .noise import randn
+from .precision import resolve_dtype
 
 
 @dataclass(frozen=True)
@@ -268,6 +269,7 @@ def load_vae(source, *, config=None, dtype=None, device=None) -> VAE:
     scaling factor when a whole checkpoint has SDXL text encoders (`conditioner.*`) or the SDXL UNet
     (`label_emb`), and the SD preset's otherwise. A standalone file has no such keys: an official one is
     recognised by size + SHA-256, any other gets SD's with a warning (pass config=VAE_SDXL for an SDXL VAE)."""
+    dtype = resolve_dtype(dtype, device)  # "auto": minunet.precision
     weights, cfg_json = _locate(source)
     if config is None and cfg_json is not None:
         config = VAEConfig.from_diffusers(read_json(cfg_json, "VAE config"), source=cfg_json)
