@@ -44,5 +44,7 @@ def resolve_dtype(dtype, device=None):
 
 
 def auto_channels_last(dtype, device=None):
-    """Whether dtype="auto" also puts the UNet in channels_last: on the CPU, where it was measured faster."""
-    return dtype == "auto" and (device is None or torch.device(device).type == "cpu")
+    """Whether dtype="auto" also puts the image UNet in channels_last: with bfloat16 on the CPU, where it was
+    measured faster (benchmarks/speed.py --layouts)."""
+    return dtype == "auto" and (device is None or torch.device(device).type == "cpu") and \
+        resolve_dtype(dtype, device) == torch.bfloat16
