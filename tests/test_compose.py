@@ -71,7 +71,7 @@ def test_all_four_equal_diffusers_and_switch_off_exactly(sd, lora, freeu_out_of_
     off_theirs = theirs_on(theirs, lora)
     off_ours = ours_on(ours, lora, ["lora", "freeu", "deepcache", "tome"])
     try:
-        out = check(lambda **o: ours(**CALL, **o, generator=gen()), lambda **o: theirs(**CALL, **o, generator=gen()))
+        check(lambda **o: ours(**CALL, **o, generator=gen()), lambda **o: theirs(**CALL, **o, generator=gen()))
     finally:
         off_ours()
         off_theirs()

@@ -5,8 +5,9 @@ import json
 from pathlib import Path
 
 from ..schedulers.samplers import SAMPLERS  # the one sampler table (light: no torch model code)
-from .common import (OFFICIAL, UsageError, add_dtype_device_arguments, add_freeu_arguments, freeu_from_args, parse_device,
-                     parse_size)
+from ..precision import resolve_dtype
+from .common import (OFFICIAL, UsageError, add_dtype_device_arguments, add_freeu_arguments, add_speed_arguments,
+                     apply_speed_arguments, check_speed_arguments, freeu_from_args, parse_device, parse_size)
 
 MODEL_NAMES = ("tiny", "tiny-inpainting", *OFFICIAL)
 
@@ -25,6 +26,7 @@ def add_parser(sub):
     p.add_argument("--size", default=None, help="WIDTHxHEIGHT, multiples of 8 (default: the model's)")
     add_freeu_arguments(p)
     add_dtype_device_arguments(p)
+    add_speed_arguments(p)
     p.add_argument("--out", default="minunet.png")
     add_lora_arguments(p)
     add_upscale_arguments(p)
@@ -33,20 +35,19 @@ def add_parser(sub):
 
 
 def cmd_generate(args):
-    import torch
-
     size = parse_size(args.size) if args.size else None
     check_generate_args(args)
     freeu = freeu_from_args(args)
     inputs = image_inputs(args)  # --image / --mask, checked before any model loads
-    pipe = load_pipeline(args.model, dtype=getattr(torch, args.dtype), device=args.device)
+    pipe = load_pipeline(args.model, dtype=args.dtype, device=args.device)
     apply_loras(pipe, args)
+    apply_speed_arguments(pipe, args)
     check_image_inputs(pipe, args)
     if args.karras:
         pipe.schedule = dataclasses.replace(pipe.schedule, use_karras_sigmas=True)
     refiner = load_refiner(pipe, args)
     if args.upscale is not None:  # SD latents -> the x2 latent upscaler, no VAE round trip
-        pipe = UpscaledPipeline(pipe, load_upscaler(args.upscale, args, getattr(torch, args.dtype)), args)
+        pipe = UpscaledPipeline(pipe, load_upscaler(args.upscale, args, resolve_dtype(args.dtype, args.device)), args)
     width, height = size or default_size(args, inputs) or (None, None)
     if args.compare_freeu:
         images = [side_by_side(a, b) for a, b in zip(run_pipeline(pipe, args, height, width, None, inputs, refiner),
@@ -105,6 +106,7 @@ def check_generate_args(args):
     if out.suffix.lower() not in Image.registered_extensions():
         raise UsageError(f"--out {out}: unknown image extension '{out.suffix}' (use .png, .jpg, .webp, ...)")
     args.device = parse_device(args.device)
+    check_speed_arguments(args)
 
 
 def load_pipeline(model, dtype=None, device=None, flag="--model", **shared):
@@ -116,7 +118,7 @@ def load_pipeline(model, dtype=None, device=None, flag="--model", **shared):
         print(f"minunet: {flag} {model} is a small RANDOM-weight model: it makes noise, not pictures.")
         pipe = Pipeline.tiny(in_channels=9 if model == "tiny-inpainting" else 4)
         for module in (pipe.unet, pipe.vae, pipe.text):  # --dtype / --device as for any other model
-            module.to(device=device, dtype=dtype)
+            module.to(device=device, dtype=resolve_dtype(dtype, device))
         return pipe
     if model in OFFICIAL:
         from ..io import hub_download
@@ -190,14 +192,13 @@ def default_size(args, inputs):
 
 def load_refiner(pipe, args):
     """--refiner MODEL, sharing the base's VAE and bigG text encoder where the refiner has them."""
-    import torch
 
     if args.refiner is None:
         return None
     shared = {} if args.refiner.startswith("tiny") else pipe.components(
         *[n for n in ("vae", "text_encoder_2") if n in pipe.components()])
-    refiner = load_pipeline(args.refiner, dtype=getattr(torch, args.dtype), device=args.device, flag="--refiner",
-                            **shared)
+    refiner = load_pipeline(args.refiner, dtype=args.dtype, device=args.device, flag="--refiner", **shared)
+    apply_speed_arguments(refiner, args)
     if args.karras:
         refiner.schedule = dataclasses.replace(refiner.schedule, use_karras_sigmas=True)
     return refiner
@@ -251,7 +252,10 @@ def save_png(image, args, freeu, out=None):
                                                             "cfg": args.upscale_cfg},
               "image": args.image, "mask": args.mask, "strength": args.strength, "refiner": args.refiner,
               "high_noise_frac": args.high_noise_frac if args.refiner is not None else None,
-              "num_images": args.num_images, "generator": "minunet"}
+              "num_images": args.num_images, "dtype": args.dtype,
+              "deepcache": None if args.deepcache is None else {"cache_interval": args.deepcache,
+                                                                "cache_branch_id": args.deepcache_branch},
+              "tome": args.tome, "generator": "minunet"}
     meta = PngInfo()
     meta.add_text("parameters", json.dumps(params))
     out = Path(args.out if out is None else out)

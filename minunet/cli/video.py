@@ -2,7 +2,8 @@
 from pathlib import Path
 
 from ..schedulers.samplers import SAMPLERS
-from .common import UsageError, add_dtype_device_arguments, add_freeu_arguments, freeu_from_args, parse_size
+from .common import (UsageError, add_dtype_device_arguments, add_freeu_arguments, add_speed_arguments,
+                     apply_speed_arguments, check_speed_arguments, freeu_from_args, parse_size)
 
 # video models by name: name -> Hub repo of a diffusers TextToVideoSDPipeline with safetensors files
 VIDEO_MODELS = {"ms-1.7b": "ali-vilab/text-to-video-ms-1.7b"}
@@ -24,6 +25,7 @@ def add_parser(sub):
     p.add_argument("--seed", type=int, default=0)
     add_freeu_arguments(p, presets="a preset name (video)")
     add_dtype_device_arguments(p)
+    add_speed_arguments(p, tome=False)
     p.add_argument("--out", default="minunet.mp4", help=".mp4 (needs minunet[video]), .gif or .webp")
     p.set_defaults(func=cmd_video)
 
@@ -58,7 +60,9 @@ def cmd_video(args):
         raise UsageError(f"--fps {args.fps}: must be positive")
     size = parse_size(args.size) if args.size else None
     freeu = freeu_from_args(args)
-    pipe = load_video_pipeline(args.model, dtype=getattr(torch, args.dtype), device=args.device)
+    check_speed_arguments(args)
+    pipe = load_video_pipeline(args.model, dtype=args.dtype, device=args.device)
+    apply_speed_arguments(pipe, args)
     width, height = size or (None, None)
 
     def run(with_freeu):
