@@ -23,7 +23,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from minunet import SD15, SDXL, UNet  # noqa: E402
 from minunet import kernels  # noqa: E402
 from minunet.blocks.unet_blocks import UpBlock  # noqa: E402
-from minunet.freeu import FreeU, fourier_filter, freeu_concat, fused_freeu_concat  # noqa: E402
+from minunet.blocks.freeu import fourier_filter, freeu_concat, fused_freeu_concat  # noqa: E402
+from minunet.freeu import FreeU  # noqa: E402
 
 FACTORS = dict(s1=0.9, s2=0.2, b1=1.3, b2=1.4)
 HALF_SD15 = dataclasses.replace(SD15, block_out_channels=(160, 320, 640, 640))  # --quick: a quarter of the FLOPs
@@ -132,7 +133,7 @@ def gpu_concat_section(repeat):
 
 @torch.no_grad()
 def step_section(cfg, latent, repeat, device, dtype):
-    from minunet.parity import diffusers_twin
+    from minunet.cli.parity import diffusers_twin
 
     print(f"\n== one UNet step, SD 1.5 structure, widths {cfg.block_out_channels}, {latent * 8} px ({latent} x "
           f"{latent} latents), batch 2, {device} {str(dtype)[6:]} ==")
@@ -149,7 +150,7 @@ def step_section(cfg, latent, repeat, device, dtype):
 
     def ours_with(freeu):
         def run():
-            ours.freeu = freeu
+            ours.enable_freeu(freeu) if freeu is not None else ours.disable_freeu()
             ours(x, t, ctx)
         return run
 

@@ -17,7 +17,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).parents[1] / "tests"))
 import pipes  # noqa: E402
 
-from minunet.pipeline import Pipeline  # noqa: E402
+from minunet.pipelines.image import Pipeline  # noqa: E402
 
 
 def sync():

@@ -29,6 +29,7 @@ import os
 import subprocess
 import sys
 from pathlib import Path
+from minunet.loading.configs import to_diffusers
 
 TARGETS = ["to_q", "to_k", "to_v", "to_out.0"]  # the LoRA's modules with --lora
 
@@ -56,7 +57,7 @@ class Case:
             self.run = lambda x, t, c: model(x, t, c)
         else:
             from diffusers import UNet2DConditionModel
-            model = UNet2DConditionModel(**cfg.to_diffusers())
+            model = UNet2DConditionModel(**to_diffusers(cfg))
             self.run = lambda x, t, c: model(x, t, c).sample
         model.train()
         if ckpt:
@@ -74,7 +75,7 @@ class Case:
         """Freeze the base, attach a fresh rank-`rank` LoRA on TARGETS -> its parameters."""
         model.requires_grad_(False)
         if impl == "minunet":
-            from minunet.lora import new_lora
+            from minunet.loading.lora import new_lora
             return list(new_lora(model, rank, include=tuple(TARGETS)).parameters())
         from peft import LoraConfig
         model.add_adapter(LoraConfig(r=rank, lora_alpha=rank, target_modules=TARGETS))

@@ -19,6 +19,7 @@ sys.path.insert(0, str(Path(__file__).parents[1] / "tests"))
 from helpers import TINY, diffusers_unet, randomize_  # noqa: E402
 
 from minunet import SD15, UNet, original_state_dict  # noqa: E402
+from minunet.loading.configs import to_diffusers  # noqa: E402
 
 
 def timeit(fn, repeat):
@@ -87,7 +88,7 @@ def load_case(cfg, label):
         st.save_file(state, path)
         del state
         (Path(tmp) / "unet").mkdir()
-        (Path(tmp) / "unet" / "config.json").write_text(json.dumps(cfg.to_diffusers()))
+        (Path(tmp) / "unet" / "config.json").write_text(json.dumps(to_diffusers(cfg)))
         res, base = {}, {}
         for kind in ("minunet", "diffusers"):  # RSS of the imports alone, then of a load, each in a fresh process
             imports = "from minunet import load_unet" if kind == "minunet" else "from diffusers import UNet2DConditionModel"

@@ -18,7 +18,7 @@ sys.path.insert(0, str(Path(__file__).parent))
 import pipes  # noqa: E402
 from pipeline import seconds  # noqa: E402  (benchmarks/pipeline.py: interleaved fastest / median)
 
-from minunet.upscale_pipeline import UpscalePipeline  # noqa: E402
+from minunet.pipelines.upscale import UpscalePipeline  # noqa: E402
 
 
 def main():

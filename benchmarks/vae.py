@@ -22,7 +22,9 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from minunet.vae import SD, load_vae  # noqa: E402
+from minunet.loading.vae import load_vae  # noqa: E402
+from minunet.models.vae import SD  # noqa: E402
+from minunet.loading.configs import to_diffusers
 
 
 NO_UPCAST = dataclasses.replace(SD, force_upcast=False)  # fp16 on both sides: diffusers' decode never upcasts itself
@@ -32,7 +34,7 @@ def make_weights(folder):
     from diffusers import AutoencoderKL
 
     torch.manual_seed(0)
-    AutoencoderKL(**SD.to_diffusers()).save_pretrained(folder)
+    AutoencoderKL(**to_diffusers(SD)).save_pretrained(folder)
 
 
 def sync(device):

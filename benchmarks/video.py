@@ -23,7 +23,7 @@ sys.path.insert(0, str(Path(__file__).parent))
 from pipeline import seconds  # noqa: E402  (benchmarks/pipeline.py: interleaved fastest / median)
 from vae import reset_peak_rss, status_kib  # noqa: E402
 
-from minunet.video_pipeline import VideoPipeline, decode_frames  # noqa: E402
+from minunet.pipelines.video import VideoPipeline, decode_frames  # noqa: E402
 
 
 def timing(args, device):
@@ -48,7 +48,7 @@ def timing(args, device):
 
 def memory_case(frames, size, chunk, device):
     """In a fresh process: decode (1, 4, frames, size/8, size/8) latents `chunk` frames per VAE call."""
-    from minunet.vae import VAE, VAEConfig
+    from minunet.models.vae import VAE, VAEConfig
 
     torch.manual_seed(0)
     vae = VAE(VAEConfig()).eval().to(device)          # the SD / ModelScope VAE structure (random weights)

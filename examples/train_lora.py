@@ -18,7 +18,7 @@ import torch
 import torch.nn.functional as F
 
 from minunet import Pipeline
-from minunet.lora import new_lora
+from minunet.loading.lora import new_lora
 
 
 def make_images(n=4, size=128, seed=0):

@@ -1,26 +1,26 @@
 """minunet: a minimal, readable Stable Diffusion UNet (SD 1.x, 2.x, SDXL) that matches diffusers."""
-from .config import FAMILIES, PRESETS, SD15, SD21, SDXL, SDXL_REFINER, UNetConfig, family
+from .models.config import FAMILIES, PRESETS, SD15, SD21, SDXL, SDXL_REFINER, UNetConfig, family
 from .freeu import FreeU, fourier_filter, list_presets
-from .images import from_pil, to_pil
-from .checks import NonFiniteError
-from .io import CheckpointError
-from .loading import config_from_shapes, load_unet, original_state_dict
-from .lora import Lora, load_lora, new_lora
+from .pipelines.images import from_pil, to_pil
+from .errors import CheckpointError, NonFiniteError
+from .loading.unet import config_from_shapes, load_unet, original_state_dict
+from .loading.lora import Lora, load_lora, new_lora
 from .schedulers import (SAMPLERS, AlphaSteps, Schedule, SigmaSteps, sample_ddim, sample_dpmpp_2m, sample_euler,
                          sample_euler_ancestral)
-from .unet import UNet
-from .upscaler import SD_X2_LATENT_UPSCALER, KUNet, KUNetConfig
-from .vae import SD as VAE_SD
-from .vae import SDXL as VAE_SDXL
-from .vae import VAE, DiagonalGaussian, VAEConfig, load_vae
-from .video import MS_1_7B, VideoUNet, VideoUNetConfig
-from .video_io import export_video
+from .models.unet import UNet
+from .models.kunet import SD_X2_LATENT_UPSCALER, KUNet, KUNetConfig
+from .models.vae import SD as VAE_SD
+from .models.vae import SDXL as VAE_SDXL
+from .models.vae import VAE, DiagonalGaussian, VAEConfig
+from .loading.vae import load_vae
+from .models.video import MS_1_7B, VideoUNet, VideoUNetConfig
+from .pipelines.video_io import export_video
 
 # the text encoders and the pipeline import transformers (seconds): loaded on first use
-_LAZY = {"Pipeline": "pipeline", "PipelineOutput": "pipeline", "TextConditioner": "text", "TextEmbeddings": "text",
-         "load_text_conditioner": "text", "tiny_text_config": "text",
-         "UpscalePipeline": "upscale_pipeline", "UpscaleOutput": "upscale_pipeline",
-         "VideoPipeline": "video_pipeline", "VideoPipelineOutput": "video_pipeline"}
+_LAZY = {"Pipeline": "pipelines.image", "PipelineOutput": "pipelines.image", "TextConditioner": "loading.text", "TextEmbeddings": "loading.text",
+         "load_text_conditioner": "loading.text", "tiny_text_config": "loading.text",
+         "UpscalePipeline": "pipelines.upscale", "UpscaleOutput": "pipelines.upscale",
+         "VideoPipeline": "pipelines.video", "VideoPipelineOutput": "pipelines.video"}
 
 
 def __getattr__(name):

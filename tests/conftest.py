@@ -22,7 +22,7 @@ if not torch.cuda.is_available():
 def sd(tmp_path_factory):
     """(folder, Pipeline) of a tiny SD 1.5-structured pipeline."""
     import pipes
-    from minunet.pipeline import Pipeline
+    from minunet.pipelines.image import Pipeline
 
     folder = tmp_path_factory.mktemp("sd")
     pipes.sd_pipeline(folder)
@@ -33,7 +33,7 @@ def sd(tmp_path_factory):
 def sdxl(tmp_path_factory):
     """(base folder, refiner folder, base Pipeline, refiner Pipeline) of tiny SDXL-structured pipelines."""
     import pipes
-    from minunet.pipeline import Pipeline
+    from minunet.pipelines.image import Pipeline
 
     base, refiner = tmp_path_factory.mktemp("xl"), tmp_path_factory.mktemp("xl_refiner")
     pipes.sdxl_pipeline(base)

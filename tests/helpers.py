@@ -1,11 +1,11 @@
 """Shared test helpers: tiny configs of every real UNet structure, random weights where every parameter matters
-(minunet.random_init), the manifest reader, UNet inputs and the diffusers twin."""
+(minunet.models.random_init), the manifest reader, UNet inputs and the diffusers twin."""
 import json
 
 import torch
 
 from minunet import UNetConfig
-from minunet.random_init import randomize_  # noqa: F401 (the one random init, re-exported for the tests)
+from minunet.models.random_init import randomize_  # noqa: F401 (the one random init, re-exported for the tests)
 from minunet.weights import MANIFESTS
 
 # Small widths of the official structures (same block types, depths pattern, projection kind, context widths).
@@ -42,9 +42,9 @@ def meta_state_dict(*names):
 
 
 def unet_inputs(cfg, batch=2, h=12, w=20, tokens=77, seed=1):
-    """Batch 2, different timesteps, a non-square latent whose sizes halve to odd numbers (minunet.parity's
+    """Batch 2, different timesteps, a non-square latent whose sizes halve to odd numbers (minunet.cli.parity's
     builder, the `parity` command's): (x, t, context, UNet keyword arguments)."""
-    from minunet.parity import random_inputs
+    from minunet.cli.parity import random_inputs
 
     x, t, ctx, added = random_inputs(cfg, (h, w), batch, seed, tokens=tokens, timesteps=[999.0, 17.0][:batch])
     return x, t, ctx, added or {}
@@ -52,7 +52,7 @@ def unet_inputs(cfg, batch=2, h=12, w=20, tokens=77, seed=1):
 
 def diffusers_unet(ours):
     """diffusers' UNet2DConditionModel with the config and weights of the minunet model `ours` (strict)."""
-    from minunet.parity import diffusers_twin
+    from minunet.cli.parity import diffusers_twin
 
     return diffusers_twin(None, ours)
 

@@ -6,6 +6,7 @@ import torch
 from helpers import assert_close, randomize_
 from minunet import UNetConfig
 from minunet.weights import CONFIGS, TOKENIZER
+from minunet.loading.configs import to_diffusers
 
 SD_SCHEDULER = CONFIGS / "stable-diffusion-v1-5" / "scheduler" / "scheduler_config.json"
 XL_SCHEDULER = CONFIGS / "stable-diffusion-xl-base-1.0" / "scheduler" / "scheduler_config.json"
@@ -45,7 +46,7 @@ def diffusers_vae(seed=0, scaling=0.18215, upcast=False, groups=8):
 def unet(cfg, seed=0):
     from diffusers import UNet2DConditionModel
 
-    return randomize_(UNet2DConditionModel(**cfg.to_diffusers(), sample_size=8).eval(), seed)
+    return randomize_(UNet2DConditionModel(**to_diffusers(cfg), sample_size=8).eval(), seed)
 
 
 def sd_pipeline(folder, seed=0):
@@ -128,14 +129,14 @@ def latent_upscaler_pipeline(folder, seed=0):
     shared tiny VAE and text encoder of width 32), saved to `folder` and returned. It upscales sd_pipeline's latents."""
     from diffusers import EulerDiscreteScheduler, StableDiffusionLatentUpscalePipeline, UNet2DConditionModel
 
-    from minunet.upscaler import KUNetConfig
+    from minunet.models.kunet import KUNetConfig
 
     cfg = KUNetConfig(block_out_channels=(32, 32, 64, 64), layers_per_block=2, head_size=16, context_dim=32,
                       time_cond_dim=128 + 32)  # timestep_cond: 128 noise-level features ++ pooled text (32)
     pipe = StableDiffusionLatentUpscalePipeline(
         vae=diffusers_vae(seed), text_encoder=text_encoder(32, 2, seed=seed + 1),
         tokenizer=tokenizer(folder / "tok", "sd-x2-latent-upscaler"),
-        unet=randomize_(UNet2DConditionModel(**cfg.to_diffusers()).eval(), seed + 2),
+        unet=randomize_(UNet2DConditionModel(**to_diffusers(cfg)).eval(), seed + 2),
         scheduler=EulerDiscreteScheduler.from_pretrained(UPSCALER_SCHEDULER.parent))
     pipe.save_pretrained(folder)
     return pipe

@@ -11,9 +11,12 @@ import torch
 from PIL import Image
 
 import pipes
-from minunet import CheckpointError, UNetConfig, VAEConfig, checks
+from minunet import CheckpointError, VAEConfig, checks
+from minunet.pipelines import checks as pipeline_checks
+from minunet.schedulers.samplers import check_callback, check_generator
 from minunet.cli import main
 from minunet.schedulers import Schedule
+from minunet.loading.configs import unet_config, vae_config
 
 
 # ---- argument kinds --------------------------------------------------------------------------------------------
@@ -26,26 +29,26 @@ from minunet.schedulers import Schedule
     (lambda: checks.number("guidance_scale", -math.inf), ValueError, "must be finite"),
     (lambda: checks.number("x", "7"), TypeError, "x must be a number, got '7'"),
     (lambda: checks.number("strength", 0.0, 0, 1, low_open=True), ValueError, "strength must be in (0, 1], got 0.0"),
-    (lambda: checks.size("height", 0, 8, 16), ValueError, "height=0 must be a positive multiple of 8, at least 16"),
-    (lambda: checks.size("height", 8, 8, 16), ValueError, "height=8 must be a positive multiple of 8, at least 16"),
-    (lambda: checks.size("width", 64.0, 8, 16), TypeError, "width must be an int, got 64.0"),
-    (lambda: checks.size("width", "64", 8, 16), TypeError, "width must be an int"),
-    (lambda: checks.prompt("prompt", []), ValueError, "prompt must not be an empty list"),
-    (lambda: checks.prompt("prompt", ["a", 3]), TypeError, "prompt must be a str or a list of str"),
-    (lambda: checks.generator(3), TypeError, "generator must be None, a torch.Generator or a list"),
-    (lambda: checks.generator("cuda"), TypeError, "generator must be"),
-    (lambda: checks.generator([torch.Generator(), 1]), TypeError, "generator[1] must be a torch.Generator"),
-    (lambda: checks.latents(torch.zeros(4, 16, 16), (1, 4, 16, 16)), ValueError, "latents have shape [4, 16, 16]"),
-    (lambda: checks.latents(torch.full((1, 4, 2, 2), math.nan), (1, 4, 2, 2)), ValueError, "NaN or Inf"),
-    (lambda: checks.latents(np.zeros((1, 4, 2, 2)), (1, 4, 2, 2)), TypeError, "latents must be a float tensor"),
-    (lambda: checks.image(torch.rand(1, 1, 16, 16)), ValueError, "image: a tensor must be float (B, 3, H, W)"),
-    (lambda: checks.image(torch.rand(1, 3, 16, 16) * 2), ValueError, "pixel tensors must be in [0, 1]"),
-    (lambda: checks.image("no-such-cat.png"), ValueError, "image='no-such-cat.png': not an image file"),
-    (lambda: checks.image(np.zeros((16, 16))), ValueError, "numpy array must be (H, W, 3)"),
-    (lambda: checks.image(5), TypeError, "image must be a PIL image"),
-    (lambda: checks.callback(5), TypeError, "callback must be None or a callable"),
-    (lambda: checks.strength(0.5, has_image=False), ValueError, "strength=0.5 is used only with image="),
-    (lambda: checks.strength(1.5, has_image=True), ValueError, "strength must be in (0, 1]"),
+    (lambda: pipeline_checks.size("height", 0, 8, 16), ValueError, "height=0 must be a positive multiple of 8, at least 16"),
+    (lambda: pipeline_checks.size("height", 8, 8, 16), ValueError, "height=8 must be a positive multiple of 8, at least 16"),
+    (lambda: pipeline_checks.size("width", 64.0, 8, 16), TypeError, "width must be an int, got 64.0"),
+    (lambda: pipeline_checks.size("width", "64", 8, 16), TypeError, "width must be an int"),
+    (lambda: pipeline_checks.prompt("prompt", []), ValueError, "prompt must not be an empty list"),
+    (lambda: pipeline_checks.prompt("prompt", ["a", 3]), TypeError, "prompt must be a str or a list of str"),
+    (lambda: check_generator(3), TypeError, "generator must be None, a torch.Generator or a list"),
+    (lambda: check_generator("cuda"), TypeError, "generator must be"),
+    (lambda: check_generator([torch.Generator(), 1]), TypeError, "generator[1] must be a torch.Generator"),
+    (lambda: pipeline_checks.latents(torch.zeros(4, 16, 16), (1, 4, 16, 16)), ValueError, "latents have shape [4, 16, 16]"),
+    (lambda: pipeline_checks.latents(torch.full((1, 4, 2, 2), math.nan), (1, 4, 2, 2)), ValueError, "NaN or Inf"),
+    (lambda: pipeline_checks.latents(np.zeros((1, 4, 2, 2)), (1, 4, 2, 2)), TypeError, "latents must be a float tensor"),
+    (lambda: pipeline_checks.image(torch.rand(1, 1, 16, 16)), ValueError, "image: a tensor must be float (B, 3, H, W)"),
+    (lambda: pipeline_checks.image(torch.rand(1, 3, 16, 16) * 2), ValueError, "pixel tensors must be in [0, 1]"),
+    (lambda: pipeline_checks.image("no-such-cat.png"), ValueError, "image='no-such-cat.png': not an image file"),
+    (lambda: pipeline_checks.image(np.zeros((16, 16))), ValueError, "numpy array must be (H, W, 3)"),
+    (lambda: pipeline_checks.image(5), TypeError, "image must be a PIL image"),
+    (lambda: check_callback(5), TypeError, "callback must be None or a callable"),
+    (lambda: pipeline_checks.strength(0.5, has_image=False), ValueError, "strength=0.5 is used only with image="),
+    (lambda: pipeline_checks.strength(1.5, has_image=True), ValueError, "strength must be in (0, 1]"),
 ])
 def test_each_kind_names_argument_value_and_allowed(fn, error, message):
     with pytest.raises(error) as e:
@@ -55,14 +58,14 @@ def test_each_kind_names_argument_value_and_allowed(fn, error, message):
 
 def test_accepted_values_pass_through(tmp_path):
     g = torch.Generator()
-    assert checks.size("height", None, 8, 16) is None and checks.size("height", 64, 8, 16) == 64
-    assert checks.generator(g) is g and checks.generator([g, g]) == [g, g]
+    assert pipeline_checks.size("height", None, 8, 16) is None and pipeline_checks.size("height", 64, 8, 16) == 64
+    assert check_generator(g) is g and check_generator([g, g]) == [g, g]
     path = tmp_path / "cat.png"
     Image.new("RGB", (16, 8), "red").save(path)
-    assert checks.image(path).size == (16, 8)  # a path is opened with PIL
-    arr = checks.image(np.ones((8, 16, 3), dtype=np.float32) * 0.5)
+    assert pipeline_checks.image(path).size == (16, 8)  # a path is opened with PIL
+    arr = pipeline_checks.image(np.ones((8, 16, 3), dtype=np.float32) * 0.5)
     assert arr.shape == (1, 3, 8, 16) and float(arr.max()) == 0.5
-    assert checks.strength(None, has_image=False) is None
+    assert pipeline_checks.strength(None, has_image=False) is None
 
 
 # ---- config ranges ---------------------------------------------------------------------------------------------
@@ -81,7 +84,7 @@ def test_unet_config_ranges(change, message):
             "up_block_types": ["UpBlock2D", "CrossAttnUpBlock2D"], "attention_head_dim": 2, "norm_num_groups": 8,
             "cross_attention_dim": 32}
     with pytest.raises(CheckpointError) as e:
-        UNetConfig.from_diffusers({**base, **change}, source="x/config.json")
+        unet_config({**base, **change}, source="x/config.json")
     assert "x/config.json" in str(e.value) and message in str(e.value)
 
 
@@ -93,7 +96,7 @@ def test_unet_config_ranges(change, message):
 ])
 def test_vae_config_ranges(change, message):
     with pytest.raises(CheckpointError, match=None) as e:
-        VAEConfig.from_diffusers({"block_out_channels": [32, 32], "down_block_types": ["DownEncoderBlock2D"] * 2,
+        vae_config({"block_out_channels": [32, 32], "down_block_types": ["DownEncoderBlock2D"] * 2,
                                   "up_block_types": ["UpDecoderBlock2D"] * 2, **change}, source="v/config.json")
     assert "v/config.json" in str(e.value) and message in str(e.value)
     with pytest.raises((ValueError, TypeError)):
@@ -114,7 +117,7 @@ def test_schedule_ranges(change, message):
 
 
 def test_read_json_names_the_file(tmp_path):
-    from minunet.io import read_json
+    from minunet.loading.io import read_json
 
     for content, message in [(b"{", "is not valid JSON"), (b"[1]", "must be a JSON object"),
                              (b'{"a": "\xff"}', "is not UTF-8"), (b"[" * 100_000 + b"]" * 100_000, "config")]:
@@ -160,7 +163,7 @@ def test_unrecognised_standalone_vae_warns_with_the_assumed_scaling(vae_state, t
 
 
 def test_official_vae_table_knows_the_sdxl_vaes():
-    from minunet.inspect import official_files
+    from minunet.loading.official import official_files
 
     paths = {p for entries in official_files().values() for p, _ in entries}
     for p in ("sdxl-vae/sdxl_vae.safetensors", "stable-diffusion-xl-base-1.0/vae/diffusion_pytorch_model.safetensors",
@@ -172,7 +175,7 @@ def test_official_vae_table_knows_the_sdxl_vaes():
 
 def test_recognised_by_hash(vae_state, tmp_path, monkeypatch):
     """A file whose size and SHA-256 are in the table as an SDXL VAE gets SDXL's scaling factor, no warning."""
-    import minunet.inspect as ins
+    import minunet.loading.official as ins
     from minunet import load_vae
 
     path = tmp_path / "sdxl_vae.safetensors"
@@ -187,7 +190,7 @@ def test_recognised_by_hash(vae_state, tmp_path, monkeypatch):
 # ---- offline -----------------------------------------------------------------------------------------------------
 
 def test_offline_answer_is_fast(monkeypatch):
-    import minunet.io as io
+    import minunet.loading.io as io
 
     monkeypatch.setattr(io, "_OFFLINE", None)
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")

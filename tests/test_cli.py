@@ -25,7 +25,7 @@ def test_generate_tiny_writes_png_with_parameters(tmp_path, capsys):
 def test_generate_leaves_guidance_and_sampler_options_to_the_pipeline(tmp_path, monkeypatch):
     """--cfg defaults to None (the Pipeline's own default: 7.5 for SD, 5.0 for SDXL); --sampler takes every entry
     of the sampler table; --karras switches the schedule to Karras sigmas."""
-    from minunet.pipeline import Pipeline
+    from minunet.pipelines.image import Pipeline
     from minunet.schedulers import SAMPLERS
 
     seen = []

@@ -8,7 +8,7 @@ import torch
 from PIL import Image
 
 from minunet.cli import main
-from minunet.pipeline import Pipeline
+from minunet.pipelines.image import Pipeline
 
 
 @pytest.fixture(scope="module")

@@ -7,8 +7,8 @@ import torch
 from PIL import Image
 
 from minunet.cli import main
-from minunet.pipeline import Pipeline
-from minunet.precision import resolve_dtype
+from minunet.pipelines.image import Pipeline
+from minunet.loading.precision import resolve_dtype
 
 
 def test_generate_with_deepcache_and_tome_is_the_api_run(tmp_path):

@@ -14,7 +14,7 @@ import pytest
 import torch
 
 from helpers import assert_close
-from minunet.pipeline import Pipeline
+from minunet.pipelines.image import Pipeline
 from pipes import check, diffusers_pipe, gen
 from test_deepcache import helper_on
 from test_lora import peft_file, quiet

@@ -6,7 +6,7 @@ import torch
 from helpers import TINY, assert_close, randomize_, unet_inputs
 from minunet import CheckpointError, UNet, load_unet, original_state_dict
 from minunet.cli import main
-from minunet.convert import convert
+from minunet.loading.convert import convert
 
 
 @pytest.fixture(scope="module")

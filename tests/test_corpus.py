@@ -18,9 +18,9 @@ import torch
 import pipes
 from helpers import TINY, randomize_
 from minunet import CheckpointError, UNet, load_unet, load_vae, original_state_dict
-from minunet.checks import NonFiniteError
+from minunet.errors import NonFiniteError
 from minunet.cli import main
-from minunet.inspect import inspect_file
+from minunet.loading.inspect import inspect_file
 
 NAMED = (CheckpointError, NonFiniteError, ValueError, TypeError)
 COUNTS = {}
@@ -119,7 +119,7 @@ def header_defects(path):
 def entry_points(path, name):
     """Every public way a user hands minunet a file: (label, callable, fragment the error must name)."""
     from minunet import Pipeline
-    from minunet.text import load_text_conditioner
+    from minunet.loading.text import load_text_conditioner
 
     frag = Path(path).name
     return [("load_unet", lambda: load_unet(path), frag),
@@ -188,7 +188,7 @@ class Evil:
 
 def test_pickles_never_run(base, tmp_path):
     from minunet import Pipeline
-    from minunet.convert import convert
+    from minunet.loading.convert import convert
 
     marker = tmp_path / "MARKER"
     payload = {"state_dict": {"model.diffusion_model.x": torch.zeros(2), "evil": Evil(marker)}}
@@ -230,7 +230,7 @@ def _replace(src, dst, key, tensor):
 
 
 def test_weight_defects(base, tmp_path):
-    from minunet.text import load_text_conditioner
+    from minunet.loading.text import load_text_conditioner
 
     state = st.load_file(base["whole"])
     unet_key = "model.diffusion_model.input_blocks.1.0.in_layers.2.weight"

@@ -1,4 +1,4 @@
-"""DeepCache (minunet.deepcache) against the DeepCache package's DeepCacheSDHelper (uniform skip mode) on diffusers'
+"""DeepCache (minunet.models.deepcache) against the DeepCache package's DeepCacheSDHelper (uniform skip mode) on diffusers'
 models holding the same weights: every branch of the tiny SD 1.5 and SDXL structures and of the video UNet, step
 by step (outputs within 1e-5 of their scale), and whole runs of the text-to-image, img2img, refiner and inpainting
 pipelines (latents within 1e-4, images within 1e-3). cache_interval=1 and disabling are bit-identical to no cache."""
@@ -10,9 +10,9 @@ import torch
 import pipes
 from helpers import TINY, assert_close, diffusers_kwargs, diffusers_unet, randomize_, unet_inputs
 from minunet import UNet
-from minunet.deepcache import DeepCache, disable_deepcache, enable_deepcache
-from minunet.pipeline import Pipeline
-from minunet.video import VideoUNet
+from minunet.models.deepcache import DeepCache, disable_deepcache, enable_deepcache
+from minunet.pipelines.image import Pipeline
+from minunet.models.video import VideoUNet
 from pipes import check, diffusers_pipe, gen
 
 TIMESTEPS = torch.tensor([999.0, 857.0, 714.0, 571.0, 428.0, 285.0, 142.0])  # 7 steps: full at 0, 3, 6 (N = 3)

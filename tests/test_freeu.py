@@ -20,8 +20,8 @@ from diffusers.utils.torch_utils import fourier_filter as diffusers_fourier_filt
 from helpers import TINY, assert_close, diffusers_kwargs, diffusers_unet, randomize_, unet_inputs  # noqa: E402
 from minunet import UNet, kernels  # noqa: E402
 from minunet.blocks import unet_blocks  # noqa: E402
-from minunet.freeu import (PRESETS, FreeU, fourier_filter, freeu_concat, fused_freeu_concat, list_presets,  # noqa: E402
-                           structure_map)
+from minunet.blocks.freeu import fourier_filter, freeu_concat, fused_freeu_concat, structure_map  # noqa: E402
+from minunet.freeu import PRESETS, FreeU, list_presets  # noqa: E402
 
 
 def close_to_reference(actual, expected, x, rel=1e-5, msg=None):
@@ -164,11 +164,13 @@ def reference_forward(model, inputs, s1, s2, b1, b2, mapping, version):
             assert z.shape[1] == backbone + skip
             return reference_freeu(z[:, :backbone], z[:, backbone:], b, s, version), temb
         handles.append(model.up_blocks[i].resnets[j].register_forward_pre_hook(hook))
-    saved, model.freeu = model.freeu, None
+    saved = model.freeu
+    model.disable_freeu()
     try:
         return model(x, t, ctx, **kw)
     finally:
-        model.freeu = saved
+        if saved is not None:
+            model.enable_freeu(saved)
         for handle in handles:
             handle.remove()
 
@@ -202,7 +204,7 @@ def test_diffusers_mapping_matches_diffusers_enable_freeu(model):
     ref = diffusers_unet(ours)
     ref.enable_freeu(**FACTORS)
     expected = ref(x, t, ctx, **diffusers_kwargs(kw)).sample
-    ours.enable_freeu(FACTORS["s1"], FACTORS["s2"], FACTORS["b1"], FACTORS["b2"], mapping="diffusers", version=1)
+    ours.enable_freeu(FreeU.from_arguments(FACTORS["s1"], FACTORS["s2"], FACTORS["b1"], FACTORS["b2"], mapping="diffusers", version=1))
     try:
         out = ours(x, t, ctx, **kw)
     finally:
@@ -218,7 +220,7 @@ def test_freeu_matches_reference(model, mapping, version):
     name, ours, inputs, plain = model
     x, t, ctx, kw = inputs
     expected = reference_forward(ours, inputs, **FACTORS, mapping=mapping, version=version)
-    ours.freeu = FreeU(**FACTORS, mapping=mapping, version=version)
+    ours.enable_freeu(FreeU(**FACTORS, mapping=mapping, version=version))
     try:
         out = ours(x, t, ctx, **kw)
     finally:
@@ -234,7 +236,7 @@ def test_zero_factor_is_applied(model):
     x, t, ctx, kw = inputs
     zeros = dict(s1=0.0, s2=0.2, b1=1.3, b2=0.0)
     expected = reference_forward(ours, inputs, **zeros, mapping="diffusers", version=1)
-    ours.enable_freeu(zeros["s1"], zeros["s2"], zeros["b1"], zeros["b2"], mapping="diffusers")
+    ours.enable_freeu(FreeU.from_arguments(zeros["s1"], zeros["s2"], zeros["b1"], zeros["b2"], mapping="diffusers"))
     try:
         out = ours(x, t, ctx, **kw)
     finally:
@@ -271,7 +273,8 @@ def test_stage_tables(cfg, table):
     hooks = [block.register_forward_pre_hook(lambda m, a, i=i: current.update(block=i))
              for i, block in enumerate(model.up_blocks)]
     for mapping in ("diffusers", "official"):
-        model.freeu = freeu = FreeU(**FACTORS, mapping=mapping)
+        freeu = FreeU(**FACTORS, mapping=mapping)
+        model.enable_freeu(freeu)
         stages = {freeu.at(1): 1, freeu.at(2): 2, None: None}
 
         def spy(h, hs, stage):  # what each decoder resnet is handed
@@ -306,19 +309,21 @@ def test_official_and_diffusers_mappings_differ_on_sd15():
 
 def test_enable_freeu_arguments():
     unet = UNet(TINY["sd15"])
-    unet.enable_freeu(0.9, 0.2, 1.2, 1.4)  # diffusers' order: s1, s2, b1, b2
+    unet.enable_freeu(FreeU.from_arguments(0.9, 0.2, 1.2, 1.4))  # the pipelines' form, diffusers' order: s1, s2, b1, b2
     assert unet.freeu == FreeU(s1=0.9, s2=0.2, b1=1.2, b2=1.4, mapping="official", version=1)
-    unet.enable_freeu(FreeU.preset("sdxl"))
+    unet.enable_freeu(FreeU.from_arguments(FreeU.preset("sdxl")))
     assert unet.freeu is PRESETS["sdxl"][0]
     assert unet.disable_freeu().freeu is None
     with pytest.raises(TypeError):
-        unet.enable_freeu(FreeU.preset("sdxl"), 0.2)
+        FreeU.from_arguments(FreeU.preset("sdxl"), 0.2)
+    with pytest.raises(TypeError, match="takes a FreeU"):
+        unet.enable_freeu(0.9)
     with pytest.raises(ValueError, match="mapping"):
-        unet.enable_freeu(0.9, 0.2, 1.2, 1.4, mapping="comfy")
+        FreeU.from_arguments(0.9, 0.2, 1.2, 1.4, mapping="comfy")
     with pytest.raises(ValueError, match="version"):
         FreeU(**FACTORS, version=3)
     with pytest.raises(ValueError, match="s2"):
-        unet.enable_freeu(0.9, None, 1.2, 1.4)
+        FreeU.from_arguments(0.9, None, 1.2, 1.4)
     with pytest.raises(KeyError, match="sdxl-sweep"):
         FreeU.preset("sdxl2")
 
@@ -368,14 +373,15 @@ sys.meta_path.insert(0, NoTriton())
 import torch
 import minunet
 from minunet import UNet, kernels
-from minunet.freeu import FreeU, decoder_input
+from minunet.blocks.freeu import decoder_input
+from minunet.freeu import FreeU
 
 assert not kernels.available()
 h = torch.randn(1, 4, 3, 5)
 stage = FreeU(s1=0.9, s2=0.2, b1=1.3, b2=1.4).plan([[4]], 1)[0][0]  # stage 1: keyed on 4 x 1 channels
 out = decoder_input(h, h, stage)  # the torch path
 try:
-    kernels.freeu_concat(h, h, b=1.3, s=0.2)
+    kernels.fused_decoder_input(h, h, b=1.3, s=0.2)
 except ModuleNotFoundError as e:
     assert "pip install triton" in str(e)
 else:
@@ -444,9 +450,9 @@ def test_kernel_guards_a_constant_map(device):
 @needs_triton
 def test_kernel_rejects_mismatched_inputs():
     with pytest.raises(ValueError, match="same batch"):
-        kernels.freeu_concat(torch.zeros(1, 2, 4, 4), torch.zeros(1, 2, 4, 5), b=1.0, s=1.0)
+        kernels.fused_decoder_input(torch.zeros(1, 2, 4, 4), torch.zeros(1, 2, 4, 5), b=1.0, s=1.0)
     with pytest.raises(ValueError, match="same dtype"):
-        kernels.freeu_concat(torch.zeros(1, 2, 4, 4), torch.zeros(1, 2, 4, 4, dtype=torch.float64), b=1.0, s=1.0)
+        kernels.fused_decoder_input(torch.zeros(1, 2, 4, 4), torch.zeros(1, 2, 4, 4, dtype=torch.float64), b=1.0, s=1.0)
 
 
 COMPILE_FOR_GPUS = """
@@ -492,7 +498,7 @@ def test_unet_uses_kernel_on_cuda():
     ours = randomize_(UNet(cfg).eval(), seed=7)
     x, t, ctx, kw = unet_inputs(cfg)
     for version in (1, 2):
-        ours.enable_freeu(**FACTORS, version=version)
+        ours.enable_freeu(FreeU(**FACTORS, version=version))
         expected = ours(x, t, ctx, **kw)
         gpu = ours.cuda()(x.cuda(), t.cuda(), ctx.cuda(), **{k: v.cuda() for k, v in kw.items()})
         ours.cpu()

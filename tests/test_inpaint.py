@@ -5,7 +5,7 @@ import pytest
 import torch
 from PIL import Image
 
-from minunet import inpaint
+from minunet.pipelines import inpaint
 
 
 def image_processors():
@@ -139,7 +139,7 @@ def test_masked_image_and_latent_mask():
 
 def test_negative_ids_rules_and_as_given():
     """diffusers' rules (the parity tests check them against its pipelines) and the opt-in negative_ids="as_given"."""
-    from minunet.micro_conditioning import time_ids
+    from minunet.pipelines.micro_conditioning import time_ids
 
     crops = dict(crops_coords_top_left=(2, 6), negative_crops_coords_top_left=(4, 12))
     pos, neg = time_ids(False, "text-to-image", 64, 48, **crops)

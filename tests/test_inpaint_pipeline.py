@@ -9,8 +9,8 @@ from PIL import Image
 
 import pipes
 from helpers import assert_close
-from minunet import inpaint
-from minunet.pipeline import Pipeline
+from minunet.pipelines import inpaint
+from minunet.pipelines.image import Pipeline
 from pipes import check, diffusers_pipe, gen
 
 
@@ -211,7 +211,7 @@ MODES = {"text-to-image": "StableDiffusionXLPipeline", "img2img": "StableDiffusi
 @pytest.mark.parametrize("which", list(NEGATIVE))
 def test_sdxl_negative_micro_conditioning(sdxl, mode, which):
     """Each negative micro-conditioning argument alone and all together: the time ids the UNet receives equal
-    diffusers' (which ignores some of them: see minunet.micro_conditioning), and so do the latents."""
+    diffusers' (which ignores some of them: see minunet.pipelines.micro_conditioning), and so do the latents."""
     base, refiner, ours_base, ours_refiner = sdxl
     folder, ours = (refiner, ours_refiner) if mode.startswith("refiner") else (base, ours_base)
     theirs = diffusers_pipe(MODES[mode], folder)

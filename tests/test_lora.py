@@ -10,10 +10,11 @@ import torch
 import loras
 from helpers import TINY, assert_close, randomize_, unet_inputs
 from minunet import UNet
-from minunet.io import CheckpointError
+from minunet.errors import CheckpointError
 from minunet.keymaps.unet import unet_key_map
-from minunet.lora import lora_targets, module_names, parse_key, parse_lora_arg
-from minunet.pipeline import Pipeline
+from minunet.loading.lora import (fuse_loras, load_unet_lora, lora_targets, module_names, parse_key, parse_lora_arg,
+                                  unet_loras, unload_loras)
+from minunet.pipelines.image import Pipeline
 
 
 def diffusers_pipe(folder):
@@ -187,7 +188,7 @@ def test_per_module_alphas_equal_weights_merged_by_hand(name, tmp_path):
     from helpers import diffusers_kwargs
     with torch.no_grad():
         expected = ref(x, t, ctx, **diffusers_kwargs(kw)).sample
-        lora = ours.load_lora(path, 0.8)
+        lora = load_unet_lora(ours, path, 0.8)
         assert_close(ours(x, t, ctx, **kw), expected, msg="unmerged")
         lora.fuse()
         assert_close(ours(x, t, ctx, **kw), expected, msg="fused")
@@ -207,9 +208,9 @@ def test_fuse_unfuse_bit_exact_and_scale(tmp_path):
     x, t, ctx, _ = unet_inputs(cfg)
     with torch.no_grad():
         plain = unet(x, t, ctx)
-        a, b = unet.load_lora(files[0], 0.6), unet.load_lora(files[1], 1.3)
+        a, b = load_unet_lora(unet, files[0], 0.6), load_unet_lora(unet, files[1], 1.3)
         unmerged = unet(x, t, ctx)
-        unet.fuse_lora()
+        fuse_loras(unet)
         assert a.fused and b.fused
         assert_close(unet(x, t, ctx), unmerged, msg="fused vs unmerged")
         b.scale = 0.2  # re-merged at the new scale: equal to b unmerged at 0.2
@@ -225,9 +226,9 @@ def test_fuse_unfuse_bit_exact_and_scale(tmp_path):
         torch.testing.assert_close(unet(x, t, ctx), plain, rtol=0, atol=0)
         a.scale, b.scale = 0.6, 1.3
         assert (unet(x, t, ctx) - plain).abs().max() > 1e-2
-        unet.unload_lora()
+        unload_loras(unet)
         torch.testing.assert_close(unet(x, t, ctx), plain, rtol=0, atol=0)
-        assert unet.loras == []
+        assert unet_loras(unet) == []
 
 
 @pytest.mark.parametrize("name", list(TINY))
@@ -272,7 +273,7 @@ def test_unet_load_lora_skips_text_keys_with_a_warning(tmp_path):
                       "lora_te_": {"text_model.encoder.layers.0.mlp.fc1": (torch.zeros(2, 4), torch.zeros(4, 2), 1.)}})
     st.save_file(sd, tmp_path / "l.safetensors")
     with pytest.warns(UserWarning, match="text_encoder"):
-        lora = unet.load_lora(tmp_path / "l.safetensors")
+        lora = load_unet_lora(unet, tmp_path / "l.safetensors")
     assert len(lora.layers) == len(mods)
 
 
@@ -284,9 +285,9 @@ def _bad(unet, state, match, tmp_path):
     path = tmp_path / "bad.safetensors"
     st.save_file(state, path)
     with pytest.raises(CheckpointError, match=match):
-        unet.load_lora(path)
+        load_unet_lora(unet, path)
     # nothing applied: same weights, same output, no LoRA registered
-    assert unet.loras == [] and all(torch.equal(v, before[k]) for k, v in unet.state_dict().items())
+    assert unet_loras(unet) == [] and all(torch.equal(v, before[k]) for k, v in unet.state_dict().items())
     with torch.no_grad():
         torch.testing.assert_close(unet(x, t, ctx), plain, rtol=0, atol=0)
 
@@ -316,7 +317,7 @@ def test_pickle_refused(tmp_path):
     unet = UNet(TINY["sd15"])
     (tmp_path / "l.pt").write_bytes(b"x")
     with pytest.raises(CheckpointError, match="pickle"):
-        unet.load_lora(tmp_path / "l.pt")
+        load_unet_lora(unet, tmp_path / "l.pt")
 
 
 def test_save_kohya_round_trip(tmp_path):
@@ -326,11 +327,11 @@ def test_save_kohya_round_trip(tmp_path):
     st.save_file(loras.kohya({"lora_unet_": layers}, loras.original_names(unet)), tmp_path / "a.safetensors")
     x, t, ctx, kw = unet_inputs(unet.config)
     with torch.no_grad():
-        lora = unet.load_lora(tmp_path / "a.safetensors", 0.9)
+        lora = load_unet_lora(unet, tmp_path / "a.safetensors", 0.9)
         expected = unet(x, t, ctx, **kw)
         lora.save(tmp_path / "b.safetensors")
-        unet.unload_lora()
-        again = unet.load_lora(tmp_path / "b.safetensors", 0.9)
+        unload_loras(unet)
+        again = load_unet_lora(unet, tmp_path / "b.safetensors", 0.9)
         torch.testing.assert_close(unet(x, t, ctx, **kw), expected, rtol=0, atol=0)
     assert set(again.state_dict()) == set(lora.state_dict())
     assert all(k.startswith("lora_unet_down_blocks_") or k.startswith(("lora_unet_mid", "lora_unet_up"))

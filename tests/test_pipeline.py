@@ -5,7 +5,7 @@ import torch
 
 import pipes
 from helpers import assert_close
-from minunet.pipeline import Pipeline
+from minunet.pipelines.image import Pipeline
 from pipes import check, diffusers_pipe, gen
 
 

@@ -1,15 +1,15 @@
-"""dtype="auto" (minunet.precision): what it resolves to on each kind of machine, the CPU check against the kernel's
+"""dtype="auto" (minunet.loading.precision): what it resolves to on each kind of machine, the CPU check against the kernel's
 own flags, and the loaders and the pipeline with it (bfloat16 + channels_last where the CPU computes bf16)."""
 from pathlib import Path
 
 import pytest
 import torch
 
-import minunet.precision as precision
+import minunet.loading.precision as precision
 from helpers import TINY, assert_close, randomize_, unet_inputs
 from minunet import UNet, load_unet
-from minunet.pipeline import Pipeline
-from minunet.precision import native_bf16, resolve_dtype
+from minunet.pipelines.image import Pipeline
+from minunet.loading.precision import native_bf16, resolve_dtype
 
 
 @pytest.mark.skipif(not Path("/proc/cpuinfo").is_file(), reason="needs Linux's /proc/cpuinfo")

@@ -139,7 +139,8 @@ CASES = {  # id: (sampler, config, sampler kwargs)
 def test_one_sampler_table():
     """The package, Pipeline and CLI read one table; every entry has its diffusers oracle here."""
     import minunet
-    from minunet import cli, pipeline
+    from minunet import cli
+    from minunet.pipelines import image as pipeline
 
     assert set(SAMPLERS) == set(ORACLE) == set(SAMPLER)
     assert minunet.SAMPLERS is SAMPLERS and pipeline.SAMPLERS is SAMPLERS

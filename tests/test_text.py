@@ -11,10 +11,11 @@ import torch.nn.functional as F
 from transformers import CLIPTextModel, CLIPTokenizer
 
 from helpers import assert_close, manifest_shapes, randomize_
-from minunet.config import PRESETS, family
-from minunet.io import CheckpointError, check_state_dict
+from minunet.models.config import PRESETS, family
+from minunet.errors import CheckpointError
+from minunet.loading.io import check_state_dict
 from minunet.keymaps.text import convert, detect_family
-from minunet.text import (SPECS, TextConditioner, build, file_names, load_text_conditioner, load_tokenizer,
+from minunet.loading.text import (SPECS, TextConditioner, build, file_names, load_text_conditioner, load_tokenizer,
                           tokenize,
                           module_names, plan_embedder, shipped_config, tiny_text_config)
 from minunet.weights import CONFIGS, TOKENIZER

@@ -11,13 +11,13 @@ from minunet.blocks.tome import Merge, ToMe, disable_tome, enable_tome, tome_blo
 from pipes import check, diffusers_pipe, gen
 
 
-@pytest.mark.parametrize("name,hw,max_downsample,blocks", [
-    ("sd15", (12, 20), 1, 5),   # level 0 only: 2 down + 3 up transformer blocks
-    ("sd15", (13, 9), 2, 10),   # odd sizes; levels 0 and 1
-    ("sdxl", (12, 20), 2, 10),  # no attention at level 0: level 1's 2 x 2 down + 3 x 2 up blocks
-    ("sd21", (16, 16), 8, 16),  # every level and the middle
+@pytest.mark.parametrize("name,hw,max_downsample", [
+    ("sd15", (12, 20), 1),   # level 0 only: 2 down + 3 up transformer blocks
+    ("sd15", (13, 9), 2),    # odd sizes; levels 0 and 1
+    ("sdxl", (12, 20), 2),   # no attention at level 0: level 1's 2 x 2 down + 3 x 2 up blocks
+    ("sd21", (16, 16), 8),   # every level and the middle
 ])
-def test_unet_equals_tomesd(name, hw, max_downsample, blocks):
+def test_unet_equals_tomesd(name, hw, max_downsample):
     import tomesd
 
     cfg = TINY[name]
@@ -27,13 +27,23 @@ def test_unet_equals_tomesd(name, hw, max_downsample, blocks):
     with torch.no_grad():
         plain = ours(x, t, ctx, **kw)
         tomesd.apply_patch(ref, ratio=0.5, max_downsample=max_downsample, use_rand=False)
-        enable_tome(ours, 0.5, max_downsample=max_downsample)
-        assert sum(b.tome is not None for b in tome_blocks(ours, 8)) == blocks
+        tome = enable_tome(ours, 0.5, max_downsample=max_downsample)
+        assert all(b.tome is tome for b in tome_blocks(ours)) and len(ours._forward_pre_hooks) == 1
         merged = ours(x, t, ctx, **kw)
         assert_close(merged, ref(x, t, ctx, **diffusers_kwargs(kw)).sample)
         assert (merged - plain).abs().max() > 1e-3 * plain.abs().max()  # merging did change the output
         disable_tome(ours)
+        assert not ours._forward_pre_hooks and all(b.tome is None for b in tome_blocks(ours))
         assert torch.equal(ours(x, t, ctx, **kw), plain)
+
+
+def test_which_levels_merge():
+    """As tomesd: a block's downsampling is read off its token count against the UNet input's (H, W) = (16, 24)."""
+    tome = ToMe(0.5, max_downsample=2)
+    tome.size = (16, 24)
+    assert tome.match(torch.randn(1, 16 * 24, 4)).r == 192          # level 0: r = int(384 * 0.5)
+    assert tome.match(torch.randn(1, 8 * 12, 4)).r == 48            # level 1 (downsampled 2 times)
+    assert tome.match(torch.randn(1, 4 * 6, 4)) is None             # level 2: 4 > max_downsample
 
 
 def test_pipeline_equals_diffusers_with_tomesd(sd):
@@ -75,4 +85,6 @@ def test_bad_settings():
             ToMe(ratio=bad)
     with pytest.raises(ValueError, match="ToMe: sx must be an integer >= 1, got 0"):
         ToMe(sx=0)
-    assert ToMe(0.0).match(torch.randn(1, 16, 4), (4, 4)) is None   # r = 0: nothing merged, the plain block
+    tome = ToMe(0.0)
+    tome.size = (4, 4)
+    assert tome.match(torch.randn(1, 16, 4)) is None   # r = 0: nothing merged, the plain block

@@ -8,7 +8,9 @@ import torch
 
 from helpers import TINY, assert_close, diffusers_kwargs, diffusers_unet, randomize_, unet_inputs
 from minunet import UNet, UNetConfig
-from minunet.freeu import FreeU, Stage, decoder_input
+from minunet.blocks.freeu import Stage, decoder_input
+from minunet.freeu import FreeU
+from minunet.loading.configs import vae_config
 
 
 def loss_of(out, seed=7):
@@ -115,7 +117,7 @@ def test_gradients_with_freeu_equal_diffusers():
     ours = randomize_(UNet(cfg), seed=4).train()
     ref = diffusers_unet(ours).train()
     ref.enable_freeu(s1=0.9, s2=0.2, b1=1.2, b2=1.4)
-    ours.enable_freeu(0.9, 0.2, 1.2, 1.4, mapping="diffusers", version=1)
+    ours.enable_freeu(FreeU.from_arguments(0.9, 0.2, 1.2, 1.4, mapping="diffusers", version=1))
     x, t, ctx, kw, leaves = leaf_inputs(cfg, h=16, w=12)
     loss_of(ref(x, t, ctx).sample).backward()
     expected = grads(ref, leaves)
@@ -153,10 +155,10 @@ def test_unet_with_freeu_gradcheck_float64():
 def test_vae_encode_gradients_equal_diffusers():
     """d loss(posterior sample) / d (image, every encoder parameter) equals diffusers' AutoencoderKL."""
     import pipes
-    from minunet.vae import VAEConfig, vae_from_state_dict
+    from minunet.loading.vae import vae_from_state_dict
 
     ref = pipes.diffusers_vae(seed=3).train()
-    ours = vae_from_state_dict(ref.state_dict(), config=VAEConfig.from_diffusers(dict(ref.config))).train()
+    ours = vae_from_state_dict(ref.state_dict(), config=vae_config(dict(ref.config))).train()
     img = torch.rand(2, 3, 16, 24, generator=torch.Generator().manual_seed(1)).mul(2).sub(1).requires_grad_()
     post_ref = ref.encode(img).latent_dist
     z_ref = post_ref.sample(torch.Generator().manual_seed(5))
@@ -176,7 +178,7 @@ def test_vae_encode_gradients_equal_diffusers():
 
 def lora_step_setup():
     """A small UNet, frozen, with a trainable LoRA on attention and resnet convs; one batch."""
-    from minunet.lora import load_lora
+    from minunet.loading.lora import load_lora
 
     import loras
     # one resnet per level and one transformer: tracing cost grows with the block count (~20 s here on CPU)

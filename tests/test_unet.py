@@ -8,8 +8,9 @@ import torch
 
 from helpers import TINY, assert_close, diffusers_kwargs, diffusers_unet, manifest_shapes, randomize_, unet_inputs
 from minunet import UNet, UNetConfig, load_unet, original_state_dict
-from minunet.io import CheckpointError
-from minunet.parity import block_names, capture_blocks, format_rows
+from minunet.errors import CheckpointError
+from minunet.cli.parity import block_names, capture_blocks, format_rows
+from minunet.loading.configs import to_diffusers, unet_config
 
 
 @pytest.fixture(scope="module", params=list(TINY))
@@ -32,7 +33,7 @@ def test_forward_matches_diffusers(pair):
 
 @torch.no_grad()
 def test_each_block_matches_diffusers(pair):
-    """Every top-level block's output in both models, through minunet.parity (the `parity` command's code), in
+    """Every top-level block's output in both models, through minunet.cli.parity (the `parity` command's code), in
     forward order: the per-block table is printed, and the first mismatching block is the one reported."""
     name, cfg, ours, ref = pair
     x, t, ctx, kw = unet_inputs(cfg)
@@ -62,7 +63,7 @@ def test_single_file_round_trip(pair, tmp_path):
 
     from diffusers import UNet2DConditionModel
     (tmp_path / "unet").mkdir()
-    (tmp_path / "unet" / "config.json").write_text(json.dumps(cfg.to_diffusers()))
+    (tmp_path / "unet" / "config.json").write_text(json.dumps(to_diffusers(cfg)))
     st.save_file(state, tmp_path / "unet_only.safetensors")
     theirs = UNet2DConditionModel.from_single_file(str(tmp_path / "unet_only.safetensors"), config=str(tmp_path),
                                                    subfolder="unet", local_files_only=True).eval()
@@ -106,7 +107,7 @@ def test_half_precision_close_to_float32(dtype):
 def test_official_manifest_is_covered_exactly(name):
     """The full-size model built from the shapes in the official file's manifest has exactly its tensors."""
     from minunet.keymaps.unet import PREFIX, unet_key_map
-    from minunet.loading import config_from_shapes, describe
+    from minunet.loading.unet import config_from_shapes, describe
 
     shapes = {k[len(PREFIX):]: shape for k, shape in manifest_shapes(f"{name}_unet.tsv").items()}
     cfg = config_from_shapes(shapes, name)
@@ -125,13 +126,13 @@ def test_config_translator_refuses_what_it_does_not_do(request):
     root = request.config.rootpath / "weights" / "configs"
     cfg = json.loads((root / "stable-diffusion-x4-upscaler" / "unet" / "config.json").read_text())
     with pytest.raises(ValueError, match="num_class_embeds"):
-        UNetConfig.from_diffusers(cfg)
+        unet_config(cfg)
     cfg = json.loads((root / "stable-diffusion-v1-5" / "unet" / "config.json").read_text())
-    assert UNetConfig.from_diffusers(cfg) == UNetConfig()
+    assert unet_config(cfg) == UNetConfig()
     with pytest.raises(ValueError, match="unknown field 'wobble'"):
-        UNetConfig.from_diffusers({**cfg, "wobble": 1})
+        unet_config({**cfg, "wobble": 1})
     with pytest.raises(ValueError, match="time_embedding_type"):
-        UNetConfig.from_diffusers({**cfg, "time_embedding_type": "fourier"})
+        unet_config({**cfg, "time_embedding_type": "fourier"})
 
 
 def test_sdxl_needs_added_conditioning():

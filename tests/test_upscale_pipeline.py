@@ -11,7 +11,7 @@ from PIL import Image
 import pipes
 from helpers import assert_close
 from minunet import Pipeline
-from minunet.upscale_pipeline import UpscalePipeline
+from minunet.pipelines.upscale import UpscalePipeline
 
 STEPS = 8
 

@@ -8,8 +8,10 @@ import torch
 
 from helpers import assert_close, manifest_shapes, randomize_
 from minunet import load_unet
-from minunet.io import CheckpointError
-from minunet.upscaler import SD_X2_LATENT_UPSCALER, KUNet, KUNetConfig
+from minunet.errors import CheckpointError
+from minunet.freeu import FreeU
+from minunet.models.kunet import SD_X2_LATENT_UPSCALER, KUNet, KUNetConfig
+from minunet.loading.configs import kunet_config, to_diffusers
 
 # the real structure at tiny widths: level widths (C, C, 2C, 2C), temb 2C, head size 16, 2 resnets per block
 TINY_K = KUNetConfig(block_out_channels=(32, 32, 64, 64), layers_per_block=2, head_size=16, context_dim=32,
@@ -29,7 +31,7 @@ def k_inputs(cfg, batch=2, h=16, w=24, seed=1):
 def diffusers_kunet(cfg, state=None):
     from diffusers import UNet2DConditionModel
 
-    model = UNet2DConditionModel(**cfg.to_diffusers()).eval()
+    model = UNet2DConditionModel(**to_diffusers(cfg)).eval()
     if state is not None:
         model.load_state_dict(state, strict=True)
     return model
@@ -93,16 +95,16 @@ def test_full_size_has_exactly_the_manifest_tensors():
 def test_official_config_translates_and_unknown_keys_are_errors(request):
     path = request.config.rootpath / "weights" / "configs" / "sd-x2-latent-upscaler" / "unet" / "config.json"
     cfg = json.loads(path.read_text())
-    assert KUNetConfig.from_diffusers(cfg) == SD_X2_LATENT_UPSCALER
+    assert kunet_config(cfg) == SD_X2_LATENT_UPSCALER
     # the old revision's spelling: diffusers ignores it (and the final GELU goes missing); we name it
     old = {k: v for k, v in cfg.items() if k != "timestep_post_act"} | {"timestep_act_2": "gelu"}
     with pytest.raises(ValueError, match=r"config\.json.*unknown field 'timestep_act_2' = 'gelu'.*'timestep_post_act'"
                                          r" = None \(diffusers' default, not in the file\)"):
-        KUNetConfig.from_diffusers(old, source="config.json")
+        kunet_config(old, source="config.json")
     with pytest.raises(ValueError, match=r"'mid_block_type' = 'UNetMidBlock2DCrossAttn'"):
-        KUNetConfig.from_diffusers({**cfg, "mid_block_type": "UNetMidBlock2DCrossAttn"})
+        kunet_config({**cfg, "mid_block_type": "UNetMidBlock2DCrossAttn"})
     with pytest.raises(ValueError, match=r"block types"):
-        KUNetConfig.from_diffusers({**cfg, "up_block_types": cfg["up_block_types"][::-1]})
+        kunet_config({**cfg, "up_block_types": cfg["up_block_types"][::-1]})
     with pytest.raises(ValueError, match="last two widths must both be 2 x the first"):
         KUNetConfig(block_out_channels=(32, 64, 64, 128))
 
@@ -112,12 +114,12 @@ def test_translator_defaults_are_diffusers_defaults():
     hold diffusers' real defaults."""
     from diffusers import UNet2DConditionModel
 
-    from minunet.upscaler import _FIXED
+    from minunet.loading.configs import KUNET
 
     params = inspect.signature(UNet2DConditionModel.__init__).parameters
-    for key, (_, default) in _FIXED.items():
+    for key, (_, default) in KUNET.fixed.items():
         assert params[key].default == default, key
-    assert UNet2DConditionModel(**TINY_K.to_diffusers()).config.timestep_post_act == "gelu"
+    assert UNet2DConditionModel(**to_diffusers(TINY_K)).config.timestep_post_act == "gelu"
 
 
 def test_load_unet_reads_the_diffusers_folder(pair, tmp_path):
@@ -165,7 +167,7 @@ def test_freeu_changes_ours_not_diffusers_and_disabling_restores(pair):
     ours, ref = pair
     x, t, ctx, cond = k_inputs(TINY_K)
     plain = ours(x, t, ctx, timestep_cond=cond)
-    ours.enable_freeu(**FACTORS)
+    ours.enable_freeu(FreeU(**FACTORS))
     try:
         changed = ours(x, t, ctx, timestep_cond=cond)
     finally:
@@ -186,7 +188,7 @@ def test_freeu_changes_ours_not_diffusers_and_disabling_restores(pair):
 def test_freeu_acts_at_up_blocks_1_and_2_only(pair):
     """The first resnet of up block 1 gets FreeU's stage-1 input, up block 2's the stage-2 input, up block 3's
     the plain concatenation (each against the very (backbone, skip) pair its block received)."""
-    from minunet.freeu import Stage, freeu_concat
+    from minunet.blocks.freeu import Stage, freeu_concat
 
     ours, _ = pair
     got = {}
@@ -194,7 +196,7 @@ def test_freeu_acts_at_up_blocks_1_and_2_only(pair):
              for i in range(4)]
     hooks += [ours.up_blocks[i].resnets[0].register_forward_pre_hook(
         lambda m, a, i=i: got.__setitem__(("resnet", i), a[0])) for i in range(4)]
-    ours.enable_freeu(**FACTORS, version=2)
+    ours.enable_freeu(FreeU(**FACTORS, version=2))
     try:
         assert ours.freeu_plan == [None, Stage(1.3, 0.9, 2), Stage(1.4, 0.2, 2), None]
         ours(*k_inputs(TINY_K)[:3], timestep_cond=k_inputs(TINY_K)[3])
@@ -212,5 +214,5 @@ def test_freeu_acts_at_up_blocks_1_and_2_only(pair):
 def test_freeu_diffusers_mapping_is_an_error(pair):
     ours, _ = pair
     with pytest.raises(ValueError, match="diffusers' enable_freeu does nothing on this model"):
-        ours.enable_freeu(**FACTORS, mapping="diffusers")
+        ours.enable_freeu(FreeU(**FACTORS, mapping="diffusers"))
     assert ours.freeu is None and ours.freeu_plan is None

@@ -10,10 +10,12 @@ from safetensors.torch import load_file, save_file
 import helpers
 from helpers import meta_state_dict
 
-from minunet.images import from_pil, to_pil
-from minunet.io import CheckpointError
+from minunet.pipelines.images import from_pil, to_pil
+from minunet.errors import CheckpointError
 from minunet.keymaps import vae as keymap
-from minunet.vae import SD, SDXL, VAE, VAEConfig, load_vae, vae_from_state_dict
+from minunet.loading.vae import load_vae, vae_from_state_dict
+from minunet.models.vae import SD, SDXL, VAE, VAEConfig
+from minunet.loading.configs import to_diffusers, vae_config
 
 WEIGHTS = Path(__file__).resolve().parents[1] / "weights"
 # Small widths of the official structure (4 levels, 2 resnets per encoder level, mid attention). "sd" uses 8 groups
@@ -49,7 +51,7 @@ class Case:
         from diffusers import AutoencoderKL
 
         self.name, self.cfg, self.root = name, TINY[name], root
-        self.ref = randomize_(AutoencoderKL(**self.cfg.to_diffusers()), seed=len(name)).eval()
+        self.ref = randomize_(AutoencoderKL(**to_diffusers(self.cfg)), seed=len(name)).eval()
         self.folder = root / "pipeline" / "vae"
         self.ref.save_pretrained(self.folder)
         g = torch.Generator().manual_seed(0)
@@ -99,7 +101,7 @@ VAE_CONFIGS = sorted(p for p in WEIGHTS.glob("configs/**/config.json") if '"Auto
 @pytest.mark.parametrize("path", VAE_CONFIGS, ids=lambda p: str(p.relative_to(WEIGHTS / "configs").parent))
 def test_official_configs_translate(path):
     d = json.loads(path.read_text())
-    cfg = VAEConfig.from_diffusers(d)
+    cfg = vae_config(d)
     assert cfg.block_out_channels == tuple(d["block_out_channels"]) and cfg.latent_channels == 4
     assert cfg.scaling_factor == d.get("scaling_factor", 0.18215) and cfg.shift_factor is None
     assert cfg.force_upcast == d.get("force_upcast", True)  # diffusers' meaning of a missing field
@@ -108,12 +110,12 @@ def test_official_configs_translate(path):
 
 
 def test_presets_and_roundtrip():
-    sd15 = VAEConfig.from_diffusers(json.loads((WEIGHTS / "configs/stable-diffusion-v1-5/vae/config.json").read_text()))
+    sd15 = vae_config(json.loads((WEIGHTS / "configs/stable-diffusion-v1-5/vae/config.json").read_text()))
     assert sd15 == SD and SD.scaling_factor == 0.18215 and SD.downscale == 8
-    sdxl = VAEConfig.from_diffusers(json.loads((WEIGHTS / "configs/sdxl-vae/config.json").read_text()))
+    sdxl = vae_config(json.loads((WEIGHTS / "configs/sdxl-vae/config.json").read_text()))
     assert sdxl == SDXL
     for cfg in TINY.values():
-        assert VAEConfig.from_diffusers(cfg.to_diffusers()) == cfg
+        assert vae_config(to_diffusers(cfg)) == cfg
 
 
 @pytest.mark.parametrize("change, message", [
@@ -127,7 +129,7 @@ def test_presets_and_roundtrip():
 def test_unsupported_config_raises(change, message):
     d = {**json.loads((WEIGHTS / "configs/sdxl-vae/config.json").read_text()), **change}
     with pytest.raises(CheckpointError, match=message):
-        VAEConfig.from_diffusers(d)
+        vae_config(d)
 
 
 # -- parity with diffusers from every layout -----------------------------------------------------------------------
@@ -237,7 +239,7 @@ def test_sample_matches_diffusers(case):
 
 
 def test_logvar_is_clamped():
-    from minunet.vae import DiagonalGaussian
+    from minunet.models.vae import DiagonalGaussian
 
     moments = torch.cat([torch.zeros(1, 4, 2, 2), torch.full((1, 2, 2, 2), 50.0), torch.full((1, 2, 2, 2), -50.0)], 1)
     post = DiagonalGaussian(moments)
@@ -360,7 +362,7 @@ def test_without_quant_convs_and_with_shift_factor(tmp_path):
 
     cfg = VAEConfig(block_out_channels=(32, 64), layers_per_block=1, latent_channels=16, norm_num_groups=8,
                     scaling_factor=1.5305, shift_factor=0.0609, use_quant_conv=False, use_post_quant_conv=False)
-    ref = randomize_(AutoencoderKL(**cfg.to_diffusers()), seed=5).eval()
+    ref = randomize_(AutoencoderKL(**to_diffusers(cfg)), seed=5).eval()
     ref.save_pretrained(tmp_path)
     vae = load_vae(tmp_path)
     assert vae.config == cfg and vae.quant_conv is None and vae.shift_factor == 0.0609

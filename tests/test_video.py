@@ -9,8 +9,10 @@ import torch
 
 from helpers import assert_close, manifest_shapes, randomize_
 from minunet import CheckpointError, FreeU, load_unet
-from minunet.video import MS_1_7B, VideoUNet, VideoUNetConfig, original_state_dict
+from minunet.loading.video import original_state_dict
+from minunet.models.video import MS_1_7B, VideoUNet, VideoUNetConfig
 from minunet.weights import CONFIGS
+from minunet.loading.configs import to_diffusers, video_config
 
 # the real ratios (widths 1:2:4:4, attention at the first three levels, 32 groups, 8-head transformer_in)
 TINY = VideoUNetConfig(block_out_channels=(32, 64, 128, 128), head_size=16, context_dim=48)
@@ -26,7 +28,7 @@ def inputs(cfg=TINY, batch=2, h=12, w=20, seed=1):
 def diffusers_video_unet(cfg, state_dict):
     from diffusers import UNet3DConditionModel
 
-    model = UNet3DConditionModel(**cfg.to_diffusers()).eval()
+    model = UNet3DConditionModel(**to_diffusers(cfg)).eval()
     model.load_state_dict(state_dict, strict=True)
     return model
 
@@ -153,7 +155,7 @@ def test_freeu_diffusers_mapping_matches_diffusers_enable_freeu(pair):
         expected = ref(x, t, ctx).sample
     finally:
         ref.disable_freeu()
-    ours.enable_freeu(0.9, 0.2, 1.2, 1.4, mapping="diffusers")
+    ours.enable_freeu(FreeU.from_arguments(0.9, 0.2, 1.2, 1.4, mapping="diffusers"))
     try:
         assert_close(ours(x, t, ctx), expected)
     finally:
@@ -210,16 +212,16 @@ def test_video_preset():
 
 def test_config_translator():
     raw = json.loads((CONFIGS / "text-to-video-ms-1.7b" / "unet" / "config.json").read_text())
-    assert VideoUNetConfig.from_diffusers(raw) == MS_1_7B
-    assert VideoUNetConfig.from_diffusers(MS_1_7B.to_diffusers()) == MS_1_7B
+    assert video_config(raw) == MS_1_7B
+    assert video_config(to_diffusers(MS_1_7B)) == MS_1_7B
     with pytest.raises(ValueError, match="unknown field 'wobble'"):
-        VideoUNetConfig.from_diffusers({**raw, "wobble": 1})
+        video_config({**raw, "wobble": 1})
     with pytest.raises(ValueError, match="'num_attention_heads' = 8"):
-        VideoUNetConfig.from_diffusers({**raw, "num_attention_heads": 8})
+        video_config({**raw, "num_attention_heads": 8})
     with pytest.raises(ValueError, match="attention_head_dim"):
-        VideoUNetConfig.from_diffusers({**raw, "attention_head_dim": [64, 64, 64, 64]})
+        video_config({**raw, "attention_head_dim": [64, 64, 64, 64]})
     with pytest.raises(ValueError, match="do not mirror"):
-        VideoUNetConfig.from_diffusers({**raw, "up_block_types": ["CrossAttnUpBlock3D"] * 4})
+        video_config({**raw, "up_block_types": ["CrossAttnUpBlock3D"] * 4})
 
 
 def test_full_size_model_has_exactly_the_manifest():

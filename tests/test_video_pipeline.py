@@ -10,8 +10,9 @@ import torch
 import pipes
 from helpers import assert_close, randomize_
 from minunet import VideoPipeline
-from minunet.video import VideoUNetConfig
+from minunet.models.video import VideoUNetConfig
 from minunet.weights import CONFIGS
+from minunet.loading.configs import to_diffusers
 
 SCHEDULER = CONFIGS / "text-to-video-ms-1.7b" / "scheduler"
 UNET = VideoUNetConfig(block_out_channels=(32, 64), attention_levels=(True, True), head_size=16, context_dim=32,
@@ -26,7 +27,7 @@ def video_pipeline(folder, seed=0):
     """A TextToVideoSDPipeline with tiny random parts, saved to `folder` and returned."""
     from diffusers import DDIMScheduler, TextToVideoSDPipeline, UNet3DConditionModel
 
-    unet = randomize_(UNet3DConditionModel(**UNET.to_diffusers(), sample_size=8).eval(), seed + 2)
+    unet = randomize_(UNet3DConditionModel(**to_diffusers(UNET), sample_size=8).eval(), seed + 2)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # diffusers logs that the pipeline is deprecated
         pipe = TextToVideoSDPipeline(

@@ -71,20 +71,16 @@ class BasicTransformerBlock(nn.Module):
         self.norm3 = nn.LayerNorm(dim)
         self.ff = FeedForward(dim)
 
-    gradient_checkpointing = False  # recompute in backward instead of storing activations (minunet.checkpointing)
-    tome = None  # token merging (blocks/tome.py), set from outside by enable_tome: a ToMe, or None
+    gradient_checkpointing = False  # recompute in backward instead of storing activations (minunet.models.checkpointing)
+    tome = None  # token merging (blocks/tome.py), set from outside: self-attention then runs on fewer tokens
 
-    def forward(self, x, context, grid=None):
-        """x (B, N, C); grid: the (h, w) image the N tokens come from (what token merging needs)."""
+    def forward(self, x, context):
         if self.gradient_checkpointing and torch.is_grad_enabled():
-            return checkpoint(self._forward, x, context, grid, use_reentrant=False)
-        return self._forward(x, context, grid)
+            return checkpoint(self._forward, x, context, use_reentrant=False)
+        return self._forward(x, context)
 
-    def _forward(self, x, context, grid=None):
-        # with token merging, self-attention runs on N - r tokens and its outputs are spread back to all N
-        merge = None if self.tome is None else self.tome.match(x, grid)
-        h = self.norm1(x)
-        x = x + (self.attn1(h) if merge is None else merge.unmerge(self.attn1(merge.merge(h))))
+    def _forward(self, x, context):
+        x = x + (self.attn1(self.norm1(x)) if self.tome is None else self.tome(self.attn1, self.norm1(x), x))
         x = x + self.attn2(self.norm2(x), context)
         return x + self.ff(self.norm3(x))
 
@@ -116,7 +112,7 @@ class Transformer2DModel(nn.Module):
         if self.linear_proj:
             x = self.proj_in(x)
         for block in self.transformer_blocks:
-            x = block(x, context, (h, w))
+            x = block(x, context)
         if self.linear_proj:
             x = self.proj_out(x)
         x = rearrange(x, "b (h w) c -> b c h w", h=h, w=w)

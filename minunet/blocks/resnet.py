@@ -28,7 +28,7 @@ class ResnetBlock2D(nn.Module):
         # 1x1 conv only when the channel count changes, as in the checkpoints (`nin_shortcut` / `skip_connection`)
         self.conv_shortcut = nn.Conv2d(in_channels, out_channels, 1) if in_channels != out_channels else None
 
-    gradient_checkpointing = False  # recompute in backward instead of storing activations (minunet.checkpointing)
+    gradient_checkpointing = False  # recompute in backward instead of storing activations (minunet.models.checkpointing)
 
     def forward(self, x, temb=None):
         if self.gradient_checkpointing and torch.is_grad_enabled():

@@ -10,23 +10,26 @@ bipartite soft matching; attention runs on N - r tokens, and every merged token 
     after attention, a merged src token gets its partner's output, every other token its own
 
 Same maths as the `tomesd` package's apply_patch on diffusers' UNet with use_rand=False and its defaults:
-self-attention only (merge_attn; cross-attention and the feed-forward see every token), and only in the
-transformer blocks of levels downsampled at most `max_downsample` times (1: the full-resolution level alone).
-ToMe attaches from outside: `enable_tome(unet, ratio)` sets `block.tome` on those BasicTransformerBlocks, whose
-forward shows where it acts; `disable_tome(unet)` sets it back to None.
+self-attention only (merge_attn; cross-attention and the feed-forward see every token), and only where the
+image is downsampled at most `max_downsample` times (1: the full-resolution level alone), which each block reads,
+as tomesd does, off its token count and the UNet's input size (recorded by a forward pre-hook on the UNet).
+ToMe attaches from outside: `enable_tome(unet, ratio)` sets `block.tome` on the UNet's BasicTransformerBlocks,
+whose forward shows where it acts; `disable_tome(unet)` sets it back to None and removes the hook.
 """
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 
 
-@dataclass(frozen=True)
+@dataclass(eq=False)
 class ToMe:
     ratio: float = 0.5        # fraction of a block's tokens merged away (at most 1 - 1 / (sx * sy))
-    max_downsample: int = 1   # merge at levels downsampled 1, 2, 4 or 8 times at most (1: level 0 only)
+    max_downsample: int = 1   # merge where the image is downsampled 1, 2, 4 or 8 times at most (1: level 0 only)
     sx: int = 2               # dst stride along the width
     sy: int = 2               # dst stride along the height
+    size: tuple = None        # (H, W) of the UNet's input, recorded by a forward pre-hook on the UNet
+    hook: object = field(default=None, repr=False)   # that hook's handle (enable_tome / disable_tome)
 
     def __post_init__(self):
         if isinstance(self.ratio, bool) or not isinstance(self.ratio, (int, float)) or not 0 <= self.ratio < 1:
@@ -36,10 +39,20 @@ class ToMe:
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
                 raise ValueError(f"ToMe: {name} must be an integer >= 1, got {value!r}")
 
-    def match(self, x, grid):
-        """x (B, N, C) of an (h, w) = grid token image -> the Merge of this block call (None: nothing to merge)."""
+    def __call__(self, attn, h, x):
+        """attn(h) on the merged tokens, spread back to all N: h = norm1(x) (B, N, C); x, the block's input, is
+        what the tokens are matched on."""
+        merge = self.match(x)
+        return attn(h) if merge is None else merge.unmerge(attn(merge.merge(h)))
+
+    def match(self, x):
+        """The Merge of this block call, or None where nothing merges (too deep a level, r = 0)."""
+        H, W = self.size
+        down = math.ceil(math.sqrt(H * W // x.shape[1]))   # the level's downsampling, read off the token count
         r = int(x.shape[1] * self.ratio)
-        return None if r <= 0 else Merge(x, *grid, r=r, sx=self.sx, sy=self.sy)
+        if down > self.max_downsample or r <= 0:
+            return None
+        return Merge(x, math.ceil(H / down), math.ceil(W / down), r=r, sx=self.sx, sy=self.sy)
 
 
 def _take(x, index):
@@ -93,23 +106,25 @@ class Merge:
         return out
 
 
-def tome_blocks(unet, max_downsample):
-    """The image BasicTransformerBlocks of `unet`'s levels downsampled at most max_downsample times."""
-    n = len(unet.down_blocks)
-    levels = [*enumerate(unet.down_blocks), (n - 1, unet.mid_block), *((n - 1 - i, b) for i, b in enumerate(unet.up_blocks))]
-    return [t for level, block in levels if 2 ** level <= max_downsample and block.attentions is not None
+def tome_blocks(unet):
+    """The image transformer blocks of `unet` (down, middle, up), where token merging attaches."""
+    return [t for block in (*unet.down_blocks, unet.mid_block, *unet.up_blocks) if block.attentions is not None
             for a in block.attentions for t in a.transformer_blocks]
 
 
 def enable_tome(unet, ratio=0.5, *, max_downsample=1, sx=2, sy=2):
-    """Token merging on `unet` (see the module docstring); replaces any earlier setting."""
+    """Token merging on `unet` (see the module docstring); replaces any earlier setting. -> the ToMe."""
     tome = ToMe(ratio, max_downsample, sx, sy)
     disable_tome(unet)
-    for block in tome_blocks(unet, tome.max_downsample):
+    tome.hook = unet.register_forward_pre_hook(lambda module, args: setattr(tome, "size", tuple(args[0].shape[-2:])))
+    for block in tome_blocks(unet):
         block.tome = tome
     return tome
 
 
 def disable_tome(unet):
-    for block in tome_blocks(unet, math.inf):
+    for block in tome_blocks(unet):
+        if block.tome is not None and block.tome.hook is not None:
+            block.tome.hook.remove()
+            block.tome.hook = None
         block.tome = None

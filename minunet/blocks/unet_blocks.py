@@ -2,10 +2,12 @@
 
 Each is `layers` resnets, each optionally followed by a spatial transformer, then a resampler.
 Attribute names are diffusers' (`resnets`, `attentions`, `downsamplers.0`, `upsamplers.0`).
+Layer j (resnet j, then transformer j where there is one) runs through `Layers.layer`, whose `after` hook the
+video UNet's blocks fill with their temporal layers (models/video.py); `frames` is only theirs.
 """
 from torch import nn
 
-from ..freeu import decoder_input
+from .freeu import decoder_input
 from .attention import Transformer2DModel
 from .resnet import Downsample2D, ResnetBlock2D, Upsample2D
 
@@ -16,14 +18,21 @@ def _transformers(n, channels, heads, depth, cfg):
                            cfg.upcast_attention, cfg.norm_num_groups) for _ in range(n)])
 
 
-class _Level(nn.Module):
-    def layer(self, j, x, temb, context):
-        """Layer j: resnet j, then transformer j where the level has them."""
-        x = self.resnets[j](x, temb)
-        return x if self.attentions is None else self.attentions[j](x, context)
+class Layers:
+    """Layer j of a block: resnet j, then spatial transformer j where there is one, each followed by `after`."""
+
+    def layer(self, j, x, temb, context, frames=None):
+        x = self.after("resnet", j, self.resnets[j](x, temb), frames)
+        if self.attentions is not None and j < len(self.attentions):
+            x = self.after("attention", j, self.attentions[j](x, context), frames)
+        return x
+
+    def after(self, kind, j, x, frames):
+        """The per-layer hook: nothing in the 2-D UNet (a video block runs its temporal layer j here)."""
+        return x
 
 
-class DownBlock(_Level):
+class DownBlock(Layers, nn.Module):
     """Level `i` of the encoder. Returns the output and the skips it hands to the decoder."""
 
     def __init__(self, cfg, i):
@@ -40,21 +49,16 @@ class DownBlock(_Level):
         last = i == len(cfg.block_out_channels) - 1
         self.downsamplers = None if last else nn.ModuleList([Downsample2D(c)])
 
-    def forward(self, x, temb, context, *extra, units=None):
-        """units: which of the level's units run, its layers (resnet [+ transformer]) then the downsampler, as a
-        range (DeepCache runs a level in two parts); all by default. -> (x, the skips they made)."""
-        skips = []
+    def forward(self, x, temb, context, frames=None, units=None):
+        skips = []  # units: the layers, then the downsampler, (B, C, H, W) -> (B, C, ceil(H/2), ceil(W/2)); or a range
         for j in range(len(self.resnets) + 1) if units is None else units:
-            if j < len(self.resnets):
-                x = self.layer(j, x, temb, context, *extra)
-                skips.append(x)
-            elif self.downsamplers is not None:
-                x = self.downsamplers[0](x)  # (B, C, H, W) -> (B, C, ceil(H/2), ceil(W/2))
+            if j < len(self.resnets) or self.downsamplers is not None:
+                x = self.layer(j, x, temb, context, frames) if j < len(self.resnets) else self.downsamplers[0](x)
                 skips.append(x)
         return x, skips
 
 
-class MidBlock(nn.Module):
+class MidBlock(Layers, nn.Module):
     """resnet -> transformer -> resnet at the lowest resolution."""
 
     def __init__(self, cfg):
@@ -64,13 +68,12 @@ class MidBlock(nn.Module):
             [ResnetBlock2D(c, c, cfg.time_embed_dim, cfg.norm_num_groups, cfg.norm_eps) for _ in range(2)])
         self.attentions = _transformers(1, c, cfg.num_heads[-1], cfg.transformer_depth_mid, cfg)
 
-    def forward(self, x, temb, context):
-        x = self.resnets[0](x, temb)
-        x = self.attentions[0](x, context)
-        return self.resnets[1](x, temb)
+    def forward(self, x, temb, context, frames=None):
+        x = self.layer(0, x, temb, context, frames)      # resnet, transformer
+        return self.layer(1, x, temb, context, frames)   # resnet
 
 
-class UpBlock(_Level):
+class UpBlock(Layers, nn.Module):
     """Up block `i` (level n-1-i of the encoder, read backwards): each resnet takes the running features
     concatenated with one skip, popped last-in first-out."""
 
@@ -97,53 +100,12 @@ class UpBlock(_Level):
         n = cfg.layers_per_block + 1
         return [(c_prev if j == 0 else c, c_skip_last if j == n - 1 else c) for j in range(n)]
 
-    def forward(self, x, skips, temb, context, *extra, freeu=None, units=None):
-        """skips: the UNet's list, each resnet pops its skip off the end. freeu: None, or one
-        minunet.freeu.Stage | None per resnet (the UNet's freeu_plan for this block). units: which of the block's
-        units run, its layers then the upsampler, as a range; all by default."""
-        n = len(self.resnets)
-        for j in range(n + 1) if units is None else units:
-            if j < n:
-                # (B, C + C_skip, H, W): backbone || skip, with FreeU's re-weighting where the plan says (freeu.py)
+    def forward(self, x, skips, temb, context, freeu=None, frames=None, units=None):
+        """freeu: one Stage | None per resnet, or None; units: the layers (each pops a skip), the upsampler; or a range."""
+        for j in range(len(self.resnets) + 1) if units is None else units:
+            if j < len(self.resnets):  # (B, C + C_skip, H, W): backbone || skip, with FreeU's re-weighting (freeu.py)
                 x = decoder_input(x, skips.pop(), None if freeu is None else freeu[j])
-                x = self.layer(j, x, temb, context, *extra)
+                x = self.layer(j, x, temb, context, frames)
             elif self.upsamplers is not None:
                 x = self.upsamplers[0](x, skips[-1].shape[2:])  # to the next skip's size (odd sizes)
         return x
-
-
-# ---- the paths through a UNet's levels (image and video UNets) ---------------------------------------------------
-# The encoder is a sequence of units, layers_per_block + 1 per level (its layers, then the downsampler), the decoder
-# one of layers_per_block + 2 per up block (its layers, then the upsampler); a unit a level lacks does nothing.
-
-def encoder(blocks, h, skips, units, *args):
-    """Run the encoder units in the range `units`, appending their skips to `skips`; -> h."""
-    per = len(blocks[0].resnets) + 1
-    for i, block in enumerate(blocks):
-        part = range(max(units.start - i * per, 0), min(units.stop - i * per, per))
-        if len(part):
-            h, s = block(h, *args, units=part)
-            skips += s
-    return h
-
-
-def decoder(blocks, h, skips, units, freeu_plan, *args):
-    """Run the decoder units in the range `units`, popping their skips off `skips`; -> h."""
-    per = len(blocks[0].resnets) + 1
-    for i, block in enumerate(blocks):
-        part = range(max(units.start - i * per, 0), min(units.stop - i * per, per))
-        if len(part):
-            h = block(h, skips, *args, freeu=None if freeu_plan is None else freeu_plan[i], units=part)
-    return h
-
-
-def branch_parts(levels, layers, branch):
-    """The unit ranges (shallow encoder, deep encoder, deep decoder, shallow decoder) of a UNet with `levels`
-    levels of `layers` layers split at DeepCache's branch (level, unit) (deepcache.py): the shallow encoder is
-    the units before it, the shallow decoder the units from its mirror on. branch None: all of it deep."""
-    n_enc, n_dec = levels * (layers + 1), levels * (layers + 2)
-    if branch is None:
-        return range(0), range(n_enc), range(n_dec), range(n_dec, n_dec)
-    level, unit = branch
-    enc, dec = level * (layers + 1) + unit, (levels - 1 - level) * (layers + 2) + layers - unit
-    return range(enc), range(enc, n_enc), range(dec), range(dec, n_dec)

@@ -26,8 +26,8 @@ def build_parser():
 
 def main(argv=None):
     args = build_parser().parse_args(argv)
-    from ..io import CheckpointError
-    from ..checks import NonFiniteError
+    from ..errors import CheckpointError
+    from ..errors import NonFiniteError
     try:
         args.func(args)
     except UsageError as e:  # the command line: exit 2, as argparse's own errors

@@ -94,7 +94,7 @@ def add_speed_arguments(p, tome=True):
 def check_speed_arguments(args):
     """--deepcache / --deepcache-branch / --tome values, checked before any model loads."""
     from ..blocks.tome import ToMe
-    from ..deepcache import DeepCache
+    from ..models.deepcache import DeepCache
 
     try:
         if args.deepcache is not None:

@@ -30,16 +30,16 @@ def add_parsers(sub):
 
 
 def cmd_inspect(args):
-    from ..inspect import format_report, inspect_file
+    from ..loading.inspect import format_report, inspect_file
 
     path = Path(args.file) if args.file else None
     tmp = None
     if args.demo:  # a tiny random SD 1.5-structured single file, so the command runs anywhere
         import safetensors.torch as st
 
-        from ..config import UNetConfig
-        from ..loading import original_state_dict
-        from ..unet import UNet
+        from ..models.config import UNetConfig
+        from ..loading.unet import original_state_dict
+        from ..models.unet import UNet
         tmp = tempfile.TemporaryDirectory()
         path = Path(tmp.name) / "tiny-sd15-random.safetensors"
         cfg = UNetConfig(block_out_channels=(32, 64, 64, 64))
@@ -51,7 +51,7 @@ def cmd_inspect(args):
         raise UsageError(f"inspect: {path}: no such file")
     report = inspect_file(path, check_hash=not args.no_hash)
     if args.check_values:
-        from ..inspect import nonfinite_tensors
+        from ..loading.inspect import nonfinite_tensors
         report["nonfinite"] = nonfinite_tensors(path)
     print(json.dumps(report, indent=1) if args.json else format_report(report))
 
@@ -61,12 +61,12 @@ def cmd_parity(args):
 
     if importlib.util.find_spec("diffusers") is None:
         raise UsageError("parity needs diffusers: pip install 'minunet[test]'")
-    from ..parity import compare_blocks, diffusers_twin, format_rows, random_inputs
+    from .parity import compare_blocks, diffusers_twin, format_rows, random_inputs
     if args.model == "tiny":
-        from ..pipeline import Pipeline
+        from ..pipelines.image import Pipeline
         unet, source = Pipeline.tiny().unet, None
     else:
-        from ..loading import load_unet
+        from ..loading.unet import load_unet
         path = Path(args.model)
         if not path.exists() and args.model.count("/") != 1:
             raise UsageError(f"parity: {args.model}: no such file or folder")
@@ -80,7 +80,7 @@ def cmd_parity(args):
 def cmd_convert(args):
     import torch
 
-    from ..convert import convert
+    from ..loading.convert import convert
     out = Path(args.output)
     if out.suffix != ".safetensors":
         raise UsageError(f"convert: the output {out} must end in .safetensors")
@@ -94,8 +94,8 @@ def cmd_convert(args):
 
 
 def cmd_download(args):
-    from ..inspect import official_files, sha256
-    from ..io import hub_download
+    from ..loading.official import official_files, sha256
+    from ..loading.io import hub_download
 
     if args.name not in OFFICIAL:
         raise UsageError(f"download: unknown name '{args.name}' (known: {', '.join(OFFICIAL)})")

@@ -5,7 +5,7 @@ import json
 from pathlib import Path
 
 from ..schedulers.samplers import SAMPLERS  # the one sampler table (light: no torch model code)
-from ..precision import resolve_dtype
+from ..loading.precision import resolve_dtype
 from .common import (OFFICIAL, UsageError, add_dtype_device_arguments, add_freeu_arguments, add_speed_arguments,
                      apply_speed_arguments, check_speed_arguments, freeu_from_args, parse_device, parse_size)
 
@@ -65,7 +65,7 @@ def run_pipeline(pipe, args, height, width, freeu, inputs=None, refiner=None):
     images; with --refiner the base stops at --high-noise-frac and the refiner finishes."""
     import torch
 
-    from ..io import CheckpointError
+    from ..errors import CheckpointError
 
     if freeu is not None:
         pipe.enable_freeu(freeu)
@@ -112,7 +112,7 @@ def check_generate_args(args):
 def load_pipeline(model, dtype=None, device=None, flag="--model", **shared):
     """--model: 'tiny' ('tiny-inpainting': its 9-channel twin), an official name (downloaded once into the Hub
     cache), a folder, a file or a repo id. `shared`: loaded modules to use instead of loading them (--refiner)."""
-    from ..pipeline import Pipeline
+    from ..pipelines.image import Pipeline
 
     if model in ("tiny", "tiny-inpainting"):
         print(f"minunet: {flag} {model} is a small RANDOM-weight model: it makes noise, not pictures.")
@@ -121,7 +121,7 @@ def load_pipeline(model, dtype=None, device=None, flag="--model", **shared):
             module.to(device=device, dtype=resolve_dtype(dtype, device))
         return pipe
     if model in OFFICIAL:
-        from ..io import hub_download
+        from ..loading.io import hub_download
         repo, filename, _ = OFFICIAL[model]
         return Pipeline.from_single_file(hub_download(repo, [filename]), dtype=dtype, device=device, **shared)
     path = Path(model)
@@ -264,7 +264,7 @@ def save_png(image, args, freeu, out=None):
 
 
 def add_lora_arguments(p):
-    from ..lora import parse_lora_arg
+    from ..loading.lora import parse_lora_arg
 
     p.add_argument("--lora", action="append", default=[], type=parse_lora_arg, metavar="FILE[:SCALE]",
                    help="a LoRA .safetensors (kohya / A1111 or diffusers / PEFT) on the UNet and text encoders, "
@@ -308,7 +308,7 @@ def add_upscale_arguments(p):
 
 
 def load_upscaler(model, args, dtype):
-    from ..upscale_pipeline import UpscalePipeline
+    from ..pipelines.upscale import UpscalePipeline
 
     if model == "tiny":
         print("minunet: --upscale tiny is a small RANDOM-weight upscaler: it makes noise, not pictures.")

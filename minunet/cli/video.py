@@ -32,7 +32,7 @@ def add_parser(sub):
 
 def load_video_pipeline(model, dtype=None, device=None):
     """--model for `video`: 'tiny-video', a known name, a diffusers text-to-video folder or a Hub repo id."""
-    from ..video_pipeline import VideoPipeline
+    from ..pipelines.video import VideoPipeline
 
     if model == "tiny-video":
         print("minunet: --model tiny-video is a small RANDOM-weight model: it makes noise, not videos.")
@@ -52,7 +52,7 @@ def cmd_video(args):
     import numpy as np
     import torch
 
-    from ..video_io import export_video
+    from ..pipelines.video_io import export_video
 
     if args.frames < 1:
         raise UsageError(f"--frames {args.frames}: must be at least 1")

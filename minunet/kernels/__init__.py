@@ -29,16 +29,16 @@ def interpreting():
 def _triton_module():
     if not available():
         raise ModuleNotFoundError("minunet.kernels needs triton: pip install triton "
-                                  "(minunet.freeu.freeu_concat is the pure-torch equivalent)")
+                                  "(minunet.blocks.freeu.freeu_concat is the pure-torch equivalent)")
     from . import freeu_triton
     return freeu_triton
 
 
-def freeu_concat(h, hs, *, b, s, weight=None):
+def fused_decoder_input(h, hs, *, b, s, weight=None):
     """Fused FreeU decoder input: cat([h[:, :C//2] * factor, h[:, C//2:], fourier_filter(hs, 1, s)], 1) in one
     write pass (see freeu_triton.py); factor = b, or 1 + (b - 1) * weight with a (B, 1, H, W) fp32 map (version 2).
-    minunet.freeu.fused_freeu_concat gives it minunet.freeu.freeu_concat's contract, its reference."""
-    return _triton_module().freeu_concat(h, hs, b=b, s=s, weight=weight)
+    minunet.blocks.freeu.fused_freeu_concat gives it the contract of freeu_concat, its pure-torch reference."""
+    return _triton_module().launch_decoder_input(h, hs, b=b, s=s, weight=weight)
 
 
 def channel_mean(h):

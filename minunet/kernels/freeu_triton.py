@@ -6,10 +6,10 @@ torch.cat reads h and hs once and writes out once; so does this kernel, as seen 
 - a skip plane is filtered in two passes over the same plane by the same program: pass 1 reduces it to its 7
   coefficients on the 2-D harmonics of the masked bins (k, l) in {0, -1}^2, pass 2 re-reads it (from L1/L2: a plane
   is at most a few tens of KB) and writes y = x - (1 - s) / (H W) * low(x). The filter maths and its edge cases are
-  minunet.freeu.fourier_filter's (which is this kernel's reference), specialised to FreeU's threshold 1.
+  minunet.blocks.freeu.fourier_filter's (which is this kernel's reference), specialised to FreeU's threshold 1.
 Version 2 needs the channel mean of h before any backbone plane is written: a small reduction kernel computes it
 first (channel_mean: one extra read of h, the price of the structure-adaptive rule); the caller min-max
-normalises that (B, 1, H, W) map (minunet.freeu.normalise_map, a few torch ops on a tensor C times smaller than h)
+normalises that (B, 1, H, W) map (minunet.blocks.freeu.normalise_map, a few torch ops on a tensor C times smaller than h)
 and passes it in as `weight`.
 Inputs are NCHW-contiguous (others are copied); all arithmetic is fp32, results are stored in h's dtype.
 """
@@ -137,7 +137,7 @@ def channel_mean(h):
     return mean
 
 
-def freeu_concat(h, hs, *, b, s, weight=None):
+def launch_decoder_input(h, hs, *, b, s, weight=None):
     """(B, C, H, W), (B, C_skip, H, W) -> (B, C + C_skip, H, W) in h's dtype; runs the Triton kernels (CUDA tensors,
     or CPU tensors under TRITON_INTERPRET=1). weight: None (version 1) or version 2's (B, 1, H, W) fp32 map."""
     if h.dim() != 4 or hs.dim() != 4 or h.shape[0] != hs.shape[0] or h.shape[2:] != hs.shape[2:]:

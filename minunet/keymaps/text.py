@@ -80,7 +80,7 @@ def count_layers(keys, layout):
 
 
 def embedder_rows(embedder, n_file_layers, text_model_prefix=True):
-    # embedder: a minunet.text.EncoderSpec (its layout, projection and drop_last_layer)
+    # embedder: a minunet.loading.text.EncoderSpec (its layout, projection and drop_last_layer)
     """(rows, ignored original keys) for one encoder whose file holds `n_file_layers` blocks."""
     n = n_file_layers - 1 if embedder.drop_last_layer else n_file_layers
     if embedder.layout == "clip":

@@ -4,7 +4,7 @@ The map works on module paths: a checkpoint key is `<module path>.<weight|bias>`
 whole (never a substring replace), and the leaf is carried over. The only reshape sits next to its renames: the
 mid-block attention's q / k / v / proj_out are 1x1 convs [C, C, 1, 1] in the original and Linear [C, C] here.
 """
-from ..io import CheckpointError
+from ..errors import CheckpointError
 
 PREFIX = "first_stage_model."  # the VAE inside a whole SD / SDXL checkpoint
 

@@ -33,7 +33,9 @@ import math
 from dataclasses import dataclass
 from typing import Callable
 
-from .. import checks
+import torch
+
+from ..checks import short
 from ..noise import randn
 
 
@@ -142,8 +144,8 @@ def sample(sampler, model_fn, noise, schedule, num_steps, *, init_latents=None, 
     eta = options.get("eta", 0.0)
     if isinstance(eta, bool) or not isinstance(eta, (int, float)) or not math.isfinite(eta) or eta < 0:
         raise ValueError(f"eta={eta!r} must be >= 0 and finite")  # NaN passes a plain `eta < 0` test
-    checks.generator(generator)
-    checks.callback(callback)
+    check_generator(generator)
+    check_callback(callback)
     steps = schedule.steps(num_steps, sampler, strength=strength, denoising_start=denoising_start,
                            denoising_end=denoising_end)
     x = steps.start(noise, init_latents, strength, denoising_start)
@@ -182,3 +184,22 @@ def sample_ddim(model_fn, noise, schedule, num_steps, *, eta=0.0, init_latents=N
     return sample("ddim", model_fn, noise, schedule, num_steps, init_latents=init_latents, strength=strength,
                   denoising_start=denoising_start, denoising_end=denoising_end, generator=generator,
                   callback=callback, eta=eta)
+
+
+def check_generator(value):
+    """None, a torch.Generator, or a non-empty list of them."""
+    if value is None or isinstance(value, torch.Generator):
+        return value
+    if isinstance(value, (list, tuple)) and value:
+        for i, g in enumerate(value):
+            if not isinstance(g, torch.Generator):
+                raise TypeError(f"generator[{i}] must be a torch.Generator, got {short(g)}")
+        return value
+    raise TypeError(f"generator must be None, a torch.Generator or a list of them (one per sample), got "
+                    f"{short(value)}; e.g. torch.Generator().manual_seed(0)")
+
+
+def check_callback(value):
+    if value is not None and not callable(value):
+        raise TypeError(f"callback must be None or a callable (i, t, latents), got {short(value)}")
+    return value

@@ -29,6 +29,7 @@ from dataclasses import dataclass, fields
 import numpy as np
 import torch
 
+from .. import checks
 from .prediction import AlphaDenoiser, Denoiser
 from .samplers import sampler_spec
 
@@ -86,8 +87,6 @@ class Schedule:
 
     def _check_numbers(self):
         """Types and ranges: betas in (0, 1) (a NaN or negative beta gives NaN images), integer counts."""
-        from .. import checks
-
         checks.integer("scheduler config: num_train_timesteps", self.num_train_timesteps, 1)
         checks.integer("scheduler config: steps_offset", self.steps_offset, 0)
         for f in ("beta_start", "beta_end"):

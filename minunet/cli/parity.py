@@ -7,6 +7,7 @@ import tempfile
 from pathlib import Path
 
 import torch
+from ..loading.configs import to_diffusers
 
 
 def block_names(cfg):
@@ -62,10 +63,10 @@ def diffusers_twin(source, unet):
     if path is not None and path.is_file():
         with tempfile.TemporaryDirectory() as tmp:
             (Path(tmp) / "unet").mkdir()
-            (Path(tmp) / "unet" / "config.json").write_text(json.dumps(unet.config.to_diffusers()))
+            (Path(tmp) / "unet" / "config.json").write_text(json.dumps(to_diffusers(unet.config)))
             return UNet2DConditionModel.from_single_file(str(path), config=tmp, subfolder="unet",
                                                          local_files_only=True, torch_dtype=unet.dtype).eval()
-    model = UNet2DConditionModel(**unet.config.to_diffusers()).to(unet.dtype).eval()
+    model = UNet2DConditionModel(**to_diffusers(unet.config)).to(unet.dtype).eval()
     model.load_state_dict(unet.state_dict(), strict=True)
     return model
 

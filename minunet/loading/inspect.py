@@ -1,12 +1,12 @@
 """What is in a checkpoint: components, structure, dtypes, parameter counts, key coverage, official or not."""
-import hashlib
 import json
 from collections import Counter
 from pathlib import Path
 
-from .io import CheckpointError, read_header
-from .keymaps.unet import PREFIX
-from .weights import CONFIGS
+from ..errors import CheckpointError
+from .io import read_header
+from .official import official_files, sha256
+from ..keymaps.unet import PREFIX
 
 COMPONENTS = [("unet", ("model.diffusion_model.",)), ("vae", ("first_stage_model.",)),
               ("text", ("cond_stage_model.", "conditioner.")), ("ema", ("model_ema.",))]
@@ -17,30 +17,6 @@ def component(key):
         if key.startswith(prefixes):
             return name
     return "other"
-
-
-def official_files():
-    """{size in bytes: [(repo path, sha256)]} from the git-lfs pointers of the official repos."""
-    table = {}
-    for line in (CONFIGS / "LFS_POINTERS.tsv").read_text().splitlines():
-        if line.startswith("#") or not line.strip():
-            continue
-        path, size, sha = line.split("\t")[:3]
-        table.setdefault(int(size), []).append((path, sha.strip()))
-    return table
-
-
-def sha256(path, progress=True):
-    from tqdm import tqdm
-
-    h = hashlib.sha256()
-    size = Path(path).stat().st_size
-    with open(path, "rb") as f, tqdm(total=size, unit="B", unit_scale=True, desc="sha256", disable=not progress,
-                                     leave=False) as bar:
-        while chunk := f.read(1 << 24):
-            h.update(chunk)
-            bar.update(len(chunk))
-    return h.hexdigest()
 
 
 def inspect_file(path, check_hash=True):
@@ -60,7 +36,7 @@ def inspect_file(path, check_hash=True):
     if "vae" in groups:
         report["components"]["vae"]["structure"] = _vae_structure(header, path)
     if "text" in groups:
-        from .keymaps.text import detect_family
+        from ..keymaps.text import detect_family
         found = detect_family(list(groups["text"]))
         report["components"]["text"]["structure"] = f"{found} text encoders" if found else "not recognised"
     report.update(_official(path, size, check_hash))
@@ -71,8 +47,8 @@ def _unet_structure(entries, path):
     """structure, config and key coverage of the UNet tensors (original layout)."""
     import torch
 
-    from .loading import config_from_shapes, describe, unet_key_map
-    from .unet import UNet
+    from .unet import config_from_shapes, describe, unet_key_map
+    from ..models.unet import UNet
     shapes = {k[len(PREFIX):]: e["shape"] for k, e in entries.items()}
     try:
         cfg = config_from_shapes(shapes, path)

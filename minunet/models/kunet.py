@@ -33,9 +33,9 @@ import torch.nn.functional as F
 from einops import rearrange
 from torch import nn
 
-from .blocks import ModelDtypeDevice
-from .blocks.attention import Attention
-from .freeu import FreeUMixin, decoder_input
+from ..blocks import ModelDtypeDevice
+from ..blocks.attention import Attention
+from ..blocks.freeu import FreeUSwitch, decoder_input
 
 
 @dataclass(frozen=True)
@@ -79,84 +79,11 @@ class KUNetConfig:
         """How much the lowest level is smaller than the input."""
         return 2 ** (len(self.block_out_channels) - 1)
 
-    def to_diffusers(self):
-        """The equivalent diffusers UNet2DConditionModel config (tests, benchmarks)."""
-        n = len(self.block_out_channels)
-        return dict(
-            in_channels=self.in_channels, out_channels=self.out_channels,
-            block_out_channels=list(self.block_out_channels), layers_per_block=self.layers_per_block,
-            down_block_types=["KDownBlock2D"] + ["KCrossAttnDownBlock2D"] * (n - 1),
-            up_block_types=["KCrossAttnUpBlock2D"] * (n - 1) + ["KUpBlock2D"],
-            attention_head_dim=self.head_size, cross_attention_dim=self.context_dim,
-            time_cond_proj_dim=self.time_cond_dim, norm_eps=self.norm_eps, **_NOT_DIFFUSERS_DEFAULTS)
-
-    @classmethod
-    def from_diffusers(cls, cfg, source="config.json"):
-        """Translate a diffusers config of the K-UNet; raise on any field or value this module does not build
-        (an unknown key such as the old `timestep_act_2` spelling included: diffusers ignores it silently)."""
-        problems = []
-        for key, value in cfg.items():
-            if not key.startswith("_") and key not in _TRANSLATED and key not in _IGNORED and key not in _FIXED:
-                problems.append(f"unknown field '{key}' = {value!r}")
-        for key, (allowed, default) in _FIXED.items():
-            value = cfg.get(key, default)  # a missing key means diffusers' default, which may not be the K-UNet's
-            if value not in allowed:
-                problems.append(f"'{key}' = {value!r}" + ("" if key in cfg else " (diffusers' default, not in the "
-                                "file)") + f" (supported: {allowed})")
-        n = len(cfg.get("block_out_channels", ()))
-        down, up = list(cfg.get("down_block_types", [])), list(cfg.get("up_block_types", []))
-        want_down = ["KDownBlock2D"] + ["KCrossAttnDownBlock2D"] * (n - 1)
-        want_up = ["KCrossAttnUpBlock2D"] * (n - 1) + ["KUpBlock2D"]
-        if down != want_down or up != want_up:
-            problems.append(f"block types {down} / {up} (supported: {want_down} / {want_up})")
-        if not isinstance(cfg.get("time_cond_proj_dim"), int):
-            problems.append(f"'time_cond_proj_dim' = {cfg.get('time_cond_proj_dim')!r} (the K-UNet needs an int)")
-        if problems:
-            raise ValueError(f"{source}: unsupported latent-upscaler UNet configuration: " + "; ".join(problems))
-        return cls(in_channels=cfg.get("in_channels", 4), out_channels=cfg.get("out_channels", 4),
-                   block_out_channels=tuple(cfg["block_out_channels"]), layers_per_block=cfg.get("layers_per_block", 2),
-                   head_size=cfg.get("attention_head_dim", 8), context_dim=cfg.get("cross_attention_dim", 1280),
-                   time_cond_dim=cfg["time_cond_proj_dim"], norm_eps=cfg.get("norm_eps", 1e-5))
-
     def asdict(self):
         return asdict(self)
 
 
 SD_X2_LATENT_UPSCALER = KUNetConfig()  # stabilityai/sd-x2-latent-upscaler
-
-# config.json fields read by from_diffusers, and fields with no effect on the network
-_TRANSLATED = {"in_channels", "out_channels", "block_out_channels", "layers_per_block", "down_block_types",
-               "up_block_types", "attention_head_dim", "cross_attention_dim", "time_cond_proj_dim", "norm_eps"}
-_IGNORED = {"sample_size", "dropout"}
-# fields that must hold one of these values: (allowed, diffusers' default when the key is missing). Values the K
-# blocks never read (freq_shift, downsample_padding, mid_block_scale_factor, resnet_time_scale_shift) are allowed
-# at the official value and at diffusers' default.
-_FIXED = {
-    "time_embedding_type": (["fourier"], "positional"), "timestep_post_act": (["gelu"], None),
-    "act_fn": (["gelu"], "silu"), "conv_in_kernel": ([1], 3), "conv_out_kernel": ([1], 3),
-    "mid_block_type": ([None], "UNetMidBlock2DCrossAttn"), "norm_num_groups": ([None], 32),
-    "flip_sin_to_cos": ([True], True), "freq_shift": ([0], 0), "center_input_sample": ([False], False),
-    "class_embed_type": ([None], None), "num_class_embeds": ([None], None), "dual_cross_attention": ([False], False),
-    "only_cross_attention": ([False], False), "upcast_attention": ([False], False),
-    "use_linear_projection": ([False], False), "downsample_padding": ([1], 1), "mid_block_scale_factor": ([1], 1),
-    "resnet_time_scale_shift": (["scale_shift", "default"], "default"), "time_embedding_dim": ([None], None),
-    "time_embedding_act_fn": ([None], None), "addition_embed_type": ([None], None),
-    "encoder_hid_dim": ([None], None), "encoder_hid_dim_type": ([None], None), "num_attention_heads": ([None], None),
-    "cross_attention_norm": ([None], None), "class_embeddings_concat": ([False], False),
-    "transformer_layers_per_block": ([1], 1), "reverse_transformer_layers_per_block": ([None], None),
-    "resnet_skip_time_act": ([False], False), "resnet_out_scale_factor": ([1.0], 1.0),
-    "projection_class_embeddings_input_dim": ([None], None), "addition_time_embed_dim": ([None], None),
-    "addition_embed_type_num_heads": ([64], 64), "mid_block_only_cross_attention": ([None], None),
-    "attention_type": (["default"], "default"),
-}
-# the K-UNet's values where diffusers' defaults differ (fourier, gelu, 1x1 convs, no mid block, no conv_norm_out, ...)
-_NOT_DIFFUSERS_DEFAULTS = {k: allowed[0] for k, (allowed, default) in _FIXED.items() if allowed[0] != default}
-
-
-def is_kunet_config(cfg):
-    """Does this diffusers UNet config describe the K-UNet (any K* block or Fourier time features)?"""
-    types = list(cfg.get("down_block_types") or []) + list(cfg.get("up_block_types") or [])
-    return any(str(t).startswith("K") for t in types) or cfg.get("time_embedding_type") == "fourier"
 
 
 # ---- blocks ---------------------------------------------------------------------------------------------------
@@ -318,7 +245,7 @@ class KUpBlock(nn.Module):
         self.upsamplers = None if last else nn.ModuleList([KUpsample2D()])
 
     def forward(self, x, skip, temb, context, freeu=None):
-        """freeu: the minunet.freeu.Stage applied at this block's concatenation, or None."""
+        """freeu: the blocks.freeu.Stage applied at this block's concatenation, or None."""
         if skip is not None:
             # (B, 2C, H, W): backbone || the matching down block's last output, re-weighted where FreeU says
             x = decoder_input(x, skip, freeu)
@@ -330,7 +257,7 @@ class KUpBlock(nn.Module):
 
 
 # ---- the model -------------------------------------------------------------------------------------------------
-class KUNet(FreeUMixin, ModelDtypeDevice, nn.Module):
+class KUNet(FreeUSwitch, ModelDtypeDevice, nn.Module):
     def __init__(self, config: KUNetConfig = SD_X2_LATENT_UPSCALER):
         super().__init__()
         self.config = cfg = config
@@ -341,7 +268,6 @@ class KUNet(FreeUMixin, ModelDtypeDevice, nn.Module):
         self.down_blocks = nn.ModuleList([KDownBlock(cfg, i) for i in range(n)])
         self.up_blocks = nn.ModuleList([KUpBlock(cfg, i) for i in range(n)])
         self.conv_out = nn.Conv2d(c0, cfg.out_channels, 1)
-        self.freeu = None  # FreeU settings (or None); setting them works out freeu_plan (see _freeu_plan)
 
     def check_size(self, height, width):
         """The fixed kernels halve and double exactly only for sizes that divide by 2^(levels - 1), and reflect

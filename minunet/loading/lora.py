@@ -32,7 +32,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .io import CheckpointError, load_safetensors, read_header
+from ..errors import CheckpointError
+from ..keymaps.unet import unet_key_map
+from ..models.unet import UNet
+from .io import load_safetensors, read_header
 
 COMPONENTS = ("unet", "text_encoder", "text_encoder_2")
 TEXT_COMPONENTS = ("text_encoder", "text_encoder_2")
@@ -77,11 +80,7 @@ def module_names(model, fmt):
     for p in paths:
         if table.setdefault(p.replace(".", "_"), p) != p:
             raise AssertionError(f"two modules flatten to the same kohya name: {table[p.replace('.', '_')]}, {p}")
-    from .unet import UNet  # late: lora is imported by unet
-
     if isinstance(model, UNet):  # SDXL kohya files name the original layout's modules
-        from .keymaps.unet import unet_key_map
-
         originals = unet_key_map(list(model.state_dict()), model.config)
         known = set(paths)
         for orig, ours in originals.items():
@@ -416,36 +415,40 @@ def new_lora(targets, rank=4, alpha=None, *, include=ATTENTION, seed=0, dtype=to
     return load_lora(targets, state, dtype=dtype)
 
 
-class LoraMixin:
-    """`load_lora` / `fuse_lora` / `unfuse_lora` / `unload_lora` on a model (the UNet); `loras` lists the
-    LoRAs on it, in the order loaded."""
+# model -> the LoRAs load_unet_lora put on it, in the order loaded (the model class knows nothing of them)
+_ON = weakref.WeakKeyDictionary()
 
-    @property
-    def loras(self):
-        return self.__dict__.setdefault("_loras", [])
 
-    def load_lora(self, source, scale=1.0, *, fuse=False, dtype=None):
-        """Apply the UNet part of a LoRA file (text-encoder keys are skipped with a warning) -> the `Lora`."""
-        lora = load_lora({"unet": self}, source, scale, fuse=fuse, ignore=TEXT_COMPONENTS, dtype=dtype)
-        self.loras.append(lora)
-        return lora
+def unet_loras(unet):
+    """The LoRAs load_unet_lora put on `unet`, in the order loaded."""
+    return _ON.setdefault(unet, [])
 
-    def fuse_lora(self):
-        for lora in self.loras:
-            lora.fuse()
-        return self
 
-    def unfuse_lora(self):
-        for lora in self.loras:
-            lora.unfuse()
-        return self
+def load_unet_lora(unet, source, scale=1.0, *, fuse=False, dtype=None):
+    """Apply the UNet part of a LoRA file (text-encoder keys are skipped with a warning) -> the `Lora`."""
+    lora = load_lora({"unet": unet}, source, scale, fuse=fuse, ignore=TEXT_COMPONENTS, dtype=dtype)
+    unet_loras(unet).append(lora)
+    return lora
 
-    def unload_lora(self):
-        """Take every LoRA off: the weights are the loaded ones again, bit for bit."""
-        for lora in reversed(self.loras):
-            lora.remove()
-        self.loras.clear()
-        return self
+
+def fuse_loras(unet):
+    for lora in unet_loras(unet):
+        lora.fuse()
+    return unet
+
+
+def unfuse_loras(unet):
+    for lora in unet_loras(unet):
+        lora.unfuse()
+    return unet
+
+
+def unload_loras(unet):
+    """Take every LoRA off: the weights are the loaded ones again, bit for bit."""
+    for lora in reversed(unet_loras(unet)):
+        lora.remove()
+    unet_loras(unet).clear()
+    return unet
 
 
 def parse_lora_arg(text):

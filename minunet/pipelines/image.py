@@ -6,8 +6,8 @@
 Argument names and meanings are diffusers' (StableDiffusion[XL][Img2Img]Pipeline). With the same generator the
 random draws happen in diffusers' order (initial noise; in img2img the VAE sample, then the noise), so a seed
 gives the same image as diffusers. One deliberate difference: `clip_skip` applies to the negative prompt too
-(see minunet.text). Inpainting (mask_image=) is StableDiffusion[XL]InpaintPipeline's: see minunet.inpaint; the
-SDXL negative size / crop ids follow diffusers' rules, ignored arguments included: see minunet.micro_conditioning.
+(see minunet.loading.text). Inpainting (mask_image=) is StableDiffusion[XL]InpaintPipeline's: see minunet.pipelines.inpaint; the
+SDXL negative size / crop ids follow diffusers' rules, ignored arguments included: see minunet.pipelines.micro_conditioning.
 """
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -15,19 +15,21 @@ from pathlib import Path
 
 import torch
 
+from ..blocks.tome import disable_tome, enable_tome
+from ..errors import CheckpointError
+from ..loading.io import looks_like_repo_id, read_json
+from ..loading.text import TextConditioner
+from ..loading.unet import load_unet, load_unet_single_file
+from ..loading.vae import load_vae
+from ..models.config import family
+from ..models.deepcache import start_run
+from ..noise import check_generators, randn, repeat_to
+from ..schedulers import SAMPLERS, Schedule, guided, sample
+from ..weights import CONFIGS
 from . import checks, inpaint
-from .blocks.tome import disable_tome, enable_tome
-from .config import family
-from .deepcache import disable_deepcache, enable_deepcache, start_run
+from .common import UNetPipeline, check_output_type, check_sampler, fetch_pipeline, progress, unet_module
 from .images import from_pil, to_pil
-from .io import CheckpointError, hub_offline, looks_like_repo_id, read_json
-from .loading import load_unet, load_unet_single_file
 from .micro_conditioning import time_ids
-from .noise import check_generators, randn, repeat_to
-from .schedulers import SAMPLERS, Schedule, guided, sample
-from .text import TextConditioner
-from .vae import load_vae
-from .weights import CONFIGS
 
 # a single file carries no scheduler config or default size: the official ones for its family
 FAMILY_DEFAULTS = {"sd1": ("stable-diffusion-v1-5", 512), "sd2": ("stable-diffusion-2-1", 768),
@@ -39,7 +41,7 @@ class PipelineOutput:
     images: list  # PIL images, or a (B, 3, H, W) tensor in [0, 1] for "pt", or latents for "latent"
 
 
-class Pipeline:
+class Pipeline(UNetPipeline):
     def __init__(self, unet, vae, text, schedule, *, default_size=None):
         self.unet, self.vae, self.text, self.schedule = unet, vae, text, schedule
         self.family = text.family  # the text encoders tell the refiner (bigG alone, aesthetic score) from the base
@@ -61,7 +63,7 @@ class Pipeline:
         if not folder.is_dir():
             if not looks_like_repo_id(source):
                 raise CheckpointError(f"{source}: no such folder, and not a Hub repo id ('owner/name')")
-            folder = _fetch_pipeline(str(source), variant)
+            folder = fetch_pipeline(str(source), variant)
         if not (folder / "unet").is_dir():
             raise CheckpointError(f"{folder}: not a diffusers pipeline folder (no unet/)")
         unet = unet if unet is not None else load_unet(folder / "unet", dtype=dtype, device=device, variant=variant)
@@ -123,9 +125,9 @@ class Pipeline:
     def tiny(cls, family_name="sd1", seed=0, *, in_channels=4):
         """A small random-initialised pipeline built in memory from a fixed seed: it runs anywhere in seconds and
         makes noise, not pictures. in_channels=9: the inpainting UNet structure."""
-        from .config import UNetConfig
-        from .vae import VAE, VAEConfig
-        from .unet import UNet
+        from ..models.config import UNetConfig
+        from ..models.vae import VAE, VAEConfig
+        from ..models.unet import UNet
 
         if family_name != "sd1":
             raise ValueError("tiny pipelines exist for the sd1 structure only")
@@ -138,41 +140,22 @@ class Pipeline:
         sched = read_json(CONFIGS / "stable-diffusion-v1-5" / "scheduler" / "scheduler_config.json", "scheduler config")
         return cls(unet, vae, text, Schedule.from_config(sched), default_size=128)  # 16 x 16 latents
 
-    def compile(self, **options):
-        """torch.compile the UNet; the same as `pipe.unet = torch.compile(pipe.unet, **options)`, which also works
-        (the pipeline calls whatever `pipe.unet` is at call time)."""
-        self.unet = torch.compile(self.unet, **options)
-        return self
-
-    def enable_freeu(self, *args, **kwargs):
-        self.unet.enable_freeu(*args, **kwargs)
-
-    def disable_freeu(self):
-        self.unet.disable_freeu()
-
-    def enable_deepcache(self, cache_interval=3, cache_branch_id=0):
-        """DeepCache (minunet.deepcache): the full UNet every `cache_interval` steps, only its shallow branch above
-        `cache_branch_id` between them, on the deep features kept from the last full step. -> the DeepCache."""
-        return enable_deepcache(_module(self.unet), cache_interval, cache_branch_id)
-
-    def disable_deepcache(self):
-        disable_deepcache(_module(self.unet))
-
     def enable_tome(self, ratio=0.5, *, max_downsample=1, sx=2, sy=2):
-        """Token merging (minunet.blocks.tome): self-attention on (1 - ratio) of the tokens at the levels downsampled
-        at most `max_downsample` times. -> the ToMe settings."""
-        return enable_tome(_module(self.unet), ratio, max_downsample=max_downsample, sx=sx, sy=sy)
+        """Token merging (blocks/tome.py): self-attention on (1 - ratio) of the tokens at the levels downsampled at
+        most `max_downsample` times, as tomesd's apply_patch with use_rand=False. -> the ToMe settings."""
+        return enable_tome(unet_module(self.unet), ratio, max_downsample=max_downsample, sx=sx, sy=sy)
 
     def disable_tome(self):
-        disable_tome(_module(self.unet))
+        disable_tome(unet_module(self.unet))
+        return self
 
     def load_lora(self, source, scale=1.0, *, fuse=False):
-        """A LoRA file (kohya / A1111 or diffusers / PEFT, see minunet.lora) on the UNet and the text encoders ->
+        """A LoRA file (kohya / A1111 or diffusers / PEFT, see minunet.loading.lora) on the UNet and the text encoders ->
         the `Lora` (change `.scale`, `.fuse()`, `.unfuse()`, `.remove()`). Several can be on at once; every key
         must map to a module of this pipeline, else nothing is applied. `unload_lora()` takes them all off."""
-        from .lora import load_lora
+        from ..loading.lora import load_lora
 
-        targets = {"unet": _module(self.unet), **{s.subfolder: e for s, e in zip(self.text.specs, self.text.encoders)}}
+        targets = {"unet": unet_module(self.unet), **{s.subfolder: e for s, e in zip(self.text.specs, self.text.encoders)}}
         lora = load_lora(targets, source, scale, fuse=fuse)
         self.loras.append(lora)
         return lora
@@ -200,7 +183,7 @@ class Pipeline:
                 module.to("cpu")
 
     @property
-    def device(self):
+    def device(self):  # with CPU offload, where each model runs
         return self.offload_device or self.unet.device
 
     # ---- generation ----------------------------------------------------------------------------------------
@@ -214,7 +197,7 @@ class Pipeline:
                  negative_original_size=None, negative_crops_coords_top_left=None, negative_target_size=None,
                  negative_ids="diffusers"):
         """Prompt (and, for img2img / the refiner, an image or latents; for inpainting, an image and a mask) ->
-        images; see the module docstring, minunet.inpaint and minunet.micro_conditioning."""
+        images; see the module docstring, minunet.pipelines.inpaint and minunet.pipelines.micro_conditioning."""
         image = checks.pipeline_arguments(self, locals())  # one named ValueError / TypeError per bad argument
         inpainting = mask_image is not None
         self._check_call(sampler, output_type, image, mask_image, padding_mask_crop)
@@ -263,10 +246,8 @@ class Pipeline:
         return unet_fn if guidance_scale is None else guided(unet_fn, guidance_scale, guidance_rescale)
 
     def _check_call(self, sampler, output_type, image, mask_image, padding_mask_crop):
-        if sampler not in SAMPLERS:
-            raise ValueError(f"sampler '{sampler}' is not one of {tuple(SAMPLERS)}")
-        if output_type not in ("pil", "pt", "latent"):
-            raise ValueError(f"output_type '{output_type}' is not one of 'pil', 'pt', 'latent'")
+        check_sampler(sampler)
+        check_output_type(output_type, ("pil", "pt", "latent"))
         if mask_image is not None:
             inpaint.check_inputs(image, mask_image, padding_mask_crop, output_type, self.unet.config.in_channels)
         elif self.unet.config.in_channels != 4:
@@ -315,13 +296,13 @@ class Pipeline:
             noise = randn(shape, generator, self.device)
         return dict(noise=noise, init_latents=init, **{k: v for k, v in window.items() if v is not None})
 
-    def _sample(self, sampler, model_fn, num_steps, start, eta, generator, callback, progress, run=None):
+    def _sample(self, sampler, model_fn, num_steps, start, eta, generator, callback, show, run=None):
         window = {k: v for k, v in start.items() if k not in ("noise", "init_latents")}
         steps = self.schedule.steps(num_steps, sampler, **window)
-        blend = None if run is None else (lambda i, x: run.after_step(steps, i, x))  # 4-channel inpainting
+        blend = None if run is None else run.blend_step(steps)  # 4-channel inpainting: before the user's callback
         options = {"eta": eta} if "eta" in SAMPLERS[sampler].options else {}
         start_run(self.unet)  # DeepCache, when on: step 0 of this run is a full step
-        with self._running(self.unet), _progress(len(steps.timesteps), progress, callback, blend) as step_callback:
+        with self._running(self.unet), progress(len(steps.timesteps), show, [blend, callback]) as step_callback:
             return sample(sampler, model_fn, start["noise"], self.schedule, num_steps, init_latents=start["init_latents"],
                           generator=generator, callback=step_callback, **window, **options)
 
@@ -348,7 +329,7 @@ class Pipeline:
         return height, width
 
     def _added_conditioning(self, pooled, neg_pooled, ids, cfg):
-        """SDXL micro-conditioning: pooled text + the (positive, negative) ids of minunet.micro_conditioning."""
+        """SDXL micro-conditioning: pooled text + the (positive, negative) ids of minunet.pipelines.micro_conditioning."""
         if self.unet.config.adm_in_channels is None:
             return {}
         b = pooled.shape[0]
@@ -361,7 +342,7 @@ class Pipeline:
 
     def _inpaint_start(self, shape, image, mask_image, masked_image_latents, padding_mask_crop, latents, strength,
                        denoising_start, denoising_end, generator):
-        """(sampler start as _start gives it, InpaintRun) for an inpainting run (see minunet.inpaint)."""
+        """(sampler start as _start gives it, InpaintRun) for an inpainting run (see minunet.pipelines.inpaint)."""
         if denoising_start is not None:  # the refiner: start from the given latents, no noise added
             window = {"denoising_start": denoising_start}
         else:  # strength 1: pure noise, as text-to-image; else the image latents noised to the first step
@@ -372,14 +353,37 @@ class Pipeline:
         dev = self.device
         def noise_fn():  # drawn between the image encode and the masked-image encode, as diffusers
             return latents.to(dev, torch.float32) if latents is not None else randn(shape, generator, dev)
-        run = inpaint.start(self, pixels.to(dev), mask.to(dev), batch=shape[0], generator=generator, noise_fn=noise_fn,
-                            need_image_latents=self.unet.config.in_channels == 4 or bool(window),
-                            masked_image_latents=masked_image_latents, box=box, original=image,
-                            original_mask=mask_image)
+        image_latents, noise, masked = self._inpaint_latents(
+            pixels.to(dev), mask.to(dev), shape[0], generator, noise_fn, masked_image_latents,
+            need_image_latents=self.unet.config.in_channels == 4 or bool(window))
+        small = repeat_to(inpaint.latent_mask(mask.to(dev), self.vae_scale), shape[0], "mask_image").to(dev)
+        run = inpaint.InpaintRun(small, masked, image_latents, noise, box, image, mask_image)
         window["denoising_end"] = denoising_end
         start = dict(noise=None if denoising_start is not None else run.noise,
                      init_latents=run.image_latents if "strength" in window or denoising_start is not None else None)
         return {**start, **{k: v for k, v in window.items() if v is not None}}, run
+
+    def _inpaint_latents(self, pixels, mask, batch, generator, noise_fn, masked_image_latents, need_image_latents):
+        """(image latents, starting noise, masked-image latents), drawn in diffusers' order: [image encode] ->
+        noise -> [masked-image encode]. A 4-channel UNet never reads the masked-image latents: diffusers encodes
+        them anyway; here only their random draws are made (skip_encode), so a seed gives the same stream
+        (Euler a, DDIM with eta) without the wasted VAE pass."""
+        nine = self.unet.config.in_channels == 9
+        given = pixels.shape[1] == 4  # latents (the SDXL refiner continuing the base): no encode
+        image_latents = None
+        if given or need_image_latents:
+            image_latents = repeat_to(pixels if given else self.encode_latents(pixels, generator), batch, "image")
+        noise = noise_fn()
+        masked = masked_image_latents
+        if masked is None and nine and given:
+            raise ValueError("a 9-channel (inpainting) UNet given latents as image= needs masked_image_latents= too")
+        if masked is None and nine:
+            masked = self.encode_latents(inpaint.masked_image(pixels, mask), generator)
+        elif masked is None and not given:
+            self.skip_encode(pixels, generator)
+        if masked is not None:
+            masked = repeat_to(masked.to(self.device, torch.float32), batch, "masked_image_latents")
+        return image_latents, noise, masked
 
     def encode_latents(self, pixels, generator):
         """Scaled VAE posterior samples of (n, 3, H, W) pixels in [-1, 1], as diffusers' inpainting pipelines draw
@@ -424,41 +428,8 @@ class Pipeline:
         return repeat_to(out, batch, "image latents" if latents else "image")
 
 
-def _module(unet):
-    """The UNet module itself, also under torch.compile."""
-    return getattr(unet, "_orig_mod", unet)
-
-
 def _shared_encoders(text_encoder, text_encoder_2):
     return {k: v for k, v in (("text_encoder", text_encoder), ("text_encoder_2", text_encoder_2)) if v is not None}
-
-
-@contextmanager
-def _progress(total, enabled, callback, blend=None):
-    """The sampler's callback: progress bar, then the inpainting blend, then the user's callback; a tensor
-    returned replaces the latents."""
-    from tqdm import tqdm
-
-    with tqdm(total=total, disable=not enabled, desc="sampling", leave=False) as bar:
-        def step(i, t, x):
-            bar.update(1)
-            if blend is not None:
-                x = blend(i, x)
-            out = None if callback is None else callback(i, t, x)
-            return x if out is None and blend is not None else out
-        yield step
-
-
-def _fetch_pipeline(repo_id, variant):
-    from huggingface_hub import snapshot_download
-
-    weights = f"*.{variant}.safetensors" if variant else "*.safetensors"
-    try:
-        return Path(snapshot_download(repo_id, allow_patterns=["*.json", "*.txt", weights],
-                                      local_files_only=hub_offline()))
-    except Exception as e:
-        raise CheckpointError(f"{repo_id}: could not fetch from the Hugging Face Hub ({type(e).__name__}). Without "
-                              "network, pass a local diffusers folder or a .safetensors file instead.") from None
 
 
 def schedule_from_file(path):

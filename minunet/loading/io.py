@@ -12,16 +12,14 @@ from pathlib import Path
 
 import torch
 
+from ..errors import CheckpointError
+
 DTYPES = {
     "F64": torch.float64, "F32": torch.float32, "F16": torch.float16, "BF16": torch.bfloat16,
     "I64": torch.int64, "I32": torch.int32, "I16": torch.int16, "I8": torch.int8, "U8": torch.uint8,
     "BOOL": torch.bool, "F8_E4M3": torch.float8_e4m3fn, "F8_E5M2": torch.float8_e5m2,
 }
 PICKLE_SUFFIXES = {".ckpt", ".bin", ".pt", ".pth", ".pkl"}
-
-
-class CheckpointError(ValueError):
-    """A checkpoint that cannot be loaded as asked: the message names the file and what is wrong."""
 
 
 def refuse_pickle(path):

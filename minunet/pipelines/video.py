@@ -11,7 +11,6 @@ encoder as SD 2.x; latents (B, 4, F, H/8, W/8) from one randn call; each step ru
 draws are diffusers'; the frames are decoded by the image VAE, `decode_chunk_size` frames per call (the result does
 not depend on it; the memory does).
 """
-import json
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -19,18 +18,19 @@ import numpy as np
 import torch
 from einops import rearrange
 
-from .deepcache import disable_deepcache, enable_deepcache, start_run
+from ..errors import CheckpointError
+from ..loading.io import looks_like_repo_id, read_json
+from ..loading.text import TextConditioner
+from ..loading.unet import load_unet
+from ..loading.vae import load_vae
+from ..models.deepcache import start_run
+from ..models.random_init import randomize_
+from ..models.video import VideoUNet
+from ..noise import randn
+from ..schedulers import SAMPLERS, Schedule, guided, sample
+from ..weights import CONFIGS
+from .common import UNetPipeline, check_output_type, check_sampler, fetch_pipeline, progress
 from .images import to_pil
-from .io import CheckpointError, looks_like_repo_id
-from .loading import load_unet
-from .noise import randn
-from .pipeline import _fetch_pipeline, _progress
-from .random_init import randomize_
-from .schedulers import SAMPLERS, Schedule, guided, sample
-from .text import TextConditioner
-from .vae import load_vae
-from .video import VideoUNet
-from .weights import CONFIGS
 
 OUTPUT_TYPES = ("np", "pil", "pt", "latent")
 
@@ -42,7 +42,7 @@ class VideoPipelineOutput:
     frames: object
 
 
-class VideoPipeline:
+class VideoPipeline(UNetPipeline):
     def __init__(self, unet, vae, text, schedule, *, default_size=(256, 256)):
         if not isinstance(unet, VideoUNet):
             raise CheckpointError(f"VideoPipeline needs a video UNet (UNet3DConditionModel), got {type(unet).__name__}")
@@ -61,15 +61,15 @@ class VideoPipeline:
         if not folder.is_dir():
             if not looks_like_repo_id(source):
                 raise CheckpointError(f"{source}: no such folder, and not a Hub repo id ('owner/name')")
-            folder = _fetch_pipeline(str(source), variant)
+            folder = fetch_pipeline(str(source), variant)
         for sub in ("unet", "vae", "scheduler"):
             if not (folder / sub).is_dir():
                 raise CheckpointError(f"{folder}: not a diffusers text-to-video folder (no {sub}/)")
         unet = load_unet(folder / "unet", dtype=dtype, device=device, variant=variant)
         vae = load_vae(folder / "vae", dtype=dtype, device=device)
         text = TextConditioner.from_pretrained(folder, dtype=dtype, device=device, variant=variant)
-        sched = json.loads((folder / "scheduler" / "scheduler_config.json").read_text())
-        size = json.loads((folder / "unet" / "config.json").read_text()).get("sample_size") or 32
+        sched = read_json(folder / "scheduler" / "scheduler_config.json", "scheduler config")
+        size = read_json(folder / "unet" / "config.json", "UNet config").get("sample_size") or 32
         pixels = size * vae.config.downscale
         return cls(unet, vae, text, Schedule.from_config(sched), default_size=(pixels, pixels))
 
@@ -77,8 +77,8 @@ class VideoPipeline:
     def tiny(cls, seed=0):
         """A small random-weight video pipeline built in memory from a fixed seed: it runs anywhere in seconds and
         makes noise, not videos."""
-        from .vae import VAE, VAEConfig
-        from .video import VideoUNetConfig
+        from ..models.vae import VAE, VAEConfig
+        from ..models.video import VideoUNetConfig
 
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(seed)
@@ -87,25 +87,8 @@ class VideoPipeline:
                                              layers_per_block=1, head_size=16, context_dim=text.context_dim)).eval()
             randomize_(unet, seed)  # no zero-initialised temporal conv: every temporal layer acts
             vae = VAE(VAEConfig(block_out_channels=(32, 32, 32, 32), layers_per_block=1, sample_size=64)).eval()
-        sched = json.loads((CONFIGS / "text-to-video-ms-1.7b" / "scheduler" / "scheduler_config.json").read_text())
+        sched = read_json(CONFIGS / "text-to-video-ms-1.7b" / "scheduler" / "scheduler_config.json", "scheduler config")
         return cls(unet, vae, text, Schedule.from_config(sched), default_size=(64, 64))  # 8 x 8 latents
-
-    def enable_freeu(self, *args, **kwargs):
-        self.unet.enable_freeu(*args, **kwargs)
-
-    def disable_freeu(self):
-        self.unet.disable_freeu()
-
-    def enable_deepcache(self, cache_interval=3, cache_branch_id=0):
-        """DeepCache on the video UNet (minunet.deepcache), as Pipeline.enable_deepcache. -> the DeepCache."""
-        return enable_deepcache(self.unet, cache_interval, cache_branch_id)
-
-    def disable_deepcache(self):
-        disable_deepcache(self.unet)
-
-    @property
-    def device(self):
-        return self.unet.device
 
     # ---- generation ----------------------------------------------------------------------------------------
     @torch.no_grad()
@@ -127,10 +110,8 @@ class VideoPipeline:
         return VideoPipelineOutput(frames=self._postprocess(self.decode(x, decode_chunk_size), output_type))
 
     def _check(self, height, width, num_frames, output_type, sampler, chunk):
-        if sampler not in SAMPLERS:
-            raise ValueError(f"sampler '{sampler}' is not one of {tuple(SAMPLERS)}")
-        if output_type not in OUTPUT_TYPES:
-            raise ValueError(f"output_type '{output_type}' is not one of {', '.join(OUTPUT_TYPES)}")
+        check_sampler(sampler)
+        check_output_type(output_type, OUTPUT_TYPES)
         for name, v in (("num_frames", num_frames), ("decode_chunk_size", chunk)):
             if isinstance(v, bool) or not isinstance(v, int) or v < 1:
                 raise ValueError(f"{name} must be an int >= 1, got {v!r}")
@@ -156,7 +137,7 @@ class VideoPipeline:
             return fold(out)
         return unet_fn if guidance_scale is None else guided(unet_fn, guidance_scale)
 
-    def _sample(self, sampler, model_fn, noise, num_steps, eta, generator, callback, progress):
+    def _sample(self, sampler, model_fn, noise, num_steps, eta, generator, callback, show):
         """The sampler steps on (B*F, C, h, w), as diffusers' scheduler does (so its random draws are diffusers');
         callback(i, t, latents) sees (B, C, F, h, w), and a tensor it returns replaces them. -> (B, C, F, h, w)."""
         frames = noise.shape[2]
@@ -167,7 +148,7 @@ class VideoPipeline:
         total = len(self.schedule.timesteps(num_steps, sampler))
         options = {"eta": eta} if "eta" in SAMPLERS[sampler].options else {}
         start_run(self.unet)  # DeepCache, when on: step 0 of this run is a full step
-        with _progress(total, progress, unfolded) as step_callback:
+        with progress(total, show, [unfolded]) as step_callback:
             x = sample(sampler, model_fn, fold(noise), self.schedule, num_steps, generator=generator,
                        callback=step_callback, **options)
         return unfold(x, frames)

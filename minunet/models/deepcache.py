@@ -15,8 +15,9 @@ Same meaning as the DeepCache package's DeepCacheSDHelper (skip_mode "uniform") 
 keeps every skipped module's last output instead of one tensor: the shallow path reads the same values. A step is
 one UNet call since `start()`, which minunet's pipelines call before each run (their samplers call the UNet once
 a step); the helper counts timesteps from the first one it saw after `enable()`.
-DeepCache attaches from outside: `enable_deepcache(unet, ...)` sets `unet.deepcache`, which the UNet's forward
-calls where its deep part would run; `disable_deepcache(unet)` sets it back to None.
+DeepCache attaches from outside: `enable_deepcache(unet, ...)` sets `unet.deepcache`, which the UNet's forward asks
+whether to run its deep part (full_step) and takes the deep part's output from (kept); `disable_deepcache(unet)`
+sets it back to None.
 """
 UNITS = 3  # DeepCache numbers branches 3 to a level: layer 0, layer 1, downsampler
 
@@ -35,22 +36,39 @@ class DeepCache:
 
     def start(self):
         """A new run: the next UNet call is its step 0, a full step."""
-        self.step, self.features, self.key = 0, None, None
+        self.step, self.full, self.features, self.key = 0, True, None, None
 
-    def __call__(self, deep, h):
-        """The deep part's output this step: deep(h) on a full step (and kept), the kept features between."""
+    def full_step(self, h):
+        """Whether this UNet call runs the deep part (steps 0, N, 2N, ... of the run); counts the call. h: the
+        shallow encoder's output, whose batch, size and dtype the kept features must have."""
         key = (h.shape, h.dtype, h.device)
         if key != self.key:       # another batch, size or dtype than the kept features': a new run
             self.start()
             self.key = key
-        if self.step % self.cache_interval == 0:
-            self.features = deep(h)
+        self.full = self.step % self.cache_interval == 0
         self.step += 1
+        return self.full
+
+    def kept(self, h):
+        """The deep part's output: h itself on a full step (and kept), the kept features between."""
+        if self.full:
+            self.features = h
         return self.features
+
+
+def cut(levels, layers, branch):
+    """(encoder units, decoder units) above the branch (level, unit) of a UNet with `levels` levels of `layers`
+    layers: the shallow encoder is encoder units 0 .. enc-1, the shallow decoder decoder units dec on (the encoder
+    has layers + 1 units a level: its layers, then the downsampler; the decoder layers + 2: its layers, then the
+    upsampler)."""
+    level, unit = branch
+    return level * (layers + 1) + unit, (levels - 1 - level) * (layers + 2) + layers - unit
 
 
 def enable_deepcache(unet, cache_interval=3, cache_branch_id=0):
     """DeepCache on `unet` (an image or video UNet) -> the DeepCache; replaces any earlier one."""
+    if not hasattr(unet, "deepcache"):
+        raise TypeError(f"DeepCache: a {type(unet).__name__} has no branch to cache at (the image and video UNets do)")
     cache = DeepCache(cache_interval, cache_branch_id)
     levels, layers = len(unet.down_blocks), unet.config.layers_per_block
     level, unit = cache.branch
@@ -58,6 +76,7 @@ def enable_deepcache(unet, cache_interval=3, cache_branch_id=0):
         top = (levels - 1) * UNITS + min(layers, UNITS - 1)
         raise ValueError(f"DeepCache: cache_branch_id={cache_branch_id} is level {level}, unit {unit}; this UNet "
                          f"has {levels} levels of {layers} layers: use 0 .. {top}")
+    cache.cut = cut(levels, layers, cache.branch)
     unet.deepcache = cache
     return cache
 

@@ -30,15 +30,16 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
+from ..errors import CheckpointError
+from ..loading.io import looks_like_repo_id, read_json
+from ..loading.text import CLIP_L_PAD, as_batch, load_encoder_folder, load_tokenizer, tokenize
+from ..loading.unet import load_unet
+from ..loading.vae import load_vae
+from ..models.kunet import KUNet, KUNetConfig
+from ..noise import check_generators, randn
+from ..schedulers import SAMPLERS, Schedule, cfg_combine
+from .common import UNetPipeline, check_output_type, fetch_pipeline, progress
 from .images import from_pil, to_pil
-from .io import CheckpointError, looks_like_repo_id, read_json
-from .loading import load_unet
-from .noise import check_generators, randn
-from .schedulers import Schedule, cfg_combine
-from .schedulers.samplers import SAMPLERS
-from .text import CLIP_L_PAD, as_batch, load_encoder_folder, load_tokenizer, tokenize
-from .upscaler import KUNet, KUNetConfig
-from .vae import load_vae
 
 NOISE_LEVEL_FEATURES = 64  # half of the noise-level embedding in timestep_cond: cos(0) = 1 x 64, sin(0) = 0 x 64
 
@@ -73,7 +74,7 @@ class KarrasDenoiser:
         return cfg_combine(*x0.chunk(2), self.guidance_scale)
 
 
-class UpscalePipeline:
+class UpscalePipeline(UNetPipeline):
     def __init__(self, unet, vae, text_encoder, tokenizer, schedule):
         if not isinstance(unet, KUNet):
             raise TypeError(f"UpscalePipeline needs the latent upscaler's KUNet, got {type(unet).__name__}")
@@ -89,7 +90,7 @@ class UpscalePipeline:
         if not folder.is_dir():
             if not looks_like_repo_id(source):
                 raise CheckpointError(f"{source}: no such folder, and not a Hub repo id ('owner/name')")
-            folder = _fetch(str(source), variant, revision)
+            folder = fetch_pipeline(str(source), variant, revision, instead="a local diffusers folder")
         unet = load_unet(folder / "unet", dtype=dtype, device=device, variant=variant)
         if not isinstance(unet, KUNet):
             raise CheckpointError(f"{folder / 'unet'}: a {type(unet).__name__}, not the latent upscaler's K-UNet "
@@ -106,10 +107,10 @@ class UpscalePipeline:
         anywhere in seconds and makes noise, not pictures. Its VAE has Pipeline.tiny()'s structure (x8)."""
         from transformers import CLIPTextModel
 
-        from .random_init import randomize_
-        from .text import tiny_text_config
-        from .vae import VAE, VAEConfig
-        from .weights import CONFIGS
+        from ..models.random_init import randomize_
+        from ..loading.text import tiny_text_config
+        from ..models.vae import VAE, VAEConfig
+        from ..weights import CONFIGS
 
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(seed)
@@ -120,30 +121,12 @@ class UpscalePipeline:
         sched = read_json(CONFIGS / "sd-x2-latent-upscaler" / "scheduler" / "scheduler_config.json", "scheduler config")
         return cls(unet.eval(), vae.eval(), text.eval(), load_tokenizer(None, CLIP_L_PAD), Schedule.from_config(sched))
 
-    def enable_freeu(self, *args, **kwargs):
-        """minunet's FreeU on the K-UNet (see KUNet._freeu_plan); diffusers' enable_freeu does nothing here."""
-        self.unet.enable_freeu(*args, **kwargs)
-
-    def disable_freeu(self):
-        self.unet.disable_freeu()
-
-    def compile(self, **options):
-        """torch.compile the K-UNet; the same as `up.unet = torch.compile(up.unet, **options)` (the pipeline calls
-        whatever `up.unet` is at call time)."""
-        self.unet = torch.compile(self.unet, **options)
-        return self
-
-    @property
-    def device(self):
-        return self.unet.device
-
     # ---- upscaling -------------------------------------------------------------------------------------------
     @torch.no_grad()
     def __call__(self, prompt, image, num_inference_steps=75, guidance_scale=9.0, negative_prompt=None,
                  generator=None, latents=None, output_type="pil", callback=None, progress=True):
         """prompt (str or list), image (B, 4, h, w) SD latents, or RGB image(s) -> UpscaleOutput at 2x the size."""
-        if output_type not in ("pil", "pt", "latent"):
-            raise ValueError(f"output_type '{output_type}' is not one of 'pil', 'pt', 'latent'")
+        check_output_type(output_type, ("pil", "pt", "latent"))
         if isinstance(num_inference_steps, bool) or not isinstance(num_inference_steps, int) or num_inference_steps < 1:
             raise ValueError(f"num_inference_steps={num_inference_steps!r} must be an integer >= 1")
         prompts = as_batch(prompt, "prompt")
@@ -221,23 +204,7 @@ class UpscalePipeline:
         return latents.to(self.device, torch.float32)
 
 
-def _run(denoiser, x, steps, callback, progress):
+def _run(denoiser, x, steps, callback, show):
     """The Euler loop with a progress bar; callback(i, t, latents) after step i may return latents to use."""
-    from tqdm import tqdm
-
-    with tqdm(total=len(steps.timesteps), disable=not progress, desc="upscaling", leave=False) as bar:
-        def step(i, t, x):
-            bar.update(1)
-            return None if callback is None else callback(i, t, x)
+    with progress(len(steps.timesteps), show, [callback], desc="upscaling") as step:
         return SAMPLERS["euler"].loop(denoiser, x, steps, callback=step)
-
-
-def _fetch(repo_id, variant, revision):
-    from huggingface_hub import snapshot_download
-
-    weights = f"*.{variant}.safetensors" if variant else "*.safetensors"
-    try:
-        return Path(snapshot_download(repo_id, revision=revision, allow_patterns=["*.json", "*.txt", weights]))
-    except Exception as e:
-        raise CheckpointError(f"{repo_id}: could not fetch from the Hugging Face Hub ({type(e).__name__}). Without "
-                              "network, pass a local diffusers folder instead.") from None

@@ -7,30 +7,34 @@ from pathlib import Path
 
 import torch
 
-from .config import UNetConfig, describe
-from .io import (CheckpointError, hub_download, load_folder_weights, load_into, load_mapped, looks_like_repo_id,
-                 read_header, read_json, refuse_pickle)
+from ..errors import CheckpointError
+from ..keymaps import count_indices
+from ..keymaps.unet import PREFIX, unet_key_map
+from ..models.config import UNetConfig, describe
+from ..models.kunet import KUNet
+from ..models.unet import UNet
+from ..models.video import VideoUNet
 from . import video
-from .keymaps import count_indices
-from .keymaps.unet import PREFIX, unet_key_map
+from .configs import is_kunet_config, is_video_config, kunet_config, unet_config, video_config
+from .io import (hub_download, load_folder_weights, load_into, load_mapped, looks_like_repo_id, read_header, read_json,
+                 refuse_pickle)
 from .precision import auto_channels_last, resolve_dtype
-from .unet import UNet
-from .upscaler import KUNet, KUNetConfig, is_kunet_config
+
 
 def load_unet(source, *, dtype=None, device=None, variant=None, config=None) -> UNet:
     """Load a UNet from a diffusers folder (model folder or its unet/), an original .safetensors file,
     or a Hugging Face Hub repo id. `variant="fp16"` picks diffusion_pytorch_model.fp16.safetensors. A diffusers
-    folder of the x2 latent upscaler gives its KUNet (minunet/upscaler.py); a video UNet (UNet3DConditionModel
-    config, or a ModelScope-layout file) gives a minunet.video.VideoUNet.
+    folder of the x2 latent upscaler gives its KUNet (minunet/models/kunet.py); a video UNet (UNet3DConditionModel
+    config, or a ModelScope-layout file) gives a minunet.models.video.VideoUNet.
     `config` (a UNetConfig) overrides what a single file's shapes say (heads and upcast are not in shapes).
-    dtype: None (the file's), a torch dtype, or "auto" (minunet.precision: bfloat16 on a CPU with native bf16
+    dtype: None (the file's), a torch dtype, or "auto" (loading/precision.py: bfloat16 on a CPU with native bf16
     and the image UNet in channels_last, float16 on CUDA, float32 otherwise)."""
     model = _load_unet(str(source), resolve_dtype(dtype, device), device, variant, config)
     return auto_layout(model, dtype, device)
 
 
 def auto_layout(model, dtype, device):
-    """The image UNet in channels_last where dtype="auto" asks for it (minunet.precision)."""
+    """The image UNet in channels_last where dtype="auto" asks for it (loading/precision.py)."""
     if isinstance(model, UNet) and auto_channels_last(dtype, device):
         model.to(memory_format=torch.channels_last)
     return model
@@ -58,12 +62,12 @@ def _load_diffusers_folder(path, dtype, device, variant):
     if not config_file.is_file():
         raise CheckpointError(f"{path}: no config.json (nor unet/config.json): not a diffusers UNet folder")
     raw = read_json(config_file, "UNet config")
-    if video.is_video_config(raw):  # UNet3DConditionModel (ModelScope text-to-video, zeroscope)
-        model_class, config = video.VideoUNet, video.VideoUNetConfig.from_diffusers(raw, source=str(config_file))
-    elif is_kunet_config(raw):  # the x2 latent upscaler's K-UNet (minunet/upscaler.py)
-        model_class, config = KUNet, KUNetConfig.from_diffusers(raw, source=str(config_file))
+    if is_video_config(raw):  # UNet3DConditionModel (ModelScope text-to-video, zeroscope)
+        model_class, config = VideoUNet, video_config(raw, source=str(config_file))
+    elif is_kunet_config(raw):  # the x2 latent upscaler's K-UNet (minunet/models/kunet.py)
+        model_class, config = KUNet, kunet_config(raw, source=str(config_file))
     else:
-        model_class, config = UNet, UNetConfig.from_diffusers(raw, source=str(config_file))
+        model_class, config = UNet, unet_config(raw, source=str(config_file))
     state, file = load_folder_weights(path, "diffusion_pytorch_model", variant)
     with torch.device("meta"):
         model = model_class(config)

@@ -11,7 +11,8 @@ mask processor), written anew:
 - 9-channel UNets (the inpainting checkpoints) see `cat([scaled latents, mask, masked-image latents])` at latent
   size (mask by nearest interpolation, raw 0/1): `unet_input`.
 - 4-channel UNets (any checkpoint) repaint by blending after each step: the kept region is the image latents
-  noised to the next step with the run's own starting noise, and the clean image latents after the last: `blend`.
+  noised to the next step with the run's own starting noise, and the clean image latents after the last: `blend`,
+  run as a step callback of the sampler (`InpaintRun.blend_step`).
 - `padding_mask_crop=p`: only the box around the mask (grown by p pixels, widened to the output's aspect ratio,
   kept inside the image; `crop_region`) is generated, at the output size ("fill" resizing: `resize_fill`); the
   result is resized back, pasted, and the original is composited on top with alpha = 1 - mask (`overlay`), so
@@ -26,7 +27,6 @@ import torch
 import torch.nn.functional as F
 from PIL import Image, ImageFilter, ImageOps
 
-from .noise import repeat_to
 
 LANCZOS = Image.Resampling.LANCZOS
 
@@ -245,13 +245,16 @@ class InpaintRun:
         rep = lambda t: t.to(x_in.device).repeat(copies, 1, 1, 1)  # noqa: E731
         return unet_input(x_in, rep(self.mask), rep(self.masked_latents))
 
-    def after_step(self, steps, i, latents):
-        """The latents after sampler step i (diffusers' convention, as the sampler's callback gets them): a
-        4-channel UNet's blend with the kept region at step i + 1; else the latents as they are."""
+    def blend_step(self, steps):
+        """A 4-channel UNet's step callback (i, t, latents) -> the latents blended with the kept region at step
+        i + 1 (diffusers' convention, as the sampler's callback gets them); None for a 9-channel UNet."""
         if self.masked_latents is not None:
-            return latents
-        known = known_latents(steps, self.image_latents.to(latents.device), self.noise.to(latents.device), i + 1)
-        return blend(latents, self.mask.to(latents.device, latents.dtype), known)
+            return None
+
+        def step(i, t, latents):
+            known = known_latents(steps, self.image_latents.to(latents.device), self.noise.to(latents.device), i + 1)
+            return blend(latents, self.mask.to(latents.device, latents.dtype), known)
+        return step
 
     def finish(self, images):
         """PIL outputs with padding_mask_crop: each pasted back into the original image (`overlay`)."""
@@ -288,32 +291,3 @@ def prepare_inputs(image, mask_image, height, width, padding_mask_crop=None):
         box = crop_region(mask_image, width, height, padding_mask_crop)
     fill = box is not None
     return prepare_image(image, height, width, box, fill), prepare_mask(mask_image, height, width, box, fill), box
-
-
-def start(pipe, pixels, mask, *, batch, generator, noise_fn, need_image_latents, masked_image_latents=None,
-          box=None, original=None, original_mask=None):
-    """An InpaintRun, with the random draws in diffusers' order: [image encode] -> noise -> [masked-image encode].
-
-    pipe gives `encode_latents(pixels, generator)` (scaled posterior samples, one per given image) and
-    `skip_encode(pixels, generator)` (the same draws without the encode). A 4-channel UNet never reads the
-    masked-image latents: diffusers encodes them anyway; here only their random draws are made, so a seed
-    gives the same stream (Euler a, DDIM with eta) without the wasted VAE pass."""
-    nine = pipe.unet.config.in_channels == 9
-    given = pixels.shape[1] == 4  # latents (the SDXL refiner continuing the base): no encode
-    image_latents = None
-    if given or need_image_latents:
-        image_latents = repeat_to(pixels if given else pipe.encode_latents(pixels, generator), batch, "image")
-    noise = noise_fn()
-    masked = None
-    if masked_image_latents is not None:
-        masked = masked_image_latents
-    elif nine and given:
-        raise ValueError("a 9-channel (inpainting) UNet given latents as image= needs masked_image_latents= too")
-    elif nine:
-        masked = pipe.encode_latents(masked_image(pixels, mask), generator)
-    elif not given:
-        pipe.skip_encode(pixels, generator)
-    if masked is not None:
-        masked = repeat_to(masked.to(pipe.device, torch.float32), batch, "masked_image_latents")
-    small = repeat_to(latent_mask(mask, pipe.vae_scale), batch, "mask_image").to(pipe.device)
-    return InpaintRun(small, masked, image_latents, noise, box, original, original_mask)

@@ -8,16 +8,15 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .blocks import ModelDtypeDevice
-from .blocks.resnet import TimestepEmbedding, timestep_embedding
-from .blocks.unet_blocks import DownBlock, MidBlock, UpBlock, branch_parts, decoder, encoder
+from ..blocks import ModelDtypeDevice
+from ..blocks.resnet import TimestepEmbedding, timestep_embedding
+from ..blocks.freeu import FreeUSwitch
+from ..blocks.unet_blocks import DownBlock, MidBlock, UpBlock
 from .config import UNetConfig
 from .checkpointing import GradientCheckpointingMixin
-from .freeu import FreeUMixin
-from .lora import LoraMixin
 
 
-class UNet(FreeUMixin, LoraMixin, GradientCheckpointingMixin, ModelDtypeDevice, nn.Module):
+class UNet(FreeUSwitch, GradientCheckpointingMixin, ModelDtypeDevice, nn.Module):
     def __init__(self, config: UNetConfig):
         super().__init__()
         self.config = cfg = config
@@ -32,8 +31,7 @@ class UNet(FreeUMixin, LoraMixin, GradientCheckpointingMixin, ModelDtypeDevice, 
         self.up_blocks = nn.ModuleList([UpBlock(cfg, i) for i in range(n)])
         self.conv_norm_out = nn.GroupNorm(cfg.norm_num_groups, c0, eps=cfg.norm_eps)
         self.conv_out = nn.Conv2d(c0, cfg.out_channels, 3, padding=1)
-        self.freeu = None  # FreeU settings (or None); setting them works out freeu_plan, what each up block applies
-        self.deepcache = None  # DeepCache (deepcache.py), set from outside by enable_deepcache: reuses deep features
+        self.deepcache = None  # DeepCache (deepcache.py), set from outside: reuses the deep part's output between steps
 
     def time_embed(self, t, batch, dtype, text_embeds=None, time_ids=None):
         """(B,) timesteps [+ SDXL pooled text (B, 1280) and ids (B, 5 or 6)] -> temb (B, 4 * C0)."""
@@ -53,22 +51,42 @@ class UNet(FreeUMixin, LoraMixin, GradientCheckpointingMixin, ModelDtypeDevice, 
         return temb
 
     def decoder_widths(self):
-        """Backbone channels entering each decoder resnet, [up block][resnet]: what FreeU's stage rule reads."""
-        return [[backbone for backbone, _ in UpBlock.widths(self.config, i)] for i in range(len(self.up_blocks))]
+        return decoder_widths(self.config)
 
     def forward(self, x, t, context, *, text_embeds=None, time_ids=None):
         """x (B, in, H, W), t scalar or (B,), context (B, T, context_dim) -> raw prediction (B, out, H, W)."""
         temb = self.time_embed(t, x.shape[0], x.dtype, text_embeds, time_ids)
-        h = self.conv_in(x)
-        skips = [h]                                   # s0; then one per down layer and one per downsample
-        top_enc, deep_enc, deep_dec, top_dec = branch_parts(
-            len(self.down_blocks), self.config.layers_per_block, None if self.deepcache is None else self.deepcache.branch)
-        h = encoder(self.down_blocks, h, skips, top_enc, temb, context)   # shallow part (none without DeepCache)
-
-        def deep(h):  # below DeepCache's branch: the rest of the encoder, the middle, the decoder up to the branch
-            h = self.mid_block(encoder(self.down_blocks, h, skips, deep_enc, temb, context), temb, context)
-            return decoder(self.up_blocks, h, skips, deep_dec, self.freeu_plan, temb, context)
-        # DeepCache (deepcache.py) attaches here: between its full steps `deep` does not run, its last output is reused
-        h = deep(h) if self.deepcache is None else self.deepcache(deep, h)
-        h = decoder(self.up_blocks, h, skips, top_dec, self.freeu_plan, temb, context)
+        skips = [self.conv_in(x)]        # s0; then one per down layer and one per downsample
+        enc, dec = (0, float("inf")) if self.deepcache is None else self.deepcache.cut  # units above DeepCache's branch
+        h = encode(self.down_blocks, skips, 0, enc, temb, context)                    # the shallow encoder
+        if self.deepcache is None or self.deepcache.full_step(h):  # the deep part: every step, or DeepCache's full ones
+            h = self.mid_block(encode(self.down_blocks, skips, enc, float("inf"), temb, context, h=h), temb, context)
+            h = decode(self.up_blocks, h, skips, 0, dec, temb, context, self.freeu_plan)
+        h = h if self.deepcache is None else self.deepcache.kept(h)  # DeepCache (deepcache.py): kept, reused between
+        h = decode(self.up_blocks, h, skips, dec, float("inf"), temb, context, self.freeu_plan)  # the shallow decoder
         return self.conv_out(F.silu(self.conv_norm_out(h)))
+
+
+def encode(down_blocks, skips, start, stop, temb, context, frames=None, h=None):
+    """Encoder units start..stop-1 (a level's layers, then its downsampler) on h (default: the last skip), their
+    skips appended -> h. Units count layers_per_block + 1 a level. (frames: the video UNet's temporal layers'.)"""
+    h, per = skips[-1] if h is None else h, len(down_blocks[0].resnets) + 1
+    for i, block in enumerate(down_blocks):
+        if max(start - i * per, 0) < min(stop - i * per, per):
+            h, s = block(h, temb, context, frames, range(max(start - i * per, 0), min(stop - i * per, per)))
+            skips += s
+    return h
+
+
+def decode(up_blocks, h, skips, start, stop, temb, context, freeu_plan, frames=None):
+    """Decoder units start..stop-1 (layers_per_block + 2 a block: its layers, the upsampler), FreeU's plan per block."""
+    per, plan = len(up_blocks[0].resnets) + 1, [None] * len(up_blocks) if freeu_plan is None else freeu_plan
+    for i, block in enumerate(up_blocks):
+        if max(start - i * per, 0) < min(stop - i * per, per):
+            h = block(h, skips, temb, context, plan[i], frames, range(max(start - i * per, 0), min(stop - i * per, per)))
+    return h
+
+
+def decoder_widths(config):
+    """Backbone channels entering each decoder resnet, [up block][resnet]: what FreeU's stage rule reads."""
+    return [[backbone for backbone, _ in UpBlock.widths(config, i)] for i in range(len(config.block_out_channels))]

@@ -1,0 +1,1 @@
+"""The runners: image (txt2img, img2img, inpainting, refiner), video, upscale, and what they share."""
