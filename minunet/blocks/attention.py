@@ -72,6 +72,7 @@ class BasicTransformerBlock(nn.Module):
         self.ff = FeedForward(dim)
 
     gradient_checkpointing = False  # recompute in backward instead of storing activations (minunet.models.checkpointing)
+    tome = None  # token merging (blocks/tome.py), set from outside: self-attention then runs on fewer tokens
 
     def forward(self, x, context):
         if self.gradient_checkpointing and torch.is_grad_enabled():
@@ -79,7 +80,7 @@ class BasicTransformerBlock(nn.Module):
         return self._forward(x, context)
 
     def _forward(self, x, context):
-        x = x + self.attn1(self.norm1(x))
+        x = x + (self.attn1(self.norm1(x)) if self.tome is None else self.tome(self.attn1, self.norm1(x), x))
         x = x + self.attn2(self.norm2(x), context)
         return x + self.ff(self.norm3(x))
 

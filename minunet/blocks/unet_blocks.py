@@ -49,14 +49,12 @@ class DownBlock(Layers, nn.Module):
         last = i == len(cfg.block_out_channels) - 1
         self.downsamplers = None if last else nn.ModuleList([Downsample2D(c)])
 
-    def forward(self, x, temb, context, frames=None):
-        skips = []
-        for j in range(len(self.resnets)):
-            x = self.layer(j, x, temb, context, frames)
-            skips.append(x)
-        if self.downsamplers is not None:
-            x = self.downsamplers[0](x)  # (B, C, H, W) -> (B, C, ceil(H/2), ceil(W/2))
-            skips.append(x)
+    def forward(self, x, temb, context, frames=None, units=None):
+        skips = []  # units: the layers, then the downsampler, (B, C, H, W) -> (B, C, ceil(H/2), ceil(W/2)); or a range
+        for j in range(len(self.resnets) + 1) if units is None else units:
+            if j < len(self.resnets) or self.downsamplers is not None:
+                x = self.layer(j, x, temb, context, frames) if j < len(self.resnets) else self.downsamplers[0](x)
+                skips.append(x)
         return x, skips
 
 
@@ -102,12 +100,12 @@ class UpBlock(Layers, nn.Module):
         n = cfg.layers_per_block + 1
         return [(c_prev if j == 0 else c, c_skip_last if j == n - 1 else c) for j in range(n)]
 
-    def forward(self, x, skips, temb, context, upsample_size=None, freeu=None, frames=None):
-        """freeu: None, or one blocks.freeu.Stage | None per resnet (the UNet's freeu_plan for this block)."""
-        for j in range(len(self.resnets)):
-            # (B, C + C_skip, H, W): backbone || skip, with FreeU's re-weighting where the plan says (freeu.py)
-            x = decoder_input(x, skips.pop(), None if freeu is None else freeu[j])
-            x = self.layer(j, x, temb, context, frames)
-        if self.upsamplers is not None:
-            x = self.upsamplers[0](x, upsample_size)
+    def forward(self, x, skips, temb, context, freeu=None, frames=None, units=None):
+        """freeu: one Stage | None per resnet, or None; units: the layers (each pops a skip), the upsampler; or a range."""
+        for j in range(len(self.resnets) + 1) if units is None else units:
+            if j < len(self.resnets):  # (B, C + C_skip, H, W): backbone || skip, with FreeU's re-weighting (freeu.py)
+                x = decoder_input(x, skips.pop(), None if freeu is None else freeu[j])
+                x = self.layer(j, x, temb, context, frames)
+            elif self.upsamplers is not None:
+                x = self.upsamplers[0](x, skips[-1].shape[2:])  # to the next skip's size (odd sizes)
         return x

@@ -119,8 +119,45 @@ def add_freeu_arguments(p, presets="a preset name"):
 
 
 def add_dtype_device_arguments(p):
-    p.add_argument("--dtype", default="float32", choices=["float32", "float16", "bfloat16"], help="model weights' dtype")
+    p.add_argument("--dtype", default="auto", choices=["auto", "float32", "float16", "bfloat16"],
+                   help="auto: bfloat16 on a CPU that computes it natively, float16 on CUDA, else float32")
     p.add_argument("--device", default=None, help="cpu, cuda, cuda:1, mps, ... (default: cpu)")
+
+
+def add_speed_arguments(p, tome=True):
+    p.add_argument("--deepcache", type=int, default=None, metavar="N",
+                   help="DeepCache: the full UNet every N steps, only its shallow branch between (e.g. 3)")
+    p.add_argument("--deepcache-branch", type=int, default=0, metavar="B",
+                   help="DeepCache's cache_branch_id: the branch's depth (default 0, the shallowest)")
+    if tome:
+        p.add_argument("--tome", type=float, default=None, metavar="RATIO",
+                       help="token merging: self-attention on 1 - RATIO of the tokens at full resolution (e.g. 0.5)")
+
+
+def check_speed_arguments(args):
+    """--deepcache / --deepcache-branch / --tome values, checked before any model loads."""
+    from ..blocks.tome import ToMe
+    from ..models.deepcache import DeepCache
+
+    try:
+        if args.deepcache is not None:
+            DeepCache(args.deepcache, args.deepcache_branch)
+        if getattr(args, "tome", None) is not None:
+            ToMe(args.tome)
+    except ValueError as e:
+        flag = "--tome" if "ToMe" in str(e) else "--deepcache-branch" if "branch" in str(e) else "--deepcache"
+        raise UsageError(f"{flag}: {e}") from None
+
+
+def apply_speed_arguments(pipe, args):
+    """DeepCache / token merging on a loaded pipeline; a branch deeper than the model is a usage error."""
+    try:
+        if args.deepcache is not None:
+            pipe.enable_deepcache(args.deepcache, args.deepcache_branch)
+        if getattr(args, "tome", None) is not None:
+            pipe.enable_tome(args.tome)
+    except ValueError as e:
+        raise UsageError(f"--deepcache-branch {args.deepcache_branch}: {e}") from None
 
 
 def freeu_from_args(args):

@@ -7,8 +7,10 @@ from pathlib import Path
 
 from ..schedulers.samplers import SAMPLERS  # the one sampler table (light: no torch model code)
 from . import parameters
-from .common import (OFFICIAL, UsageError, add_dtype_device_arguments, add_freeu_arguments, check_out_path,
-                     freeu_from_args, parse_device, parse_size)
+from ..loading.precision import resolve_dtype
+from .common import (OFFICIAL, UsageError, add_dtype_device_arguments, add_freeu_arguments, add_speed_arguments,
+                     apply_speed_arguments, check_out_path, check_speed_arguments, freeu_from_args, parse_device,
+                     parse_size)
 
 MODEL_NAMES = ("tiny", "tiny-random", "tiny-random-inpainting", *OFFICIAL)
 STEPS, TINY_STEPS = 30, 10  # default sampling steps; the random-weight tiny models make noise at any count
@@ -37,6 +39,7 @@ def add_parser(sub):
     p.add_argument("--size", default=None, help="WIDTHxHEIGHT, multiples of 8 (default: the model's)")
     add_freeu_arguments(p)
     add_dtype_device_arguments(p)
+    add_speed_arguments(p)
     p.add_argument("--out", default="minunet.png", help="the PNG to write (--num-images N: OUT-0.png, ...)")
     add_lora_arguments(p)
     add_upscale_arguments(p)
@@ -54,17 +57,18 @@ def cmd_generate(args):
     check_generate_args(args)
     freeu = freeu_from_args(args)
     inputs = image_inputs(args)  # --image / --mask, checked before any model loads
-    pipe = load_pipeline(args.model, dtype=getattr(torch, args.dtype), device=args.device)
+    pipe = load_pipeline(args.model, dtype=args.dtype, device=args.device)
     if args.upscale is not None and pipe.family not in ("sd1", "sd2"):
         raise UsageError(f"--upscale {args.upscale}: the x2 latent upscaler takes SD 1.x / 2.x latents; --model "
                          f"{args.model} is an {pipe.family} model")
     apply_loras(pipe, args)
+    apply_speed_arguments(pipe, args)
     check_image_inputs(pipe, args)
     if args.karras:
         pipe.schedule = dataclasses.replace(pipe.schedule, use_karras_sigmas=True)
     refiner = load_refiner(pipe, args)
     if args.upscale is not None:  # SD latents -> the x2 latent upscaler, no VAE round trip
-        pipe = UpscaledPipeline(pipe, load_upscaler(args.upscale, args, getattr(torch, args.dtype)), args)
+        pipe = UpscaledPipeline(pipe, load_upscaler(args.upscale, args, resolve_dtype(args.dtype, args.device)), args)
     width, height = size or default_size(args, inputs) or (None, None)
     cfg, strength = (pipe.pipe if args.upscale is not None else pipe).defaults(args.cfg, args.strength,
                                                                                  args.mask is not None)
@@ -181,6 +185,7 @@ def check_generate_args(args):
     if out.suffix.lower() not in Image.registered_extensions():
         raise UsageError(f"--out {out}: unknown image extension '{out.suffix}' (use .png, .jpg, .webp, ...)")
     args.device = parse_device(args.device)
+    check_speed_arguments(args)
 
 
 def load_pipeline(model, dtype=None, device=None, flag="--model", **shared):
@@ -195,7 +200,7 @@ def load_pipeline(model, dtype=None, device=None, flag="--model", **shared):
         print(f"minunet: {flag} {model} is a small RANDOM-weight model: it makes noise, not pictures.")
         pipe = Pipeline.tiny_random(in_channels=9 if model == "tiny-random-inpainting" else 4)
         for module in (pipe.unet, pipe.vae, pipe.text):  # --dtype / --device as for any other model
-            module.to(device=device, dtype=dtype)
+            module.to(device=device, dtype=resolve_dtype(dtype, device))
         return pipe
     if model in OFFICIAL:
         from ..loading.io import hub_download
@@ -270,14 +275,13 @@ def default_size(args, inputs):
 
 def load_refiner(pipe, args):
     """--refiner MODEL, sharing the base's VAE and bigG text encoder where the refiner has them."""
-    import torch
 
     if args.refiner is None:
         return None
     shared = {} if args.refiner.startswith("tiny") else pipe.components(
         *[n for n in ("vae", "text_encoder_2") if n in pipe.components()])
-    refiner = load_pipeline(args.refiner, dtype=getattr(torch, args.dtype), device=args.device, flag="--refiner",
-                            **shared)
+    refiner = load_pipeline(args.refiner, dtype=args.dtype, device=args.device, flag="--refiner", **shared)
+    apply_speed_arguments(refiner, args)
     if args.karras:
         refiner.schedule = dataclasses.replace(refiner.schedule, use_karras_sigmas=True)
     return refiner

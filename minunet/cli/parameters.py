@@ -26,7 +26,8 @@ A1111_SAMPLERS = {"euler": "Euler", "euler_a": "Euler a", "ddim": "DDIM", "dpmpp
 SETTINGS = ("prompt", "negative", "model", "sampler", "karras", "steps", "cfg", "seed", "clip_skip", "size", "freeu",
             "freeu_mapping", "freeu_version", "compare_freeu", "lora", "upscale", "upscale_steps", "upscale_cfg",
             "upscale_revision", "image", "mask", "strength", "padding_mask_crop", "refiner", "high_noise_frac",
-            "num_images", "negative_original_size", "negative_target_size", "negative_crops", "dtype")
+            "num_images", "negative_original_size", "negative_target_size", "negative_crops", "dtype",
+            "deepcache", "deepcache_branch", "tome")
 # A1111's infotext parameters: `Key: value` or `Key: "quoted, value"`, comma-separated (its re_param)
 PARAM = re.compile(r'\s*(\w[\w \-/+]*):\s*("(?:\\.|[^\\"])*"|[^,]*)(?:,|$)')
 LORA_TAG = re.compile(r"<lora:([^:>]+):([-+0-9.eE]+)>")

@@ -2,8 +2,9 @@
 from pathlib import Path
 
 from ..schedulers.samplers import SAMPLERS
-from .common import (UsageError, add_dtype_device_arguments, add_freeu_arguments, check_finite, check_out_path,
-                     freeu_from_args, parse_device, parse_size)
+from .common import (UsageError, add_dtype_device_arguments, add_freeu_arguments, add_speed_arguments,
+                     apply_speed_arguments, check_finite, check_out_path, check_speed_arguments, freeu_from_args,
+                     parse_device, parse_size)
 
 # video models by name: name -> Hub repo of a diffusers TextToVideoSDPipeline with safetensors files
 VIDEO_MODELS = {"ms-1.7b": "ali-vilab/text-to-video-ms-1.7b"}
@@ -26,19 +27,21 @@ def add_parser(sub):
     p.add_argument("--seed", type=int, default=0, help="random seed")
     add_freeu_arguments(p, presets="a preset name (video)")
     add_dtype_device_arguments(p)
+    add_speed_arguments(p, tome=False)
     p.add_argument("--out", default="minunet.mp4", help=".mp4 (needs minunet[video]), .gif or .webp")
     p.set_defaults(func=cmd_video)
 
 
 def load_video_pipeline(model, dtype=None, device=None):
     """--model for `video`: 'tiny-video', a known name, a diffusers text-to-video folder or a Hub repo id."""
+    from ..loading.precision import resolve_dtype
     from ..pipelines.video import VideoPipeline
 
     if model == "tiny-video":
         print("minunet: --model tiny-video is a small RANDOM-weight model: it makes noise, not videos.")
         pipe = VideoPipeline.tiny()
         for module in (pipe.unet, pipe.vae, pipe.text):  # --dtype / --device as for any other model
-            module.to(device=device, dtype=dtype)
+            module.to(device=device, dtype=resolve_dtype(dtype, device))
         return pipe
     if model in VIDEO_MODELS:
         return VideoPipeline.from_pretrained(VIDEO_MODELS[model], dtype=dtype, device=device, variant="fp16")
@@ -62,6 +65,7 @@ def check_video_args(args):
     if args.fps <= 0:
         raise UsageError(f"--fps {args.fps}: must be positive")
     check_finite("--cfg", args.cfg)
+    check_speed_arguments(args)
     if not 0 <= args.seed < 2**64:
         raise UsageError(f"--seed {args.seed}: must be an integer from 0 to 2**64 - 1")
     if args.steps is None:
@@ -82,7 +86,8 @@ def cmd_video(args):
     from ..pipelines.video_io import export_video
 
     size, freeu = check_video_args(args)
-    pipe = load_video_pipeline(args.model, dtype=getattr(torch, args.dtype), device=args.device)
+    pipe = load_video_pipeline(args.model, dtype=args.dtype, device=args.device)
+    apply_speed_arguments(pipe, args)
     width, height = size or (None, None)
 
     def run(with_freeu):

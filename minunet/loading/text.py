@@ -53,6 +53,7 @@ from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProject
 from .. import checks
 from .io import (CheckpointError, load_folder_weights, load_into, load_safetensors, read_header, read_json,
                  refuse_pickle)
+from .precision import resolve_dtype
 from ..models.random_init import randomize_
 from ..keymaps.text import TEXT_ROOT, convert, count_layers, detect_family, embedder_rows, \
     original_shape, target_shapes
@@ -148,7 +149,7 @@ class TextConditioner(nn.Module):
         model_index.json). `variant="fp16"` reads model.fp16.safetensors. Pickle .bin weights are refused.
         `encoders`: {"text_encoder" | "text_encoder_2": an already loaded model} to use instead of loading that one
         (the same object, shared; its shapes must be the folder's)."""
-        folder = Path(folder)
+        folder, dtype = Path(folder), resolve_dtype(dtype, device)  # "auto": loading/precision.py
         refuse_pickle(folder)
         if not folder.is_dir():
             raise CheckpointError(f"{folder}: not a folder (a single .safetensors file goes to from_single_file)")
@@ -171,6 +172,7 @@ class TextConditioner(nn.Module):
         `configs`: one CLIPTextConfig per encoder instead of the shipped configs fitted to the shapes.
         `encoders`: {"text_encoder" | "text_encoder_2": an already loaded model} used (shared) instead of loading
         that encoder's tensors from the file; its shapes must be the file's."""
+        dtype = resolve_dtype(dtype, device)  # "auto": loading/precision.py
         header, _, _ = read_header(path)
         family = detect_family(header)
         if family is None:

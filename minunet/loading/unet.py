@@ -18,6 +18,7 @@ from . import video
 from .configs import is_kunet_config, is_video_config, kunet_config, unet_config, video_config
 from .io import (check_device, hub_download, load_folder_weights, load_into, load_mapped, looks_like_repo_id,
                  read_header, read_json, refuse_pickle)
+from .precision import auto_channels_last, resolve_dtype
 
 
 def load_unet(source, *, dtype=None, device=None, variant=None, config=None) -> UNet:
@@ -25,15 +26,28 @@ def load_unet(source, *, dtype=None, device=None, variant=None, config=None) -> 
     or a Hugging Face Hub repo id. `variant="fp16"` picks diffusion_pytorch_model.fp16.safetensors. A diffusers
     folder of the x2 latent upscaler gives its KUNet (minunet/models/kunet.py); a video UNet (UNet3DConditionModel
     config, or a ModelScope-layout file) gives a minunet.models.video.VideoUNet.
-    `config` (a UNetConfig) overrides what a single file's shapes say (heads and upcast are not in shapes)."""
+    `config` (a UNetConfig) overrides what a single file's shapes say (heads and upcast are not in shapes).
+    dtype: None (the file's), a torch dtype, or "auto" (loading/precision.py: bfloat16 on a CPU with native bf16
+    and the image UNet in channels_last, float16 on CUDA, float32 otherwise)."""
     check_device("load_unet: device", device)
-    source = str(source)
+    model = _load_unet(str(source), resolve_dtype(dtype, device), device, variant, config)
+    return auto_layout(model, dtype, device)
+
+
+def auto_layout(model, dtype, device):
+    """The image UNet in channels_last where dtype="auto" asks for it (loading/precision.py)."""
+    if isinstance(model, UNet) and auto_channels_last(dtype, device):
+        model.to(memory_format=torch.channels_last)
+    return model
+
+
+def _load_unet(source, dtype, device, variant, config):
     refuse_pickle(source)
     path = Path(source)
     if path.is_dir():
         return _load_diffusers_folder(path, dtype, device, variant)
     if path.is_file():
-        return load_unet_single_file(path, dtype=dtype, device=device, config=config)
+        return _load_single_file(path, dtype, device, config)
     if looks_like_repo_id(source):
         weights = f"diffusion_pytorch_model.{variant}.safetensors" if variant else "diffusion_pytorch_model.safetensors"
         config = hub_download(source, ["config.json"], subfolder="unet")
@@ -62,8 +76,13 @@ def _load_diffusers_folder(path, dtype, device, variant):
 
 
 def load_unet_single_file(path, *, dtype=None, device=None, config=None) -> UNet:
-    """The UNet of an original checkpoint (`model.diffusion_model.*`); config read from the shapes unless given."""
+    """The UNet of an original checkpoint (`model.diffusion_model.*`); config read from the shapes unless given.
+    dtype as load_unet's."""
     check_device("load_unet: device", device)
+    return auto_layout(_load_single_file(path, resolve_dtype(dtype, device), device, config), dtype, device)
+
+
+def _load_single_file(path, dtype, device, config):
     header, _, _ = read_header(path)
     if video.is_video_checkpoint(header):  # ModelScope layout (`temopral_conv` in every ResBlock)
         return video.load_video_unet_single_file(path, dtype=dtype, device=device, config=config)

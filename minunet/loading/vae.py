@@ -12,6 +12,7 @@ from ..models.vae import SD, SDXL, VAE
 from .configs import vae_config
 from . import official
 from .io import check_device, hub_download, load_into, load_safetensors, looks_like_repo_id, read_json, refuse_pickle
+from .precision import resolve_dtype
 
 WEIGHT_NAMES = ["diffusion_pytorch_model.safetensors", "diffusion_pytorch_model.fp16.safetensors"]
 
@@ -26,8 +27,10 @@ def load_vae(source, *, config=None, dtype=None, device=None) -> VAE:
     Configuration: `config` if given, else config.json, else read off the tensor shapes, with the SDXL preset's
     scaling factor when a whole checkpoint has SDXL text encoders (`conditioner.*`) or the SDXL UNet
     (`label_emb`), and the SD preset's otherwise. A standalone file has no such keys: an official one is
-    recognised by size + SHA-256, any other gets SD's with a warning (pass config=VAE_SDXL for an SDXL VAE)."""
+    recognised by size + SHA-256, any other gets SD's with a warning (pass config=VAE_SDXL for an SDXL VAE).
+    dtype: None (the file's), a torch dtype, or "auto" (loading/precision.py)."""
     check_device("load_vae: device", device)
+    dtype = resolve_dtype(dtype, device)
     weights, cfg_json = _locate(source)
     if config is None and cfg_json is not None:
         config = vae_config(read_json(cfg_json, "VAE config"), source=cfg_json)

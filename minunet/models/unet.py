@@ -31,6 +31,7 @@ class UNet(FreeUSwitch, GradientCheckpointingMixin, ModelDtypeDevice, nn.Module)
         self.up_blocks = nn.ModuleList([UpBlock(cfg, i) for i in range(n)])
         self.conv_norm_out = nn.GroupNorm(cfg.norm_num_groups, c0, eps=cfg.norm_eps)
         self.conv_out = nn.Conv2d(c0, cfg.out_channels, 3, padding=1)
+        self.deepcache = None  # DeepCache (deepcache.py), set from outside: reuses the deep part's output between steps
 
     def time_embed(self, t, batch, dtype, text_embeds=None, time_ids=None):
         """(B,) timesteps [+ SDXL pooled text (B, 1280) and ids (B, 5 or 6)] -> temb (B, 4 * C0)."""
@@ -55,30 +56,34 @@ class UNet(FreeUSwitch, GradientCheckpointingMixin, ModelDtypeDevice, nn.Module)
     def forward(self, x, t, context, *, text_embeds=None, time_ids=None):
         """x (B, in, H, W), t scalar or (B,), context (B, T, context_dim) -> raw prediction (B, out, H, W)."""
         temb = self.time_embed(t, x.shape[0], x.dtype, text_embeds, time_ids)
-        h, skips = encode(self.down_blocks, self.conv_in(x), temb, context)
-        h = self.mid_block(h, temb, context)
-        h = decode(self.up_blocks, h, skips, temb, context, self.freeu_plan)
+        skips = [self.conv_in(x)]        # s0; then one per down layer and one per downsample
+        enc, dec = (0, float("inf")) if self.deepcache is None else self.deepcache.cut  # units above DeepCache's branch
+        h = encode(self.down_blocks, skips, 0, enc, temb, context)                    # the shallow encoder
+        if self.deepcache is None or self.deepcache.full_step(h):  # the deep part: every step, or DeepCache's full ones
+            h = self.mid_block(encode(self.down_blocks, skips, enc, float("inf"), temb, context, h=h), temb, context)
+            h = decode(self.up_blocks, h, skips, 0, dec, temb, context, self.freeu_plan)
+        h = h if self.deepcache is None else self.deepcache.kept(h)  # DeepCache (deepcache.py): kept, reused between
+        h = decode(self.up_blocks, h, skips, dec, float("inf"), temb, context, self.freeu_plan)  # the shallow decoder
         return self.conv_out(F.silu(self.conv_norm_out(h)))
 
 
-def encode(down_blocks, h, temb, context, frames=None):
-    """conv_in's output through the down blocks -> (h, skips): s0 = conv_in's output, then one skip per down
-    resnet and one per downsample. (frames: the video UNet's, handed to its blocks' temporal layers.)"""
-    skips = [h]
-    for block in down_blocks:
-        h, s = block(h, temb, context, frames)
-        skips += s
-    return h, skips
+def encode(down_blocks, skips, start, stop, temb, context, frames=None, h=None):
+    """Encoder units start..stop-1 (a level's layers, then its downsampler) on h (default: the last skip), their
+    skips appended -> h. Units count layers_per_block + 1 a level. (frames: the video UNet's temporal layers'.)"""
+    h, per = skips[-1] if h is None else h, len(down_blocks[0].resnets) + 1
+    for i, block in enumerate(down_blocks):
+        if max(start - i * per, 0) < min(stop - i * per, per):
+            h, s = block(h, temb, context, frames, range(max(start - i * per, 0), min(stop - i * per, per)))
+            skips += s
+    return h
 
 
-def decode(up_blocks, h, skips, temb, context, freeu_plan, frames=None):
-    """The up blocks, each consuming its skips last-in first-out, FreeU's Stage per resnet from `freeu_plan`."""
+def decode(up_blocks, h, skips, start, stop, temb, context, freeu_plan, frames=None):
+    """Decoder units start..stop-1 (layers_per_block + 2 a block: its layers, the upsampler), FreeU's plan per block."""
+    per, plan = len(up_blocks[0].resnets) + 1, [None] * len(up_blocks) if freeu_plan is None else freeu_plan
     for i, block in enumerate(up_blocks):
-        n = len(block.resnets)
-        block_skips, skips = skips[-n:], skips[:-n]
-        size = skips[-1].shape[2:] if skips else None  # upsample to the next skip's size (odd sizes)
-        freeu = None if freeu_plan is None else freeu_plan[i]  # per resnet: Stage | None
-        h = block(h, block_skips, temb, context, size, freeu=freeu, frames=frames)
+        if max(start - i * per, 0) < min(stop - i * per, per):
+            h = block(h, skips, temb, context, plan[i], frames, range(max(start - i * per, 0), min(stop - i * per, per)))
     return h
 
 

@@ -175,6 +175,7 @@ class VideoUNet(FreeUSwitch, ModelDtypeDevice, nn.Module):
         self.up_blocks = nn.ModuleList([VideoUpBlock(cfg, i) for i in range(n)])
         self.conv_norm_out = nn.GroupNorm(cfg.norm_num_groups, c0, eps=cfg.norm_eps)
         self.conv_out = nn.Conv2d(c0, cfg.out_channels, 3, padding=1)
+        self.deepcache = None  # DeepCache (deepcache.py), set from outside by enable_deepcache
 
     def decoder_widths(self):
         """The image UNet's: the official video port keys FreeU on them as the image port does (1280 -> stage 1,
@@ -188,9 +189,14 @@ class VideoUNet(FreeUSwitch, ModelDtypeDevice, nn.Module):
         temb = self.time_embedding(timestep_embedding(t, self.config.block_out_channels[0]).to(x.dtype))
         temb = temb.repeat_interleave(frames, dim=0)                 # (B*F, 4 C0), row b * F + f
         context = context.repeat_interleave(frames, dim=0)           # (B*F, T, context_dim)
-        h = self.conv_in(rearrange(x, "b c f h w -> (b f) c h w"))
-        h, skips = encode(self.down_blocks, self.transformer_in(h, frames), temb, context, frames)
-        h = self.mid_block(h, temb, context, frames)
-        h = decode(self.up_blocks, h, skips, temb, context, self.freeu_plan, frames)
+        skips = [self.transformer_in(self.conv_in(rearrange(x, "b c f h w -> (b f) c h w")), frames)]
+        enc, dec = (0, float("inf")) if self.deepcache is None else self.deepcache.cut  # as in the image UNet
+        h = encode(self.down_blocks, skips, 0, enc, temb, context, frames)
+        if self.deepcache is None or self.deepcache.full_step(h):
+            h = encode(self.down_blocks, skips, enc, float("inf"), temb, context, frames, h)
+            h = self.mid_block(h, temb, context, frames)
+            h = decode(self.up_blocks, h, skips, 0, dec, temb, context, self.freeu_plan, frames)
+        h = h if self.deepcache is None else self.deepcache.kept(h)  # DeepCache (deepcache.py): kept, reused between
+        h = decode(self.up_blocks, h, skips, dec, float("inf"), temb, context, self.freeu_plan, frames)
         h = self.conv_out(F.silu(self.conv_norm_out(h)))
         return rearrange(h, "(b f) c h w -> b c f h w", f=frames)

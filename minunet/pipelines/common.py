@@ -9,11 +9,13 @@ import torch
 from ..errors import CheckpointError
 from ..freeu import FreeU
 from ..loading.io import hub_snapshot
+from ..models.deepcache import disable_deepcache, enable_deepcache
 from ..schedulers import SAMPLERS
 
 
 class UNetPipeline:
-    """enable_freeu / disable_freeu / compile / device for a pipeline whose denoiser is `self.unet`."""
+    """enable_freeu / disable_freeu, enable_deepcache / disable_deepcache, compile, device for a pipeline whose
+    denoiser is `self.unet`."""
 
     def enable_freeu(self, s1, s2=None, b1=None, b2=None, *, mapping="official", version=1):
         """FreeU in the UNet's decoder: a FreeU (e.g. FreeU.preset("sdxl")), or diffusers' factors s1, s2, b1, b2
@@ -25,6 +27,15 @@ class UNetPipeline:
         self.unet.disable_freeu()
         return self
 
+    def enable_deepcache(self, cache_interval=3, cache_branch_id=0):
+        """DeepCache (models/deepcache.py): the full UNet every `cache_interval` steps, only its shallow branch above
+        `cache_branch_id` between them, on the deep features kept from the last full step. -> the DeepCache."""
+        return enable_deepcache(unet_module(self.unet), cache_interval, cache_branch_id)
+
+    def disable_deepcache(self):
+        disable_deepcache(unet_module(self.unet))
+        return self
+
     def compile(self, **options):
         """torch.compile the UNet; the same as `pipe.unet = torch.compile(pipe.unet, **options)`, which also works
         (the pipeline calls whatever `pipe.unet` is at call time)."""
@@ -34,6 +45,11 @@ class UNetPipeline:
     @property
     def device(self):
         return self.unet.device
+
+
+def unet_module(unet):
+    """The UNet module itself, also under torch.compile (whose wrapper holds it as `_orig_mod`)."""
+    return getattr(unet, "_orig_mod", unet)
 
 
 def fetch_pipeline(repo_id, variant, revision=None):

@@ -15,17 +15,19 @@ from pathlib import Path
 
 import torch
 
+from ..blocks.tome import disable_tome, enable_tome
 from ..errors import CheckpointError
 from ..loading.io import looks_like_repo_id, read_json
 from ..loading.text import TextConditioner
 from ..loading.unet import load_unet, load_unet_single_file
 from ..loading.vae import load_vae
 from ..models.config import family
+from ..models.deepcache import start_run
 from ..noise import check_generators, randn, repeat_to
 from ..schedulers import SAMPLERS, Schedule, guided, sample
 from ..weights import CONFIGS
 from . import checks, inpaint
-from .common import UNetPipeline, check_output_type, check_sampler, fetch_pipeline, progress
+from .common import UNetPipeline, check_output_type, check_sampler, fetch_pipeline, progress, unet_module
 from .images import from_pil, to_pil
 from .micro_conditioning import time_ids
 
@@ -128,7 +130,8 @@ class Pipeline(UNetPipeline):
 
         if not TINY_MODEL.is_file():
             raise CheckpointError(f"{TINY_MODEL}: the shipped tiny model is missing from this installation")
-        return cls.from_pipe(cls.from_single_file(TINY_MODEL, dtype=dtype or torch.float32, device=device),
+        dtype = torch.float32 if dtype in (None, "auto") else dtype  # "auto": float32, bf16 gains nothing at 8 x 8
+        return cls.from_pipe(cls.from_single_file(TINY_MODEL, dtype=dtype, device=device),
                              default_size=TINY_SIZE)
 
     @classmethod
@@ -150,14 +153,22 @@ class Pipeline(UNetPipeline):
         sched = read_json(CONFIGS / "stable-diffusion-v1-5" / "scheduler" / "scheduler_config.json", "scheduler config")
         return cls(unet, vae, text, Schedule.from_config(sched), default_size=128)  # 16 x 16 latents
 
+    def enable_tome(self, ratio=0.5, *, max_downsample=1, sx=2, sy=2):
+        """Token merging (blocks/tome.py): self-attention on (1 - ratio) of the tokens at the levels downsampled at
+        most `max_downsample` times, as tomesd's apply_patch with use_rand=False. -> the ToMe settings."""
+        return enable_tome(unet_module(self.unet), ratio, max_downsample=max_downsample, sx=sx, sy=sy)
+
+    def disable_tome(self):
+        disable_tome(unet_module(self.unet))
+        return self
+
     def load_lora(self, source, scale=1.0, *, fuse=False):
         """A LoRA file (kohya / A1111 or diffusers / PEFT, see minunet.loading.lora) on the UNet and the text encoders ->
         the `Lora` (change `.scale`, `.fuse()`, `.unfuse()`, `.remove()`). Several can be on at once; every key
         must map to a module of this pipeline, else nothing is applied. `unload_lora()` takes them all off."""
         from ..loading.lora import load_lora
 
-        unet = getattr(self.unet, "_orig_mod", self.unet)  # the module itself under torch.compile
-        targets = {"unet": unet, **{s.subfolder: e for s, e in zip(self.text.specs, self.text.encoders)}}
+        targets = {"unet": unet_module(self.unet), **{s.subfolder: e for s, e in zip(self.text.specs, self.text.encoders)}}
         lora = load_lora(targets, source, scale, fuse=fuse)
         self.loras.append(lora)
         return lora
@@ -308,6 +319,7 @@ class Pipeline(UNetPipeline):
         steps = self.schedule.steps(num_steps, sampler, **window)
         blend = None if run is None else run.blend_step(steps)  # 4-channel inpainting: before the user's callback
         options = {"eta": eta} if "eta" in SAMPLERS[sampler].options else {}
+        start_run(self.unet)  # DeepCache, when on: step 0 of this run is a full step
         with self._running(self.unet), progress(len(steps.timesteps), show, [blend, callback]) as step_callback:
             return sample(sampler, model_fn, start["noise"], self.schedule, num_steps, init_latents=start["init_latents"],
                           generator=generator, callback=step_callback, **window, **options)

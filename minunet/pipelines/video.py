@@ -23,6 +23,7 @@ from ..loading.io import looks_like_repo_id, read_json
 from ..loading.text import TextConditioner
 from ..loading.unet import load_unet
 from ..loading.vae import load_vae
+from ..models.deepcache import start_run
 from ..models.random_init import randomize_
 from ..models.video import VideoUNet
 from ..noise import randn
@@ -148,6 +149,7 @@ class VideoPipeline(UNetPipeline):
             return None if out is None else fold(out)
         total = len(self.schedule.timesteps(num_steps, sampler))
         options = {"eta": eta} if "eta" in SAMPLERS[sampler].options else {}
+        start_run(self.unet)  # DeepCache, when on: step 0 of this run is a full step
         with progress(total, show, [unfolded]) as step_callback:
             x = sample(sampler, model_fn, fold(noise), self.schedule, num_steps, generator=generator,
                        callback=step_callback, **options)
