@@ -47,7 +47,7 @@ def our_grads(model, cfg):
 @pytest.fixture(scope="module", params=list(TINY))
 def pair(request):
     cfg = TINY[request.param]
-    ours = randomize_(UNet(cfg), seed=hash(request.param) % 1000).train()
+    ours = randomize_(UNet(cfg), seed=list(TINY).index(request.param)).train()  # str hash() varies per process
     return request.param, cfg, ours, diffusers_unet(ours).train()
 
 

@@ -150,7 +150,8 @@ def finite_output(x, component, dtype, module=None, cause=None):
         advice = (f" Its weight {weight} holds NaN / Inf: the file is damaged (`minunet inspect --check-values "
                   "FILE` lists every such tensor).")
     elif dtype in (torch.float16, torch.bfloat16):
-        advice = (f" It runs in {str(dtype).removeprefix('torch.')}, which overflows in some models: load it with "
+        advice = ("" if cause is None else f" {cause}") + (  # a huge guidance_scale is named in half precision too
+                  f" It runs in {str(dtype).removeprefix('torch.')}, which overflows in some models: load it with "
                   "dtype=torch.float32" + (" or keep the VAE's force_upcast=True" if component == "VAE" else "") + ".")
     elif cause is not None:
         advice = f" {cause}"
