@@ -8,7 +8,7 @@ from pathlib import Path
 import torch
 
 from ..errors import CheckpointError
-from ..keymaps import count_indices
+from ..keymaps import count_indices, input_levels
 from ..keymaps.unet import PREFIX, unet_key_map
 from ..models.config import UNetConfig, describe
 from ..models.kunet import KUNet
@@ -115,12 +115,9 @@ def config_from_shapes(shapes, source="state dict"):
                                   "ControlNet or video UNets are not SD 1.x / 2.x / SDXL)")
     if len(conv_in) != 4:
         raise CheckpointError(f"{source}: unsupported UNet architecture (conv_in weight has shape {conv_in})")
-    n = count_indices(shapes, r"input_blocks\.(\d+)\.0\.op\.weight") + 1
-    n_in = count_indices(shapes, r"input_blocks\.(\d+)\.")
-    if n_in % n:
+    n, n_in, L, first = input_levels(shapes, r"input_blocks\.(\d+)\.0\.op\.weight")
+    if L is None:
         raise CheckpointError(f"{source}: unsupported UNet architecture ({n_in} input blocks for {n} levels)")
-    L = n_in // n - 1
-    first = [1 + i * (L + 1) for i in range(n)]
     widths = tuple(need(f"input_blocks.{k}.0.out_layers.3.weight")[0] for k in first)
     attn = tuple(f"input_blocks.{k}.1.proj_in.weight" in shapes for k in first)
     depth = tuple(count_indices(shapes, rf"input_blocks\.{k}\.1\.transformer_blocks\.(\d+)\.") for k in first)

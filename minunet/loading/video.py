@@ -1,7 +1,7 @@
 """The video UNet from a ModelScope-layout single file (load_unet dispatches here; a diffusers folder loads as the
 image UNet's does), its config read off the tensor shapes, and the way back to the ModelScope layout."""
 from ..errors import CheckpointError
-from ..keymaps import count_indices
+from ..keymaps import input_levels
 from ..keymaps.video import MARKER, OPTIONAL_PREFIX, to_minunet, to_original, video_key_map
 from ..models.video import IN_HEADS, VideoUNet, VideoUNetConfig
 from .io import load_mapped, read_header
@@ -20,12 +20,9 @@ def video_config_from_shapes(shapes, source="state dict"):
         return shapes[key]
 
     conv_in = need("input_blocks.0.0.weight")
-    n = count_indices(shapes, r"input_blocks\.(\d+)\.op\.weight") + 1
-    n_in = count_indices(shapes, r"input_blocks\.(\d+)\.")
-    if n_in % n:
+    n, n_in, L, first = input_levels(shapes, r"input_blocks\.(\d+)\.op\.weight")
+    if L is None:
         raise CheckpointError(f"{source}: unsupported video UNet ({n_in} input blocks for {n} levels)")
-    L = n_in // n - 1
-    first = [1 + i * (L + 1) for i in range(n)]
     return VideoUNetConfig(
         in_channels=conv_in[1], out_channels=need("out.2.weight")[0],
         block_out_channels=tuple(need(f"input_blocks.{k}.0.out_layers.3.weight")[0] for k in first),
