@@ -202,7 +202,8 @@ def test_train_tiny_command_writes_log_samples_and_checkpoint(tmp_path, capsys):
 
 @pytest.mark.parametrize("argv,message", [
     (["--batch-size", "0"], "--batch-size 0: must be a positive integer"),
-    (["--model", "huge"], "--model huge: no such recipe (known: tiny)"),
+    (["--model", "huge"], "--model huge: no such recipe (known: tiny"),
+    (["--stage", "upscale"], "--stage upscale: not a stage of --model tiny (known: vae, decoder, unet, all)"),
     (["--stage", "unet"], "vae.safetensors: not found: the next stage needs the vae stage's output"),
     (["--stage", "decoder"], "vae.safetensors: not found: the next stage needs the vae stage's output"),
 ])

@@ -6,15 +6,17 @@ data-parallel under torchrun:
 """
 from pathlib import Path
 
+from ..training import MODELS, recipe_module
 from .common import UsageError
 
 
 def add_parser(sub):
     p = sub.add_parser("train-tiny", help="train the tiny Stable Diffusion on drawn shapes (VAE, then UNet + text)")
     p.add_argument("--out", required=True, help="folder for checkpoints, loss.tsv, samples/ and model.safetensors")
-    p.add_argument("--model", default="tiny", help="which recipe (tiny)")
-    p.add_argument("--stage", default="all", choices=["vae", "decoder", "unet", "all"],
-                   help="all: vae, then decoder (fine-tuned on the frozen encoder), then unet (with the text encoder)")
+    p.add_argument("--model", default="tiny", help="which recipe: " + " | ".join(MODELS))
+    p.add_argument("--stage", default="all",
+                   help="a stage of the recipe, or all (tiny: vae, then decoder (fine-tuned on the frozen encoder), "
+                        "then unet (with the text encoder))")
     p.add_argument("--steps", type=int, default=None, help="steps of each stage run (default: the recipe's)")
     p.add_argument("--batch-size", type=int, default=None, help="global batch, all ranks together "
                                                                 "(default: the recipe's)")
@@ -29,10 +31,12 @@ def add_parser(sub):
 
 
 def check_args(args):
-    from ..training.tiny import RECIPES
-
-    if args.model not in RECIPES:
-        raise UsageError(f"--model {args.model}: no such recipe (known: {', '.join(RECIPES)})")
+    if args.model not in MODELS:
+        raise UsageError(f"--model {args.model}: no such recipe (known: {', '.join(MODELS)})")
+    stages = recipe_module(args.model).STAGES
+    if args.stage != "all" and args.stage not in stages:
+        raise UsageError(f"--stage {args.stage}: not a stage of --model {args.model} (known: {', '.join(stages)}, "
+                         "all)")
     for name in ("steps", "batch_size", "threads"):
         value = getattr(args, name)
         if value is not None and value < 1:
@@ -51,7 +55,6 @@ def cmd_train(args):
 
     from ..errors import CheckpointError
     from ..training import distributed
-    from ..training.tiny import RECIPES, train
 
     check_args(args)
     if args.threads is not None:
@@ -60,10 +63,12 @@ def cmd_train(args):
     try:
         if args.batch_size is not None:
             world.shard(args.batch_size)  # a batch that does not split over the ranks: one line, before any work
-        stages = ("vae", "decoder", "unet") if args.stage == "all" else (args.stage,)
-        path = train(RECIPES[args.model], args.out, stages=stages, seed=args.seed, steps=args.steps,
-                     batch=args.batch_size, mixed_precision=args.mixed_precision, progress=not args.no_progress,
-                     gradient_checkpointing=args.gradient_checkpointing, world=world)
+        recipe = recipe_module(args.model)
+        stages = recipe.STAGES if args.stage == "all" else (args.stage,)
+        path = recipe.train(recipe.RECIPE, args.out, stages=stages, seed=args.seed, steps=args.steps,
+                            batch=args.batch_size, mixed_precision=args.mixed_precision,
+                            progress=not args.no_progress, gradient_checkpointing=args.gradient_checkpointing,
+                            world=world)
     except CheckpointError:  # a missing or mismatched stage file: exit 1
         raise
     except ValueError as e:  # a batch that does not split over the ranks

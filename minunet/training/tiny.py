@@ -73,6 +73,7 @@ TINY = Recipe(
             "unet": Stage(steps=2000, batch=64, lr=1e-3)},
 )
 RECIPES = {"tiny": TINY}
+RECIPE, STAGES = TINY, ("vae", "decoder", "unet")  # what `minunet train-tiny --model tiny` runs
 
 
 # ---- the parts ---------------------------------------------------------------------------------------------
