@@ -2,6 +2,8 @@
 and with FreeU in each stage convention), seconds per image, and the pictures under docs/.
 
     python benchmarks/tiny_model.py [--model FILE] [--docs docs] [--threads 2]
+    python benchmarks/tiny_model.py --speed     # adherence under each speed setting of benchmarks/speed.py
+
 
 Adherence: every colour x shape x background of the plain form "a {colour} {shape} on a {background}
 background" (colour != background, 168 prompts), one batch, seed 0, judged by tests/shapes_judge.py.
@@ -33,6 +35,36 @@ RUNS = [("euler, 20 steps", dict(sampler="euler", num_inference_steps=20)),
                                                                     freeu="sd15")),
         ("euler, 20 steps, FreeU sd15-diffusers (diffusers stages, v1)", dict(sampler="euler", num_inference_steps=20,
                                                                                freeu="sd15-diffusers"))]
+
+
+# the speed settings of benchmarks/speed.py on the tiny model, euler 20 steps: (dtype, DeepCache interval, ToMe ratio).
+# The tiny UNet has no attention at full resolution (level 0), where ToMe merges by default (max_downsample=1): there
+# it would change nothing, so it merges at level 1 (max_downsample=2, as SDXL needs).
+SPEED_RUNS = [("float32 (what auto picks for the tiny model)", torch.float32, None, None),
+              ("bfloat16 (what auto picks for full-size models on this CPU)", torch.bfloat16, None, None),
+              ("DeepCache 3", torch.float32, 3, None), ("DeepCache 5", torch.float32, 5, None),
+              ("ToMe 0.5 (max_downsample 2)", torch.float32, None, 0.5),
+              ("all together (bfloat16, DeepCache 3, ToMe 0.5)", torch.bfloat16, 3, 0.5)]
+
+
+def speed_table():
+    """Adherence (168 prompts) and the images' difference from the float32 run, per speed setting."""
+    rows = ["| setting (euler, 20 steps) | colour | background | shape | mean abs. difference from float32 (0..255) |",
+            "|---|---|---|---|---|"]
+    prompts, ref = [plain(*x) for x in COMBOS], None
+    for name, dtype, interval, ratio in SPEED_RUNS:
+        pipe = Pipeline.tiny(dtype=dtype)
+        if interval is not None:
+            pipe.enable_deepcache(cache_interval=interval, cache_branch_id=0)
+        if ratio is not None:
+            pipe.enable_tome(ratio, max_downsample=2)
+        images = generate(pipe, prompts, sampler="euler", num_inference_steps=20).float()
+        ref = images if ref is None else ref
+        s = score(images, COMBOS)
+        rows.append(f"| {name} | {s['colour']:.0%} | {s['background']:.0%} | {s['shape']:.0%} | "
+                    f"{float((images - ref).abs().mean()) * 255:.2f} |")
+        print(rows[-1], flush=True)
+    return rows
 
 
 def plain(c, s, b):
@@ -79,8 +111,11 @@ def main():
     ap.add_argument("--model", default=None, help="a train-tiny model.safetensors (default: the shipped one)")
     ap.add_argument("--docs", default=str(ROOT / "docs"))
     ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--speed", action="store_true", help="only the adherence table of the speed settings")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
+    if args.speed:
+        return print("\n".join(speed_table()))
     pipe = Pipeline.tiny()
     if args.model is not None:
         pipe = Pipeline.from_pipe(Pipeline.from_single_file(args.model), default_size=32)
