@@ -1,5 +1,6 @@
 """Reference data shipped with minunet as `minunet.weights`: configs, manifests, tokenizer files, and one model,
-the tiny Stable Diffusion that `minunet train-tiny` trains (`Pipeline.tiny()`, `--model tiny`).
+the tiny Stable Diffusion that `minunet train-tiny` trains (`Pipeline.tiny()`, `--model tiny`), and its inpainting
+twin (`Pipeline.tiny_inpainting()`, `--model tiny-inpainting`).
 
 See weights/README.md for where each file came from. `WEIGHTS` is this folder, installed or in a checkout.
 """
@@ -11,3 +12,4 @@ MANIFESTS = WEIGHTS / "manifests"
 TOKENIZER = WEIGHTS / "tokenizers" / "clip-bpe"
 TINY_MODEL = WEIGHTS / "tiny" / "tiny-sd.safetensors"  # original single-file layout, float16
 TINY_SIZE = 32                                           # pixels: the size it was trained at
+TINY_INPAINTING = WEIGHTS / "tiny" / "tiny-inpainting.safetensors"  # its 9-channel inpainting twin, same layout

@@ -12,7 +12,7 @@ from .common import (OFFICIAL, UsageError, add_dtype_device_arguments, add_freeu
                      apply_speed_arguments, check_out_path, check_speed_arguments, freeu_from_args, parse_device,
                      parse_size)
 
-MODEL_NAMES = ("tiny", "tiny-random", "tiny-random-inpainting", *OFFICIAL)
+MODEL_NAMES = ("tiny", "tiny-inpainting", "tiny-random", "tiny-random-inpainting", *OFFICIAL)
 STEPS, TINY_STEPS = 30, 10  # default sampling steps; the random-weight tiny models make noise at any count
 UPSCALE_STEPS, TINY_UPSCALE_STEPS = 75, 10  # diffusers' default for the x2 upscaler; the tiny one
 PICKLES = (".ckpt", ".bin", ".pt", ".pth")
@@ -189,13 +189,16 @@ def check_generate_args(args):
 
 
 def load_pipeline(model, dtype=None, device=None, flag="--model", **shared):
-    """--model: 'tiny' (the shipped trained tiny model, 32 px shapes), 'tiny-random' ('tiny-random-inpainting': its
-    9-channel twin), an official name (downloaded once into the Hub cache), a folder, a file or a repo id.
+    """--model: 'tiny' (the shipped trained tiny model, 32 px shapes; 'tiny-inpainting': its trained 9-channel
+    twin), 'tiny-random' ('tiny-random-inpainting': its 9-channel twin), an official name (downloaded once into
+    the Hub cache), a folder, a file or a repo id.
     `shared`: loaded modules to use instead of loading them (--refiner)."""
     from ..pipelines.image import Pipeline
 
     if model == "tiny":
         return Pipeline.tiny(dtype=dtype, device=device)
+    if model == "tiny-inpainting":
+        return Pipeline.tiny_inpainting(dtype=dtype, device=device)
     if model in ("tiny-random", "tiny-random-inpainting"):
         print(f"minunet: {flag} {model} is a small RANDOM-weight model: it makes noise, not pictures.")
         pipe = Pipeline.tiny_random(in_channels=9 if model == "tiny-random-inpainting" else 4)

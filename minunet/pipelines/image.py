@@ -126,13 +126,28 @@ class Pipeline(UNetPipeline):
         """The tiny Stable Diffusion trained by `minunet train-tiny` and shipped in the package (16 MB): one plain
         shape of one colour on a plain background, e.g. "a red circle on a blue background", 32 x 32 px. An SD
         1.x-structure single file like any other (from_single_file), at the size it was trained at."""
-        from ..weights import TINY_MODEL, TINY_SIZE
+        from ..weights import TINY_MODEL
 
-        if not TINY_MODEL.is_file():
-            raise CheckpointError(f"{TINY_MODEL}: the shipped tiny model is missing from this installation")
+        return cls._shipped(TINY_MODEL, dtype, device)
+
+    @classmethod
+    def tiny_inpainting(cls, *, dtype=None, device=None):
+        """The tiny model's inpainting twin, shipped beside it (`minunet train-tiny --model tiny-inpainting`): the
+        9-channel SD 1.x UNet (latents ++ mask ++ masked-image latents) made from its UNet, on its VAE and text
+        encoder; give image= and mask_image= (white repaints), e.g. a hole to fill with "a red circle on a blue
+        background"."""
+        from ..weights import TINY_INPAINTING
+
+        return cls._shipped(TINY_INPAINTING, dtype, device)
+
+    @classmethod
+    def _shipped(cls, path, dtype, device):
+        from ..weights import TINY_SIZE
+
+        if not path.is_file():
+            raise CheckpointError(f"{path}: this shipped tiny model is missing from this installation")
         dtype = torch.float32 if dtype in (None, "auto") else dtype  # "auto": float32, bf16 gains nothing at 8 x 8
-        return cls.from_pipe(cls.from_single_file(TINY_MODEL, dtype=dtype, device=device),
-                             default_size=TINY_SIZE)
+        return cls.from_pipe(cls.from_single_file(path, dtype=dtype, device=device), default_size=TINY_SIZE)
 
     @classmethod
     def tiny_random(cls, family_name="sd1", seed=0, *, in_channels=4):
