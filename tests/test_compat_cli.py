@@ -161,7 +161,7 @@ def test_offline_messages_are_one_form(capsys, tmp_path, monkeypatch):
 
 
 def test_sdxl_model_with_upscale_is_refused(sdxl, capsys, tmp_path):
-    code, err = run(["generate", "x", "--model", str(sdxl[0]), "--upscale", "tiny", "--out", str(tmp_path / "o.png")],
+    code, err = run(["generate", "x", "--model", str(sdxl[0]), "--upscale", "tiny-random", "--out", str(tmp_path / "o.png")],
                     capsys)
     assert code == 2 and "the x2 latent upscaler takes SD 1.x / 2.x latents" in err and "sdxl model" in err
 

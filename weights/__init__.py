@@ -10,4 +10,5 @@ CONFIGS = WEIGHTS / "configs"
 MANIFESTS = WEIGHTS / "manifests"
 TOKENIZER = WEIGHTS / "tokenizers" / "clip-bpe"
 TINY_MODEL = WEIGHTS / "tiny" / "tiny-sd.safetensors"  # original single-file layout, float16
+TINY_UPSCALER = WEIGHTS / "tiny" / "tiny-upscaler.safetensors"  # its x2 latent upscaler's K-UNet, float16
 TINY_SIZE = 32                                           # pixels: the size it was trained at
