@@ -40,7 +40,7 @@ class UpscalerRecipe:
     kunet: KUNetConfig
     stages: dict                        # {"upscaler": Stage}
     size_cycle: tuple = (64, 64, 64, 32)  # step k upscales pictures of size_cycle[k % len] px to twice that
-    cache_size: int = 2048              # scenes whose latents (at every size) and text features are computed once
+    cache_size: int = 1536              # scenes whose latents (at every size) and text features are computed once
     caption_dropout: float = 0.1
     p_mean: float = P_MEAN
     p_std: float = P_STD
@@ -51,7 +51,7 @@ TINY_UPSCALER = UpscalerRecipe(
     # 1.34 M parameters, 2.7 MB in float16. fp32: bf16 autocast was measured slower at these widths
     kunet=KUNetConfig(block_out_channels=(32, 32, 64, 64), layers_per_block=2, head_size=32, context_dim=64,
                       time_cond_dim=2 * NOISE_LEVEL_FEATURES + 64),
-    stages={"upscaler": Stage(steps=1600, batch=32, lr=1e-3, sample_every=400)},
+    stages={"upscaler": Stage(steps=1000, batch=24, lr=1e-3, sample_every=250)},
 )
 RECIPES = {"tiny-upscaler": TINY_UPSCALER}
 RECIPE, STAGES = TINY_UPSCALER, ("upscaler",)
@@ -194,21 +194,45 @@ def psnr(a, b):
 
 
 @torch.no_grad()
-def held_out(pipe, n, small, data_seed, **call):
-    """Scenes VALIDATION_START .. + n: (truth at 2 x small px, bicubic of the small picture, the upscale of its
-    latents, the VAE round trip of the truth), all in [-1, 1]; `call`: UpscalePipeline arguments."""
-    indices = list(range(VALIDATION_START, VALIDATION_START + n))
-    truth, captions = shapes.draw_batch(indices, data_seed, 2 * small)
-    low = scene_latents(pipe, indices, small, data_seed)
-    small_pictures, _ = shapes.draw_batch(indices, data_seed, small)
-    bicubic = F.interpolate(small_pictures, scale_factor=2, mode="bicubic", align_corners=False).clamp(-1, 1)
+def held_out(pipe, n, small, data_seed, first=VALIDATION_START, **call):
+    """Scenes first .. first + n - 1 (never trained on) upscaled from `small` px; `call`: UpscalePipeline
+    arguments over TINY_DEFAULTS. -> a dict: images in [-1, 1] (B, 3, 2s, 2s): truth (drawn at 2 x small px),
+    bicubic (of the small picture), upscaled (decoded), vae (the VAE round trip of the truth, the ceiling),
+    latent_bicubic (a bicubic x2 of the small picture's latents, decoded); scaled latents (B, 4, s/2, s/2): target
+    (the truth's encoder latents), latents (the upscaler's)."""
     from ..pipelines.upscale import TINY_DEFAULTS
 
-    up = pipe(captions, image=low, generator=torch.Generator().manual_seed(0), output_type="pt", progress=False,
-              **{**TINY_DEFAULTS, **call}).images * 2 - 1
+    indices = list(range(first, first + n))
+    truth, captions = shapes.draw_batch(indices, data_seed, 2 * small)
+    small_pictures, _ = shapes.draw_batch(indices, data_seed, small)
+    low = scene_latents(pipe, indices, small, data_seed)
+    latents = pipe(captions, image=low, generator=torch.Generator().manual_seed(0), output_type="latent",
+                   progress=False, **{**TINY_DEFAULTS, **call}).images
+    target = scene_latents(pipe, indices, 2 * small, data_seed)
     vae = pipe.vae
-    ceiling = vae.decode(vae.encode(_like_vae(truth, vae)).mean).float().clamp(-1, 1)
-    return truth, bicubic, up.float(), ceiling
+
+    def decode(z):
+        return vae.decode(_like_vae(z / vae.scaling_factor, vae)).float().clamp(-1, 1)
+
+    bicubic = F.interpolate(small_pictures, scale_factor=2, mode="bicubic", align_corners=False).clamp(-1, 1)
+    latent_bicubic = decode(F.interpolate(low, scale_factor=2, mode="bicubic", align_corners=False))
+    return dict(truth=truth, bicubic=bicubic, upscaled=decode(latents), vae=decode(target),
+                latent_bicubic=latent_bicubic, target=target, latents=latents, low=low)
+
+
+def scores(h):
+    """held_out's dict -> dB: PSNR against the truth (upscaled, bicubic, vae: the ceiling), PSNR against the VAE
+    round trip (upscaled_vs_vae, latent_bicubic_vs_vae), and latent_gain = 10 log10 of the latent MSE of a bicubic
+    x2 of the small latents over the upscaler's (both against the truth's latents)."""
+    bicubic_latents = F.interpolate(h["low"], scale_factor=2, mode="bicubic", align_corners=False)
+
+    def mse(z):
+        return float((z - h["target"]).pow(2).mean())
+
+    return dict(upscaled=psnr(h["upscaled"], h["truth"]), bicubic=psnr(h["bicubic"], h["truth"]),
+                vae=psnr(h["vae"], h["truth"]), upscaled_vs_vae=psnr(h["upscaled"], h["vae"]),
+                latent_bicubic_vs_vae=psnr(h["latent_bicubic"], h["vae"]),
+                latent_gain=10 * math.log10(mse(bicubic_latents) / mse(h["latents"])))
 
 
 def upscaler_samples(recipe, run, step, pipe, seed):
@@ -216,16 +240,17 @@ def upscaler_samples(recipe, run, step, pipe, seed):
     small picture (nearest x2), its bicubic upscale, the upscaler's, the VAE round trip of the large picture, the
     large picture; their PSNRs go to OUT/psnr.tsv."""
     ema = ema_pipeline(recipe, run, pipe, seed)
-    truth, bicubic, up, ceiling = held_out(ema, 8, recipe.size_cycle[0], seed)
+    h = held_out(ema, 8, recipe.size_cycle[0], seed)
+    truth, bicubic, up, ceiling = h["truth"], h["bicubic"], h["upscaled"], h["vae"]
     nearest = F.interpolate(F.interpolate(truth, scale_factor=0.5, mode="area"), scale_factor=2, mode="nearest")
     save_grid(torch.cat([nearest, bicubic, up, ceiling, truth]), 8,
               Path(run.out) / "samples" / f"upscaler-{step:06d}.png", scale=1)
+    figures = scores(h)
     path = Path(run.out) / "psnr.tsv"
     if not path.is_file():
-        path.write_text("step\tupscaled\tbicubic\tvae_ceiling\tupscaled_vs_ceiling\n")
+        path.write_text("\t".join(["step", *figures]) + "\n")
     with path.open("a") as f:
-        f.write(f"{step}\t{psnr(up, truth):.2f}\t{psnr(bicubic, truth):.2f}\t{psnr(ceiling, truth):.2f}\t"
-                f"{psnr(up, ceiling):.2f}\n")
+        f.write("\t".join([str(step), *(f"{v:.2f}" for v in figures.values())]) + "\n")
 
 
 # ---- the file ---------------------------------------------------------------------------------------------------
