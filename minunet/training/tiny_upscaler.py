@@ -125,13 +125,15 @@ def scene_text(pipe, indices, data_seed):
         tuple(v.float() for v in pipe.encode_prompt([""], [], False))
 
 
-def build_cache(recipe, pipe, n, data_seed):
-    """{size: latents of scenes 0 .. n-1 at size px} for every size a step reads (small and large), and the text."""
+def build_cache(recipe, pipe, n, data_seed, progress=True):
+    """{size: latents of scenes 0 .. n-1 at size px} for every size a step reads (small and large), and the text
+    (each rank computes all of it)."""
     from tqdm import tqdm
 
     sizes = sorted({s for low in recipe.size_cycle for s in (low, 2 * low)})
     indices = list(range(n))
-    latents = {s: scene_latents(pipe, indices, s, data_seed) for s in tqdm(sizes, desc="latent cache", leave=False)}
+    bar = tqdm(sizes, desc="latent cache", leave=False, disable=not progress)
+    latents = {s: scene_latents(pipe, indices, s, data_seed) for s in bar}
     return latents, *scene_text(pipe, indices, data_seed)
 
 
@@ -159,7 +161,8 @@ def train_upscaler(recipe, out, *, seed=0, steps=None, batch=None, world=None, p
     run = Run("upscaler", stage, UpscalerLoss(kunet), world, out, _info(recipe, seed, stage))
     run.autocast_ok = False
     run.resume()
-    latents, (context, pooled), (empty_context, empty_pooled) = build_cache(recipe, pipe, recipe.cache_size, seed)
+    cache = build_cache(recipe, pipe, recipe.cache_size, seed, progress and world.main)
+    latents, (context, pooled), (empty_context, empty_pooled) = cache
     lo, hi = sigma_range(pipe)
     part = world.shard(stage.batch)
 
