@@ -15,9 +15,9 @@ import torch
 from minunet.pipelines.upscale import TINY_DEFAULTS, UpscalePipeline
 from minunet.training import tiny, tiny_upscaler as tu
 
-SETTINGS = [("defaults", {}), ("1 step", dict(num_inference_steps=1)), ("3 steps", dict(num_inference_steps=3)),
-            ("20 steps", dict(num_inference_steps=20)), ("guidance 1 (the prompt)",
-            dict(guidance_scale=1.0)), ("guidance 3", dict(guidance_scale=3.0)),
+SETTINGS = [("defaults (3 steps, guidance 1)", {}), ("1 step", dict(num_inference_steps=1)),
+            ("10 steps", dict(num_inference_steps=10)), ("20 steps", dict(num_inference_steps=20)),
+            ("guidance 0 (empty prompt)", dict(guidance_scale=0.0)), ("guidance 3", dict(guidance_scale=3.0)),
             ("FreeU b 1.3 / 1.4, s 0.9 / 0.2", dict(freeu=dict(s1=0.9, s2=0.2, b1=1.3, b2=1.4)))]
 
 
@@ -60,7 +60,7 @@ def main():
             figures, seconds, h = row(pipe, args.scenes, args.first, small, dict(call))
             print(f"| {small} -> {2 * small} px | {name} | " + " | ".join(f"{v:.1f}" for v in figures.values())
                   + f" | {seconds:.2f} |", flush=True)
-            if args.picture is not None and small == 64 and name == "defaults":
+            if args.picture is not None and small == 64 and name.startswith("defaults"):
                 grid = [h[k][:8] for k in ("bicubic", "upscaled", "vae", "truth")]
                 tiny.save_grid(torch.cat(grid), 8, args.picture, scale=1)
 

@@ -15,7 +15,7 @@ from .common import (OFFICIAL, UsageError, add_dtype_device_arguments, add_freeu
 MODEL_NAMES = ("tiny", "tiny-random", "tiny-random-inpainting", *OFFICIAL)
 STEPS, TINY_STEPS = 30, 10  # default sampling steps; the random-weight tiny models make noise at any count
 UPSCALE_STEPS, UPSCALE_CFG = 75, 9.0  # diffusers' defaults for the x2 upscaler
-TINY_UPSCALE_STEPS, TINY_UPSCALE_CFG = 10, 0.0  # --upscale tiny / tiny-random: pipelines.upscale.TINY_DEFAULTS
+TINY_UPSCALE_STEPS, TINY_UPSCALE_CFG = 3, 1.0  # --upscale tiny / tiny-random: pipelines.upscale.TINY_DEFAULTS
 TINY_UPSCALERS = ("tiny", "tiny-random")
 PICKLES = (".ckpt", ".bin", ".pt", ".pth")
 
