@@ -58,7 +58,8 @@ RECIPE, STAGES = TINY_UPSCALER, ("upscaler",)
 
 
 def step_generator(seed, step):
-    """The generator of step `step`'s draws (its own stream: tiny.step_generator's offsets name tiny's stages)."""
+    """The generator of step `step`'s draws: tiny.step_generator's formula, with this recipe's own offset (the
+    shipped file was trained with it; tiny's refine stage, added later, uses the same number for other draws)."""
     return torch.Generator().manual_seed(seed * 1_000_003 + 750_011 + step)
 
 
