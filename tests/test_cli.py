@@ -108,16 +108,17 @@ def test_no_network_says_how_to_use_a_local_file(monkeypatch, capsys):
 
 
 def test_generate_then_upscale_tiny(tmp_path, capsys):
-    """--model tiny --upscale tiny: the SD latents go to the x2 upscaler in one command (128 -> 256 px)."""
+    """--model tiny-random --upscale tiny-random: the SD latents go to the x2 upscaler in one command (128 -> 256
+    px)."""
     out = tmp_path / "up.png"
-    argv = ["generate", "a red fox", "--model", "tiny-random", "--steps", "2", "--upscale", "tiny", "--upscale-steps", "2",
-            "--upscale-cfg", "0", "--out", str(out)]
+    argv = ["generate", "a red fox", "--model", "tiny-random", "--steps", "2", "--upscale", "tiny-random",
+            "--upscale-steps", "2", "--upscale-cfg", "0", "--out", str(out)]
     assert main(argv) == 0
     assert "RANDOM-weight upscaler" in capsys.readouterr().out
     image = Image.open(out)
     assert image.size == (256, 256)
     params = json.loads(image.text["minunet"])["settings"]
-    assert (params["upscale"], params["upscale_steps"], params["upscale_cfg"]) == ("tiny", 2, 0.0)
+    assert (params["upscale"], params["upscale_steps"], params["upscale_cfg"]) == ("tiny-random", 2, 0.0)
     # the same command without --upscale gives the 128 px image the upscaler started from
     assert main(argv[:6] + ["--out", str(tmp_path / "plain.png")]) == 0
     assert Image.open(tmp_path / "plain.png").size == (128, 128)
@@ -128,13 +129,13 @@ def test_generate_then_upscale_tiny(tmp_path, capsys):
     (["--upscale-steps", "0"], "num_inference_steps=0 must be an integer >= 1"),
 ])
 def test_upscale_errors(argv, message, capsys):
-    assert main(["generate", "x", "--model", "tiny-random", "--steps", "1", "--upscale", "tiny", *argv]) == 2
+    assert main(["generate", "x", "--model", "tiny-random", "--steps", "1", "--upscale", "tiny-random", *argv]) == 2
     assert message in capsys.readouterr().err
 
 
 def test_upscale_unknown_model(capsys):
     assert main(["generate", "x", "--model", "tiny-random", "--steps", "1", "--upscale", "nothing-here"]) == 2
-    assert "--upscale nothing-here: not a folder, Hub repo id or known name (tiny, x2)" in capsys.readouterr().err
+    assert "--upscale nothing-here: not a folder, Hub repo id or known name (tiny, tiny-random, x2)" in capsys.readouterr().err
 
 
 def test_upscale_official_offline_says_how_to_use_a_folder(monkeypatch, capsys):

@@ -161,7 +161,7 @@ def test_offline_messages_are_one_form(capsys, tmp_path, monkeypatch):
 
 
 def test_sdxl_model_with_upscale_is_refused(sdxl, capsys, tmp_path):
-    code, err = run(["generate", "x", "--model", str(sdxl[0]), "--upscale", "tiny", "--out", str(tmp_path / "o.png")],
+    code, err = run(["generate", "x", "--model", str(sdxl[0]), "--upscale", "tiny-random", "--out", str(tmp_path / "o.png")],
                     capsys)
     assert code == 2 and "the x2 latent upscaler takes SD 1.x / 2.x latents" in err and "sdxl model" in err
 
@@ -176,7 +176,7 @@ def test_help_shows_defaults_and_version(capsys):
         main(["generate", "--help"])
     text = capsys.readouterr().out
     for fragment in ("(default: euler)", "(default: tiny)", "(default: 30; tiny-random models: 10)", "(default: 0)",
-                     "(default: minunet.png)", "(default: 75, diffusers'; with --upscale tiny: 10)"):
+                     "(default: minunet.png)", "(default: 75, diffusers'; with --upscale tiny: 3)"):
         assert fragment in " ".join(text.split()), fragment
     with pytest.raises(SystemExit):
         main(["video", "--help"])
@@ -199,7 +199,7 @@ def test_tiny_upscaler_gets_tiny_defaults(capsys, tmp_path, monkeypatch):
     monkeypatch.setattr(UpscalePipeline, "__call__", spy)
     assert main(["generate", "x", "--model", "tiny", "--size", "64x64", "--upscale", "tiny",
                  "--out", str(tmp_path / "o.png")]) == 0
-    assert seen == [10]
+    assert seen == [3]
 
 
 def test_readme_samplers_snippet_runs():

@@ -46,7 +46,7 @@ def test_cli_huge_cfg_exits_1_naming_it(tmp_path, capsys):
 def test_upscaler_and_video_name_a_damaged_weight():
     from minunet import UpscalePipeline, VideoPipeline
 
-    up = UpscalePipeline.tiny()
+    up = UpscalePipeline.tiny_random()
     up.unet.up_blocks[0].resnets[0].conv1.weight.data.view(-1)[0] = float("nan")
     with pytest.raises(NonFiniteError, match=r"upscaler UNet produced .* Its weight up_blocks.0.resnets.0.conv1.weight"):
         up("x", image=torch.randn(1, 4, 8, 8), num_inference_steps=2, progress=False)

@@ -11,5 +11,6 @@ CONFIGS = WEIGHTS / "configs"
 MANIFESTS = WEIGHTS / "manifests"
 TOKENIZER = WEIGHTS / "tokenizers" / "clip-bpe"
 TINY_MODEL = WEIGHTS / "tiny" / "tiny-sd.safetensors"  # original single-file layout, float16
+TINY_UPSCALER = WEIGHTS / "tiny" / "tiny-upscaler.safetensors"  # its x2 latent upscaler's K-UNet, float16
 TINY_SIZE = 32                                           # pixels: the size it was trained at
 TINY_INPAINTING = WEIGHTS / "tiny" / "tiny-inpainting.safetensors"  # its 9-channel inpainting twin, same layout

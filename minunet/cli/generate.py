@@ -14,7 +14,9 @@ from .common import (OFFICIAL, UsageError, add_dtype_device_arguments, add_freeu
 
 MODEL_NAMES = ("tiny", "tiny-inpainting", "tiny-random", "tiny-random-inpainting", *OFFICIAL)
 STEPS, TINY_STEPS = 30, 10  # default sampling steps; the random-weight tiny models make noise at any count
-UPSCALE_STEPS, TINY_UPSCALE_STEPS = 75, 10  # diffusers' default for the x2 upscaler; the tiny one
+UPSCALE_STEPS, UPSCALE_CFG = 75, 9.0  # diffusers' defaults for the x2 upscaler
+TINY_UPSCALE_STEPS, TINY_UPSCALE_CFG = 3, 1.0  # --upscale tiny / tiny-random: pipelines.upscale.TINY_DEFAULTS
+TINY_UPSCALERS = ("tiny", "tiny-random")
 PICKLES = (".ckpt", ".bin", ".pt", ".pth")
 
 
@@ -177,8 +179,7 @@ def check_generate_args(args):
                          "sigmas; use --sampler euler, euler_a or dpmpp_2m, or drop --karras")
     tiny = args.model.startswith("tiny-random")  # the trained tiny model takes the usual default
     args.steps = args.steps if args.steps is not None else TINY_STEPS if tiny else STEPS
-    if args.upscale_steps is None:
-        args.upscale_steps = TINY_UPSCALE_STEPS if args.upscale == "tiny" else UPSCALE_STEPS
+    check_upscale_args(args)
     check_loras(args.lora)
     out = check_out_path("--out", args.out)
     Image.init()
@@ -403,24 +404,42 @@ UPSCALERS = {"x2": ("stabilityai/sd-x2-latent-upscaler", "refs/pr/5")}
 def add_upscale_arguments(p):
     g = p.add_argument_group("x2 latent upscaler (SD latents -> an image twice the size, one command)")
     g.add_argument("--upscale", default=None, metavar="MODEL",
-                   help="tiny | x2 (stabilityai/sd-x2-latent-upscaler) | a diffusers folder | a Hub repo id")
+                   help="tiny (the trained tiny upscaler, for --model tiny: 32 -> 64 px) | tiny-random | x2 "
+                        "(stabilityai/sd-x2-latent-upscaler) | a diffusers folder | a Hub repo id")
     g.add_argument("--upscale-steps", type=int, default=None,
                    help=f"upscaler steps (default: {UPSCALE_STEPS}, diffusers'; with --upscale tiny: {TINY_UPSCALE_STEPS})")
-    g.add_argument("--upscale-cfg", type=float, default=9.0,
-                   help="upscaler guidance (diffusers' default 9.0; 0 = empty prompt, as the documented examples)")
+    g.add_argument("--upscale-cfg", type=float, default=None,
+                   help=f"upscaler guidance (default: {UPSCALE_CFG:g}, diffusers'; with --upscale tiny: "
+                        f"{TINY_UPSCALE_CFG:g}; 0 = empty prompt, as the documented examples)")
     g.add_argument("--upscale-revision", default=None, help="Hub ref of a repo id given to --upscale")
+
+
+def check_upscale_args(args):
+    """The upscaler's defaults (the tiny ones for the tiny upscalers), and the tiny upscaler only on the latents
+    it was trained on (the tiny model's VAE)."""
+    tiny = args.upscale in TINY_UPSCALERS
+    if args.upscale_steps is None:
+        args.upscale_steps = TINY_UPSCALE_STEPS if tiny else UPSCALE_STEPS
+    if args.upscale_cfg is None:
+        args.upscale_cfg = TINY_UPSCALE_CFG if tiny else UPSCALE_CFG
+    if args.upscale == "tiny" and args.model != "tiny":
+        raise UsageError(f"--upscale tiny with --model {args.model}: the tiny upscaler was trained on the latents of "
+                         "--model tiny (its VAE); use --model tiny, or --upscale tiny-random for a random-weight one")
 
 
 def load_upscaler(model, args, dtype):
     from ..pipelines.upscale import UpscalePipeline
 
     if model == "tiny":
-        print("minunet: --upscale tiny is a small RANDOM-weight upscaler: it makes noise, not pictures.")
-        return UpscalePipeline.tiny()
+        return UpscalePipeline.tiny(dtype=dtype, device=args.device)
+    if model == "tiny-random":
+        print("minunet: --upscale tiny-random is a small RANDOM-weight upscaler: it makes noise, not pictures.")
+        return UpscalePipeline.tiny_random()
     repo, revision = UPSCALERS.get(model, (model, args.upscale_revision))
     if Path(repo).is_dir() or (repo.count("/") == 1 and not Path(repo).exists()):
         return UpscalePipeline.from_pretrained(repo, dtype=dtype, device=args.device, revision=revision)
-    raise UsageError(f"--upscale {model}: not a folder, Hub repo id or known name (tiny, {', '.join(UPSCALERS)})")
+    raise UsageError(f"--upscale {model}: not a folder, Hub repo id or known name ({', '.join(TINY_UPSCALERS)}, "
+                     f"{', '.join(UPSCALERS)})")
 
 
 class UpscaledPipeline:

@@ -17,7 +17,7 @@ from ..models.video import VideoUNet
 from . import video
 from .configs import is_kunet_config, is_video_config, kunet_config, unet_config, video_config
 from .io import (check_device, hub_download, load_folder_weights, load_into, load_mapped, looks_like_repo_id,
-                 read_header, read_json, refuse_pickle)
+                 load_safetensors, read_header, read_json, refuse_pickle)
 from .precision import auto_channels_last, resolve_dtype
 
 
@@ -73,6 +73,29 @@ def _load_diffusers_folder(path, dtype, device, variant):
     with torch.device("meta"):
         model = model_class(config)
     return load_into(model, state, file, dtype, device).eval()
+
+
+def load_kunet_file(path, *, dtype=None, device=None) -> KUNet:
+    """A K-UNet in one safetensors file: diffusers' tensor names, its diffusers config.json as the `config`
+    metadata string (the tiny upscaler's file, written by minunet.training.tiny_upscaler). Loaded strictly."""
+    import json
+
+    from safetensors import safe_open
+
+    check_device("load_kunet_file: device", device)
+    read_header(path)  # the header checks first: one clear line for a file that is not safetensors
+    with safe_open(str(path), framework="pt") as f:
+        meta = f.metadata() or {}
+    try:
+        raw = json.loads(meta["config"])
+        config = kunet_config(raw, source=f"{path} (metadata 'config')")
+    except (KeyError, json.JSONDecodeError, ValueError) as e:
+        raise CheckpointError(f"{path}: no usable K-UNet config in the metadata key 'config' ({e}); expected the "
+                              "diffusers config.json of a K-UNet, as `minunet train-tiny --model tiny-upscaler` "
+                              "writes it") from None
+    with torch.device("meta"):
+        model = KUNet(config)
+    return load_into(model, load_safetensors(path), path, resolve_dtype(dtype, device), device).eval()
 
 
 def load_unet_single_file(path, *, dtype=None, device=None, config=None) -> UNet:

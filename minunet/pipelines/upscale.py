@@ -43,6 +43,9 @@ from .common import UNetPipeline, check_output_type, fetch_pipeline, progress
 from .images import from_pil, to_pil
 
 NOISE_LEVEL_FEATURES = 64  # half of the noise-level embedding in timestep_cond: cos(0) = 1 x 64, sin(0) = 0 x 64
+# UpscalePipeline.tiny()'s sampler settings (`--upscale tiny`'s defaults): the best PSNR on held-out scenes other
+# than the tests' (benchmarks/tiny_upscaler.py --first 1000010000; README); guidance 1 = the prompt, no CFG
+TINY_DEFAULTS = dict(num_inference_steps=3, guidance_scale=1.0)
 
 
 @dataclass
@@ -103,8 +106,34 @@ class UpscalePipeline(UNetPipeline):
         return cls(unet, vae, text, tokenizer, Schedule.from_config(sched))
 
     @classmethod
-    def tiny(cls, seed=0):
-        """A small random-initialised upscaler built in memory from a fixed seed, for demos and tests: it runs
+    def tiny(cls, *, dtype=None, device=None):
+        """The tiny x2 upscaler trained by `minunet train-tiny --model tiny-upscaler` and shipped in the package:
+        its K-UNet (weights/tiny/tiny-upscaler.safetensors) with the tiny image model's VAE, text encoder and
+        tokenizer (Pipeline.tiny()). It upscales that model's latents of 32 or 64 px pictures (8 x 8 -> 16 x 16,
+        16 x 16 -> 32 x 32); sampler defaults in TINY_DEFAULTS."""
+        from ..loading.unet import load_kunet_file
+        from ..weights import TINY_UPSCALER
+
+        if not TINY_UPSCALER.is_file():
+            raise CheckpointError(f"{TINY_UPSCALER}: the shipped tiny upscaler is missing from this installation")
+        dtype = torch.float32 if dtype in (None, "auto") else dtype  # as Pipeline.tiny: bf16 gains nothing here
+        return cls.with_tiny_parts(load_kunet_file(TINY_UPSCALER, dtype=dtype, device=device), dtype=dtype,
+                                   device=device)
+
+    @classmethod
+    def with_tiny_parts(cls, unet, *, dtype=None, device=None):
+        """`unet` (a KUNet) with the shipped tiny image model's VAE, text encoder and tokenizer, and the official
+        upscaler's scheduler config (training and tiny())."""
+        from .image import Pipeline
+        from ..weights import CONFIGS
+
+        parts = Pipeline.tiny(dtype=dtype, device=device)
+        sched = read_json(CONFIGS / "sd-x2-latent-upscaler" / "scheduler" / "scheduler_config.json", "scheduler config")
+        return cls(unet, parts.vae, parts.text.encoders[0], parts.text.tokenizers[0], Schedule.from_config(sched))
+
+    @classmethod
+    def tiny_random(cls, seed=0):
+        """A small random-initialised upscaler built in memory from a fixed seed, for tests and timing: it runs
         anywhere in seconds and makes noise, not pictures. Its VAE has Pipeline.tiny_random()'s structure (x8)."""
         from transformers import CLIPTextModel
 

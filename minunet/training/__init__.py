@@ -10,7 +10,8 @@ import importlib
 
 # --model of `minunet train-tiny` -> the module of its recipe
 MODELS = {"tiny": "minunet.training.tiny",
-          "tiny-inpainting": "minunet.training.tiny_inpainting"}
+          "tiny-inpainting": "minunet.training.tiny_inpainting",
+          "tiny-upscaler": "minunet.training.tiny_upscaler"}
 
 
 def recipe_module(name):
