@@ -11,3 +11,5 @@ MANIFESTS = WEIGHTS / "manifests"
 TOKENIZER = WEIGHTS / "tokenizers" / "clip-bpe"
 TINY_MODEL = WEIGHTS / "tiny" / "tiny-sd.safetensors"  # original single-file layout, float16
 TINY_SIZE = 32                                           # pixels: the size it was trained at
+TINY_VIDEO_MODEL = WEIGHTS / "tiny" / "tiny-video.safetensors"  # its video UNet (ModelScope layout), float16
+TINY_VIDEO_FRAMES = 8                                            # the clip length it was trained at

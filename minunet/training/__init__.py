@@ -9,7 +9,8 @@ Each recipe module has `RECIPE` (its parts and stages), `STAGES` (the stage name
 import importlib
 
 # --model of `minunet train-tiny` -> the module of its recipe
-MODELS = {"tiny": "minunet.training.tiny"}
+MODELS = {"tiny": "minunet.training.tiny",
+          "tiny-video": "minunet.training.tiny_video"}
 
 
 def recipe_module(name):
