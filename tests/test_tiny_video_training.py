@@ -133,9 +133,9 @@ def held_out_loss(recipe, unet, base, n=16):
 
 
 def test_a_short_run_lowers_the_loss(tmp_path, base):
-    """Narrow widths, 30 steps of 4 clips: the held-out loss falls under 80% of the untrained model's."""
-    stage = tiny.Stage(steps=30, batch=4, lr=2e-3, warmup=5, sample_every=10 ** 6, checkpoint_every=10 ** 6)
-    recipe = dataclasses.replace(SMALL, cache_size=120, stages={"unet": stage})
+    """Narrow widths, 20 steps of 4 clips: the held-out loss falls under 80% of the untrained model's."""
+    stage = tiny.Stage(steps=20, batch=4, lr=2e-3, warmup=5, sample_every=10 ** 6, checkpoint_every=10 ** 6)
+    recipe = dataclasses.replace(SMALL, cache_size=80, stages={"unet": stage})
     before = held_out_loss(recipe, tiny_video.build_unet(recipe, 0, base.unet), base)
     after = held_out_loss(recipe, tiny_video.train_unet(recipe, tmp_path, base=base, progress=False), base)
     assert after < 0.8 * before, (before, after)

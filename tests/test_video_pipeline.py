@@ -101,7 +101,8 @@ def test_defaults_are_diffusers(tiny):
 
     folder, ours = tiny
     p = inspect.signature(VideoPipeline.__call__).parameters
-    assert (p["num_frames"].default, p["num_inference_steps"].default, p["guidance_scale"].default) == (16, 50, 9.0)
+    assert (p["num_inference_steps"].default, p["guidance_scale"].default) == (50, 9.0)
+    assert p["num_frames"].default is None and ours.default_frames == 16  # None: the pipeline's, 16 as diffusers
     theirs = diffusers_pipe(folder, "DDIMScheduler")
     kw = dict(prompt="a fox", num_inference_steps=2, num_frames=2)
     a = ours(**kw, generator=gen(), progress=False).frames
