@@ -70,7 +70,7 @@ SMALL = dataclasses.replace(
     vae=dataclasses.replace(tiny.TINY.vae, block_out_channels=(32, 32, 32, 32)),
     unet=dataclasses.replace(tiny.TINY.unet, block_out_channels=(32, 64)),
     text_layers=1, cache_size=64,
-    stages={"vae": tiny.Stage(**STAGE), "decoder": tiny.Stage(**STAGE), "unet": tiny.Stage(**STAGE)})
+    stages={name: tiny.Stage(**STAGE) for name in tiny.STAGES})
 
 
 def stage_params(out, name):
@@ -83,6 +83,8 @@ def run_stages(out, gradient_checkpointing=False, **kw):
     tiny.train_decoder(SMALL, out, vae=vae, progress=False, mixed_precision="no", **kw)
     tiny.train_unet(SMALL, out, vae=vae, progress=False, mixed_precision="no",
                     gradient_checkpointing=gradient_checkpointing, **kw)
+    return tiny.train_refine(SMALL, out, vae=vae, progress=False, mixed_precision="no",
+                             gradient_checkpointing=gradient_checkpointing, **kw)
 
 
 def test_resuming_gives_the_parameters_of_a_run_that_never_stopped(tmp_path):
@@ -93,7 +95,9 @@ def test_resuming_gives_the_parameters_of_a_run_that_never_stopped(tmp_path):
     tiny.train_decoder(SMALL, tmp_path / "stopped", progress=False, mixed_precision="no")
     tiny.train_unet(SMALL, tmp_path / "stopped", vae=vae, progress=False, mixed_precision="no", stop_at=2)
     tiny.train_unet(SMALL, tmp_path / "stopped", vae=vae, progress=False, mixed_precision="no")
-    for name in ("vae", "decoder", "unet"):
+    tiny.train_refine(SMALL, tmp_path / "stopped", vae=vae, progress=False, mixed_precision="no", stop_at=5)
+    tiny.train_refine(SMALL, tmp_path / "stopped", vae=vae, progress=False, mixed_precision="no")
+    for name in tiny.STAGES:
         a, b = stage_params(tmp_path / "straight", name), stage_params(tmp_path / "stopped", name)
         assert a.keys() == b.keys()
         for k in a:
@@ -144,7 +148,7 @@ def test_two_gloo_ranks_give_one_process_parameters(tmp_path):
     script.write_text(DDP_SCRIPT.format(tests=str(Path(__file__).parent)))
     torchrun(script, 2, tmp_path / "two", 1)
     run_stages(tmp_path / "one")
-    for name in ("vae", "decoder", "unet"):
+    for name in tiny.STAGES:
         a, b = stage_params(tmp_path / "one", name), stage_params(tmp_path / "two", name)
         assert a.keys() == b.keys()
         worst = max(float((a[k] - b[k]).abs().max()) for k in a)
@@ -159,7 +163,21 @@ def tiny_initial(name, out):
         return {f"model.vae.{k}": v for k, v in tiny.load_stage_vae(SMALL, out, "vae").state_dict().items()}
     if name == "vae":
         return {f"model.vae.{k}": v for k, v in tiny.build_vae(SMALL, 0).state_dict().items()}
+    if name == "refine":  # starts from the unet stage's EMA UNet
+        return {f"model.unet.{k}": v for k, v in tiny.unet_stage_result(SMALL, out, 0)[0].state_dict().items()}
     return {f"model.unet.{k}": v for k, v in tiny.build_unet(SMALL, 0).state_dict().items()}
+
+
+def test_the_refine_stage_trains_the_unet_and_keeps_the_text_encoder(tmp_path):
+    """The models built on the tiny model's text encoder (video, upscaler, inpainting) need it unchanged."""
+    unet, text = run_stages(tmp_path)
+    start_unet, start_text = tiny.unet_stage_result(SMALL, tmp_path, 0)
+    for k, v in start_text.state_dict().items():
+        assert torch.equal(text.state_dict()[k], v), k
+    moved = max(float((unet.state_dict()[k] - v).abs().max()) for k, v in start_unet.state_dict().items())
+    assert moved > 1e-3
+    state = load_safetensors(tmp_path / "refine-state.safetensors")
+    assert not any(k.startswith(("model.text.", "ema.text.")) for k in state)  # frozen: not trained, not saved
 
 
 @torch.no_grad()
@@ -203,9 +221,10 @@ def test_train_tiny_command_writes_log_samples_and_checkpoint(tmp_path, capsys):
 @pytest.mark.parametrize("argv,message", [
     (["--batch-size", "0"], "--batch-size 0: must be a positive integer"),
     (["--model", "huge"], "--model huge: no such recipe (known: tiny"),
-    (["--stage", "upscale"], "--stage upscale: not a stage of --model tiny (known: vae, decoder, unet, all)"),
+    (["--stage", "upscale"], "--stage upscale: not a stage of --model tiny (known: vae, decoder, unet, refine, all)"),
     (["--stage", "unet"], "vae.safetensors: not found: the next stage needs the vae stage's output"),
     (["--stage", "decoder"], "vae.safetensors: not found: the next stage needs the vae stage's output"),
+    (["--stage", "refine"], "vae.safetensors: not found: the next stage needs the vae stage's output"),
 ])
 def test_train_tiny_usage_errors(tmp_path, capsys, argv, message):
     from minunet.cli import main

@@ -77,5 +77,8 @@ def cmd_train(args):
     finally:
         distributed.stop(world)
     if world.main:
-        done = path if path is not None else Path(args.out) / f"{args.stage}.safetensors"
+        out = Path(args.out)  # a stage's own file (vae, decoder), else its checkpoint (unet, before refine)
+        written = [p for p in (out / f"{args.stage}.safetensors", out / f"{args.stage}-state.safetensors")
+                   if p.is_file()]
+        done = path if path is not None else (written + [out])[0]
         print(f"wrote {done}")

@@ -70,10 +70,13 @@ TINY = Recipe(
     stages={"vae": Stage(steps=1500, batch=32, lr=1e-3, autocast=True),
             # the decoder alone, on the frozen encoder's latents (as sd-vae-ft-mse): sharper edges, same latents
             "decoder": Stage(steps=1000, batch=32, lr=5e-4, autocast=True),
-            "unet": Stage(steps=2000, batch=64, lr=1e-3)},
+            "unet": Stage(steps=2000, batch=64, lr=1e-3),
+            # the unet stage's EMA UNet trained on, on other pictures, at a lower rate, the text encoder frozen (the
+            # video, upscaler and inpainting models are built on it)
+            "refine": Stage(steps=3000, batch=64, lr=3e-4)},
 )
 RECIPES = {"tiny": TINY}
-RECIPE, STAGES = TINY, ("vae", "decoder", "unet")  # what `minunet train-tiny --model tiny` runs
+RECIPE, STAGES = TINY, ("vae", "decoder", "unet", "refine")  # what `minunet train-tiny --model tiny` runs
 
 
 # ---- the parts ---------------------------------------------------------------------------------------------
@@ -156,8 +159,11 @@ def sd15_schedule():
 
 
 # ---- the loop -------------------------------------------------------------------------------------------------
+STAGE_SEEDS = {"vae": 0, "decoder": 250_007, "unet": 500_009, "refine": 750_011}
+
+
 def step_generator(seed, stage, step):
-    return torch.Generator().manual_seed(seed * 1_000_003 + {"vae": 0, "unet": 500_009, "decoder": 250_007}[stage] + step)
+    return torch.Generator().manual_seed(seed * 1_000_003 + STAGE_SEEDS[stage] + step)
 
 
 def lr_at(stage, step):
@@ -415,28 +421,77 @@ def train_unet(recipe, out, *, seed=0, steps=None, batch=None, world=None, mixed
     run = Run("unet", stage, loss, world, out, _info(recipe, "unet", seed, stage, mixed_precision))
     run.autocast_ok = mixed_precision == "bf16"
     run.resume()
-    data_seed = seed + recipe.data_seed_offset
-    latents, ids, empty = latent_cache(recipe, vae, min(recipe.cache_size, stage.steps * stage.batch), data_seed)
-    part = world.shard(stage.batch)
+    batch_fn = denoiser_batches(recipe, run, vae, seed, data_start=0)
+    train_loop(run, batch_fn, lambda r, k: unet_samples(recipe, r, k, vae), progress, stop_at)
+    return ema_models(recipe, run, seed)
+
+
+def denoiser_batches(recipe, run, vae, seed, data_start):
+    """batch_fn(step) of a denoiser stage: cached latents and ids of samples data_start .. data_start + n - 1 in
+    turn, and timesteps, noise and caption dropout drawn from the step's generator over the global batch."""
+    stage, world = run.stage, run.world
+    n = min(recipe.cache_size, stage.steps * stage.batch)
+    latents, ids, empty = latent_cache(recipe, vae, n, seed + recipe.data_seed_offset, start=data_start)
+    part, steps = world.shard(stage.batch), len(run.module.abar)
 
     def batch_fn(step):
         idx = (torch.arange(stage.batch) + step * stage.batch) % len(latents)
-        g = step_generator(seed, "unet", step)
-        t = torch.randint(0, len(loss.abar), (stage.batch,), generator=g)
+        g = step_generator(seed, run.name, step)
+        t = torch.randint(0, steps, (stage.batch,), generator=g)
         eps = torch.randn((stage.batch, *latents.shape[1:]), generator=g)
         drop = torch.rand(stage.batch, generator=g) < recipe.caption_dropout  # -> "" (the negative prompt of CFG)
         tokens = torch.where(drop[:, None], empty, ids[idx])
         return tuple(v[part].to(world.device) for v in (tokens, latents[idx], t, eps))
 
-    train_loop(run, batch_fn, lambda r, k: unet_samples(recipe, r, k, vae), progress, stop_at)
-    return ema_models(recipe, run, seed)
+    return batch_fn
 
 
-def ema_models(recipe, run, seed):
+def ema_models(recipe, run, seed, text_state=None):
+    """(unet, text) with the run's EMA weights; text_state: the text encoder's when the run froze it."""
     text, unet = build_text(recipe, seed), build_unet(recipe, seed)
-    text.load_state_dict(run.ema_state("text."))
+    text.load_state_dict(text_state if text_state is not None else run.ema_state("text."))
     unet.load_state_dict(run.ema_state("unet."))
     return unet.eval(), text.eval()
+
+
+# ---- stage 3: refine the UNet, the text encoder frozen ---------------------------------------------------------
+REFINE_DATA_START = 2 * 10 ** 8  # the refine stage's pictures: others than the unet stage's
+
+
+def unet_stage_result(recipe, out, seed):
+    """(unet, text) with the EMA weights the unet stage saved in OUT/unet-state.safetensors (its last step)."""
+    from ..errors import CheckpointError
+    from ..loading.io import load_safetensors
+
+    path = Path(out) / "unet-state.safetensors"
+    if not path.is_file():
+        raise CheckpointError(f"{path}: not found: the refine stage needs the unet stage's result (run --stage unet "
+                              "first, or --stage all)")
+    state = load_safetensors(path)
+    text, unet = build_text(recipe, seed), build_unet(recipe, seed)
+    text.load_state_dict({k[len("ema.text."):]: v for k, v in state.items() if k.startswith("ema.text.")})
+    unet.load_state_dict({k[len("ema.unet."):]: v for k, v in state.items() if k.startswith("ema.unet.")})
+    return unet, text
+
+
+def train_refine(recipe, out, *, seed=0, steps=None, batch=None, world=None, mixed_precision="bf16", progress=True,
+                 vae=None, gradient_checkpointing=False, stop_at=None):
+    """Train (or resume) the refine stage from the unet stage's EMA UNet, its text encoder frozen; -> (unet, text)."""
+    world = world or distributed.World()
+    stage = _stage(recipe, "refine", steps, batch)
+    vae = vae if vae is not None else load_stage_vae(recipe, out, "vae")
+    unet, text = unet_stage_result(recipe, out, seed)
+    text.requires_grad_(False)
+    text_state = {k: v.clone() for k, v in text.state_dict().items()}
+    if gradient_checkpointing:
+        unet.enable_gradient_checkpointing()
+    loss = DenoiserLoss(unet, text.eval(), sd15_schedule().alphas_cumprod(), recipe.min_snr)
+    run = Run("refine", stage, loss, world, out, _info(recipe, "refine", seed, stage, mixed_precision))
+    run.autocast_ok = mixed_precision == "bf16"
+    run.resume()
+    batch_fn = denoiser_batches(recipe, run, vae, seed, data_start=REFINE_DATA_START)
+    train_loop(run, batch_fn, lambda r, k: unet_samples(recipe, r, k, vae, text_state), progress, stop_at)
+    return ema_models(recipe, run, seed, text_state)
 
 
 def load_stage_vae(recipe, out, name="decoder"):
@@ -454,12 +509,13 @@ def load_stage_vae(recipe, out, name="decoder"):
 
 
 @torch.no_grad()
-def latent_cache(recipe, vae, n, data_seed, chunk=256):
-    """Scaled latents (n, 4, h, w) (posterior means) and token ids (n, 77) of samples 0 .. n-1, and the ids of ""."""
+def latent_cache(recipe, vae, n, data_seed, chunk=256, start=0):
+    """Scaled latents (n, 4, h, w) (posterior means) and token ids (n, 77) of samples start .. start + n - 1, and
+    the ids of ""."""
     tok = tokenizer()
     latents, ids = [], []
-    for start in range(0, n, chunk):
-        x, captions = shapes.draw_batch(range(start, min(n, start + chunk)), data_seed, recipe.image_size)
+    for first in range(start, start + n, chunk):
+        x, captions = shapes.draw_batch(range(first, min(start + n, first + chunk)), data_seed, recipe.image_size)
         latents.append(vae.encode(x).mean * recipe.vae.scaling_factor)
         ids.append(token_ids(tok, captions))
     return torch.cat(latents), torch.cat(ids), token_ids(tok, [""])[0]
@@ -480,13 +536,13 @@ def pipeline(recipe, unet, vae, text):
     return Pipeline(unet, vae, conditioner, sd15_schedule(), default_size=recipe.image_size)
 
 
-def unet_samples(recipe, run, step, vae):
-    """OUT/samples/unet-STEP.png: SAMPLE_PROMPTS with the EMA weights, Euler 20 steps, guidance 7.5, seed 0."""
-    unet, text = ema_models(recipe, run, 0)
+def unet_samples(recipe, run, step, vae, text_state=None):
+    """OUT/samples/NAME-STEP.png: SAMPLE_PROMPTS with the EMA weights, Euler 20 steps, guidance 7.5, seed 0."""
+    unet, text = ema_models(recipe, run, 0, text_state)
     pipe = pipeline(recipe, unet, vae, text)
     images = pipe(SAMPLE_PROMPTS, num_inference_steps=20, generator=torch.Generator().manual_seed(0),
                   output_type="pt", progress=False).images
-    save_grid(images * 2 - 1, 8, Path(run.out) / "samples" / f"unet-{step:06d}.png")
+    save_grid(images * 2 - 1, 8, Path(run.out) / "samples" / f"{run.name}-{step:06d}.png")
 
 
 # ---- the single file --------------------------------------------------------------------------------------------
@@ -513,9 +569,9 @@ def write_single_file(path, unet, vae, text, metadata=None):
     save_file(single_file_state(unet, vae, text), str(path), metadata={"format": "pt", **(metadata or {})})
 
 
-def train(recipe, out, *, stages=("vae", "decoder", "unet"), seed=0, steps=None, batch=None, mixed_precision="bf16",
+def train(recipe, out, *, stages=STAGES, seed=0, steps=None, batch=None, mixed_precision="bf16",
           progress=True, gradient_checkpointing=False, world=None):
-    """The recipe: the stages asked for, then OUT/model.safetensors when the unet stage ran."""
+    """The recipe: the stages asked for, then OUT/model.safetensors when the recipe's last stage ran."""
     world = world or distributed.World()
     Path(out).mkdir(parents=True, exist_ok=True)
     common = dict(seed=seed, steps=steps, batch=batch, world=world, mixed_precision=mixed_precision,
@@ -526,9 +582,11 @@ def train(recipe, out, *, stages=("vae", "decoder", "unet"), seed=0, steps=None,
         train_vae(recipe, out, **common)
     if "decoder" in stages:
         train_decoder(recipe, out, **common)
-    if "unet" not in stages:
+    models = {"unet": train_unet, "refine": train_refine}
+    for name in [n for n in models if n in stages and n in recipe.stages]:
+        unet, text = models[name](recipe, out, gradient_checkpointing=gradient_checkpointing, **common)
+    if list(recipe.stages)[-1] not in stages:
         return None
-    unet, text = train_unet(recipe, out, gradient_checkpointing=gradient_checkpointing, **common)
     vae = load_stage_vae(recipe, out, "decoder" if "decoder" in recipe.stages else "vae")
     path = Path(out) / "model.safetensors"
     if world.main:
