@@ -101,10 +101,10 @@ def judge_clip(frames):
     larger component, None under MIN_TRAVEL or without an object in some frame)."""
     verdicts = [judge(f) for f in frames]
     masks = [object_mask(f) for f in frames]
-    colours = [v["colour"] for v in verdicts]
+    colours, backgrounds = [v["colour"] for v in verdicts], [v["background"] for v in verdicts]
     one = all(len([n for n in pieces(m) if n >= MIN_PIECE]) == 1 for m in masks) and len(set(colours)) == 1
-    out = dict(colour=max(set(colours), key=colours.count), one_object=one, travel=None, direction=None,
-               background=max(set(v["background"] for v in verdicts), key=[v["background"] for v in verdicts].count))
+    out = dict(colour=most_frequent(colours), background=most_frequent(backgrounds), one_object=one, travel=None,
+               direction=None)
     points = [centroid(m) for m in masks]
     if any(p is None for p in points):
         return out
@@ -116,6 +116,10 @@ def judge_clip(frames):
     if max(abs(dx), abs(dy)) >= MIN_TRAVEL:
         out["direction"] = ("right" if dx > 0 else "left") if abs(dx) >= abs(dy) else ("down" if dy > 0 else "up")
     return out
+
+
+def most_frequent(names):
+    return max(set(names), key=names.count)
 
 
 def score_clips(clips, expected):
