@@ -58,3 +58,76 @@ def score(images, expected):
     return {"colour": sum(v["colour"] == c for v, (c, _, _) in zip(verdicts, expected)) / n,
             "background": sum(v["background"] == b for v, (_, _, b) in zip(verdicts, expected)) / n,
             "shape": sum(v["shape"] == s for v, (_, s, _) in zip(verdicts, expected)) / n}
+
+
+# ---- clips (the tiny video model) -----------------------------------------------------------------------------
+MIN_PIECE = 4        # object pixels (8-connected) that count as a separate piece; fewer: a stray speck
+MIN_TRAVEL = 2.0     # pixels the centroid must travel from the first frame to the last to move at all
+
+
+def object_mask(image):
+    """(H, W) bool: the pixels farther than DIFFER from the median border colour (as judge)."""
+    x = to_rgb255(image)
+    border = torch.cat([x[:, 0], x[:, -1], x[:, :, 0], x[:, :, -1]], dim=1)
+    return (x - border.median(dim=1).values[:, None, None]).norm(dim=0) > DIFFER
+
+
+def pieces(mask):
+    """Sizes of the 8-connected groups of True pixels of a (H, W) mask, largest first."""
+    todo, sizes = {tuple(p) for p in torch.nonzero(mask).tolist()}, []
+    while todo:
+        stack, n = [todo.pop()], 0
+        while stack:
+            r, c = stack.pop()
+            n += 1
+            for q in ((r + i, c + j) for i in (-1, 0, 1) for j in (-1, 0, 1)):
+                if q in todo:
+                    todo.remove(q)
+                    stack.append(q)
+        sizes.append(n)
+    return sorted(sizes, reverse=True)
+
+
+def centroid(mask):
+    """(x, y) of the mask's pixels, or None for an empty mask."""
+    rows, cols = torch.nonzero(mask, as_tuple=True)
+    return None if len(rows) == 0 else (float(cols.float().mean()), float(rows.float().mean()))
+
+
+def judge_clip(frames):
+    """(F, 3, H, W) in [0, 1] -> dict(colour= the most frequent frame colour, background= likewise, one_object=
+    every frame holds exactly one piece of >= MIN_PIECE pixels and the same object colour, travel=(dx, dy) px of
+    the least-squares line through the centroids over the clip, direction= left / right / up / down along the
+    larger component, None under MIN_TRAVEL or without an object in some frame)."""
+    verdicts = [judge(f) for f in frames]
+    masks = [object_mask(f) for f in frames]
+    colours, backgrounds = [v["colour"] for v in verdicts], [v["background"] for v in verdicts]
+    one = all(len([n for n in pieces(m) if n >= MIN_PIECE]) == 1 for m in masks) and len(set(colours)) == 1
+    out = dict(colour=most_frequent(colours), background=most_frequent(backgrounds), one_object=one, travel=None,
+               direction=None)
+    points = [centroid(m) for m in masks]
+    if any(p is None for p in points):
+        return out
+    t = torch.arange(len(points), dtype=torch.float32)
+    xy = torch.tensor(points)                                        # (F, 2)
+    slope = ((t - t.mean())[:, None] * (xy - xy.mean(0))).sum(0) / (t - t.mean()).pow(2).sum()
+    dx, dy = (slope * (len(points) - 1)).tolist()
+    out["travel"] = (dx, dy)
+    if max(abs(dx), abs(dy)) >= MIN_TRAVEL:
+        out["direction"] = ("right" if dx > 0 else "left") if abs(dx) >= abs(dy) else ("down" if dy > 0 else "up")
+    return out
+
+
+def most_frequent(names):
+    return max(set(names), key=names.count)
+
+
+def score_clips(clips, expected):
+    """Fractions over a batch of clips (B, F, 3, H, W) in [0, 1] for expected [(colour, shape, direction, bg)]:
+    dict(direction=, colour=, background=, one_object=)."""
+    verdicts = [judge_clip(c) for c in clips]
+    n = len(expected)
+    return {"direction": sum(v["direction"] == d for v, (_, _, d, _) in zip(verdicts, expected)) / n,
+            "colour": sum(v["colour"] == c for v, (c, _, _, _) in zip(verdicts, expected)) / n,
+            "background": sum(v["background"] == b for v, (_, _, _, b) in zip(verdicts, expected)) / n,
+            "one_object": sum(v["one_object"] for v in verdicts) / n}

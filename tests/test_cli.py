@@ -151,7 +151,7 @@ def test_video_tiny_writes_a_video(tmp_path, capsys):
     from test_video_io import read_pil
 
     out = tmp_path / "sub" / "fox.gif"
-    argv = ["video", "a red fox", "--model", "tiny-video", "--frames", "3", "--steps", "2", "--size", "48x32",
+    argv = ["video", "a red fox", "--model", "tiny-video-random", "--frames", "3", "--steps", "2", "--size", "48x32",
             "--fps", "10", "--out", str(out)]
     assert main(argv) == 0
     printed = capsys.readouterr().out
@@ -162,7 +162,7 @@ def test_video_tiny_writes_a_video(tmp_path, capsys):
 
 def test_video_compare_freeu_side_by_side(tmp_path):
     out = tmp_path / "cmp.webp"
-    argv = ["video", "x", "--model", "tiny-video", "--frames", "2", "--steps", "2", "--size", "32x32",
+    argv = ["video", "x", "--model", "tiny-video-random", "--frames", "2", "--steps", "2", "--size", "32x32",
             "--freeu", "video", "--compare-freeu", "--out", str(out)]
     assert main(argv) == 0
     from test_video_io import read_pil

@@ -88,7 +88,7 @@ def test_video_tiny_takes_dtype(capsys, tmp_path, monkeypatch):
         seen.append((self.unet.dtype, self.vae.dtype, k["num_inference_steps"]))
         return real(self, *a, **k)
     monkeypatch.setattr(VideoPipeline, "__call__", spy)
-    assert main(["video", "x", "--model", "tiny-video", "--frames", "2", "--size", "32x32", "--dtype", "bfloat16",
+    assert main(["video", "x", "--model", "tiny-video-random", "--frames", "2", "--size", "32x32", "--dtype", "bfloat16",
                  "--out", str(tmp_path / "v.gif")]) == 0
     assert seen == [(torch.bfloat16, torch.bfloat16, 10)]  # and the tiny model's own step default
 

@@ -50,7 +50,7 @@ def test_upscaler_and_video_name_a_damaged_weight():
     up.unet.up_blocks[0].resnets[0].conv1.weight.data.view(-1)[0] = float("nan")
     with pytest.raises(NonFiniteError, match=r"upscaler UNet produced .* Its weight up_blocks.0.resnets.0.conv1.weight"):
         up("x", image=torch.randn(1, 4, 8, 8), num_inference_steps=2, progress=False)
-    video = VideoPipeline.tiny()
+    video = VideoPipeline.tiny_random()
     video.vae.decoder.conv_out.weight.data.view(-1)[0] = float("inf")
     with pytest.raises(NonFiniteError, match=r"the VAE produced .* Its weight decoder.conv_out.weight"):
         video("x", num_frames=2, num_inference_steps=2, height=32, width=32, progress=False)

@@ -3,7 +3,7 @@ generate.py, video.py, files.py, train.py; what they share in common.py).
 
     minunet generate "a red fox" --model tiny --out fox.png
     minunet generate "a red fox" --model sd15 --upscale x2 --out fox-1024.png
-    minunet video "a panda surfing" --model tiny-video --frames 16 --out panda.mp4
+    minunet video "a red circle moving to the right on a blue background" --model tiny-video --out circle.gif
     minunet inspect sd_xl_base_1.0.safetensors
     minunet parity v1-5-pruned-emaonly.safetensors
     minunet download sd15

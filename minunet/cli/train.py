@@ -11,12 +11,13 @@ from .common import UsageError
 
 
 def add_parser(sub):
-    p = sub.add_parser("train-tiny", help="train the tiny Stable Diffusion on drawn shapes (VAE, then UNet + text)")
+    p = sub.add_parser("train-tiny", help="train a tiny model on drawn shapes (--model tiny: VAE, then UNet + text; "
+                                          "tiny-video: a video UNet on them)")
     p.add_argument("--out", required=True, help="folder for checkpoints, loss.tsv, samples/ and model.safetensors")
     p.add_argument("--model", default="tiny", help="which recipe: " + " | ".join(MODELS))
     p.add_argument("--stage", default="all",
                    help="a stage of the recipe, or all (tiny: vae, then decoder (fine-tuned on the frozen encoder), "
-                        "then unet (with the text encoder))")
+                        "then unet (with the text encoder); tiny-video: unet (the video UNet))")
     p.add_argument("--steps", type=int, default=None, help="steps of each stage run (default: the recipe's)")
     p.add_argument("--batch-size", type=int, default=None, help="global batch, all ranks together "
                                                                 "(default: the recipe's)")

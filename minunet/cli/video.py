@@ -8,8 +8,9 @@ from .common import (UsageError, add_dtype_device_arguments, add_freeu_arguments
 
 # video models by name: name -> Hub repo of a diffusers TextToVideoSDPipeline with safetensors files
 VIDEO_MODELS = {"ms-1.7b": "ali-vilab/text-to-video-ms-1.7b"}
-VIDEO_MODEL_NAMES = ("tiny-video", *VIDEO_MODELS)
+VIDEO_MODEL_NAMES = ("tiny-video", "tiny-video-random", *VIDEO_MODELS)
 STEPS, TINY_STEPS = 50, 10  # TextToVideoSDPipeline's default; the random-weight tiny model
+TINY_VIDEO_STEPS = 10       # the trained tiny model: DDIM 10 steps (what the tests and the README measure)
 
 
 def add_parser(sub):
@@ -17,12 +18,15 @@ def add_parser(sub):
     p.add_argument("prompt")
     p.add_argument("--model", default="tiny-video", help="repo id | folder | " + " | ".join(VIDEO_MODEL_NAMES))
     p.add_argument("--negative", default=None, help="negative prompt")
-    p.add_argument("--frames", type=int, default=16, help="number of frames")
+    p.add_argument("--frames", type=int, default=None, help="number of frames (default: 16; tiny-video: 8, what it "
+                                                            "was trained on)")
     p.add_argument("--size", default=None,
                    help="WIDTHxHEIGHT, multiples of 8 (default: the model's; zeroscope: 576x320)")
     p.add_argument("--fps", type=float, default=8, help="frames per second of the file")
     p.add_argument("--sampler", default="ddim", choices=list(SAMPLERS), help="sampler")
-    p.add_argument("--steps", type=int, default=None, help=f"sampling steps (default: {STEPS}; tiny-video: {TINY_STEPS})")
+    p.add_argument("--steps", type=int, default=None,
+                   help=f"sampling steps (default: {STEPS}; tiny-video: {TINY_VIDEO_STEPS}; tiny-video-random: "
+                        f"{TINY_STEPS})")
     p.add_argument("--cfg", type=float, default=9.0, help="guidance scale")
     p.add_argument("--seed", type=int, default=0, help="random seed")
     add_freeu_arguments(p, presets="a preset name (video)")
@@ -33,13 +37,16 @@ def add_parser(sub):
 
 
 def load_video_pipeline(model, dtype=None, device=None):
-    """--model for `video`: 'tiny-video', a known name, a diffusers text-to-video folder or a Hub repo id."""
+    """--model for `video`: 'tiny-video' (the shipped trained tiny model), 'tiny-video-random', a known name, a
+    diffusers text-to-video folder or a Hub repo id."""
     from ..loading.precision import resolve_dtype
     from ..pipelines.video import VideoPipeline
 
     if model == "tiny-video":
-        print("minunet: --model tiny-video is a small RANDOM-weight model: it makes noise, not videos.")
-        pipe = VideoPipeline.tiny()
+        return VideoPipeline.tiny(dtype=dtype, device=device)
+    if model == "tiny-video-random":
+        print("minunet: --model tiny-video-random is a small RANDOM-weight model: it makes noise, not videos.")
+        pipe = VideoPipeline.tiny_random()
         for module in (pipe.unet, pipe.vae, pipe.text):  # --dtype / --device as for any other model
             module.to(device=device, dtype=resolve_dtype(dtype, device))
         return pipe
@@ -69,7 +76,7 @@ def check_video_args(args):
     if not 0 <= args.seed < 2**64:
         raise UsageError(f"--seed {args.seed}: must be an integer from 0 to 2**64 - 1")
     if args.steps is None:
-        args.steps = TINY_STEPS if args.model == "tiny-video" else STEPS
+        args.steps = {"tiny-video-random": TINY_STEPS, "tiny-video": TINY_VIDEO_STEPS}.get(args.model, STEPS)
     check_out_path("--out", args.out)
     try:
         check_writer(args.out)

@@ -44,7 +44,7 @@ class VideoPipelineOutput:
 
 
 class VideoPipeline(UNetPipeline):
-    def __init__(self, unet, vae, text, schedule, *, default_size=(256, 256)):
+    def __init__(self, unet, vae, text, schedule, *, default_size=(256, 256), default_frames=16):
         if not isinstance(unet, VideoUNet):
             raise CheckpointError(f"VideoPipeline needs a video UNet (UNet3DConditionModel), got {type(unet).__name__}")
         if text.context_dim != unet.config.context_dim:
@@ -52,6 +52,7 @@ class VideoPipeline(UNetPipeline):
                                   f"{unet.config.context_dim}")
         self.unet, self.vae, self.text, self.schedule = unet, vae, text, schedule
         self.default_size = default_size  # (height, width): unet.sample_size * 8 as diffusers
+        self.default_frames = default_frames  # num_frames when not given: 16 as diffusers; the tiny model 8
         self.vae_scale = vae.config.downscale
 
     @classmethod
@@ -75,7 +76,24 @@ class VideoPipeline(UNetPipeline):
         return cls(unet, vae, text, Schedule.from_config(sched), default_size=(pixels, pixels))
 
     @classmethod
-    def tiny(cls, seed=0):
+    def tiny(cls, *, dtype=None, device=None):
+        """The tiny text-to-video model trained by `minunet train-tiny --model tiny-video` and shipped in the
+        package: clips of one plain shape moving in a direction, "a red circle moving to the right on a blue
+        background", 8 frames of 32 x 32 px. Its file holds the video UNet alone (ModelScope layout, read by
+        load_unet like any single file); the VAE, text encoder and noise schedule are the tiny image model's
+        (Pipeline.tiny()), which it was trained on."""
+        from ..weights import TINY_SIZE, TINY_VIDEO_FRAMES, TINY_VIDEO_MODEL
+        from .image import Pipeline
+
+        if not TINY_VIDEO_MODEL.is_file():
+            raise CheckpointError(f"{TINY_VIDEO_MODEL}: the shipped tiny video model is missing from this installation")
+        image = Pipeline.tiny(dtype=dtype, device=device)
+        unet = load_unet(TINY_VIDEO_MODEL, dtype=image.unet.dtype, device=device).eval()
+        return cls(unet, image.vae, image.text, image.schedule, default_size=(TINY_SIZE, TINY_SIZE),
+                   default_frames=TINY_VIDEO_FRAMES)
+
+    @classmethod
+    def tiny_random(cls, seed=0):
         """A small random-weight video pipeline built in memory from a fixed seed: it runs anywhere in seconds and
         makes noise, not videos."""
         from ..models.vae import VAE, VAEConfig
@@ -93,9 +111,10 @@ class VideoPipeline(UNetPipeline):
 
     # ---- generation ----------------------------------------------------------------------------------------
     @torch.no_grad()
-    def __call__(self, prompt, height=None, width=None, num_frames=16, num_inference_steps=50, guidance_scale=9.0,
+    def __call__(self, prompt, height=None, width=None, num_frames=None, num_inference_steps=50, guidance_scale=9.0,
                  negative_prompt=None, eta=0.0, generator=None, latents=None, output_type="np", clip_skip=None,
                  sampler="ddim", decode_chunk_size=8, callback=None, progress=True):
+        num_frames = self.default_frames if num_frames is None else num_frames
         height, width = self._check(height, width, num_frames, output_type, sampler, decode_chunk_size)
         cfg = guidance_scale > 1.0
         context = self._context(prompt, negative_prompt, cfg, clip_skip)

@@ -11,7 +11,8 @@ import importlib
 # --model of `minunet train-tiny` -> the module of its recipe
 MODELS = {"tiny": "minunet.training.tiny",
           "tiny-inpainting": "minunet.training.tiny_inpainting",
-          "tiny-upscaler": "minunet.training.tiny_upscaler"}
+          "tiny-upscaler": "minunet.training.tiny_upscaler",
+          "tiny-video": "minunet.training.tiny_video"}
 
 
 def recipe_module(name):
