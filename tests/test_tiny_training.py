@@ -70,7 +70,7 @@ SMALL = dataclasses.replace(
     vae=dataclasses.replace(tiny.TINY.vae, block_out_channels=(32, 32, 32, 32)),
     unet=dataclasses.replace(tiny.TINY.unet, block_out_channels=(32, 64)),
     text_layers=1, cache_size=64,
-    stages={name: tiny.Stage(**STAGE) for name in (*tiny.STAGES, "refine")})
+    stages={name: tiny.Stage(**STAGE) for name in tiny.STAGES})
 
 
 def stage_params(out, name):
@@ -221,7 +221,7 @@ def test_train_tiny_command_writes_log_samples_and_checkpoint(tmp_path, capsys):
 @pytest.mark.parametrize("argv,message", [
     (["--batch-size", "0"], "--batch-size 0: must be a positive integer"),
     (["--model", "huge"], "--model huge: no such recipe (known: tiny"),
-    (["--stage", "upscale"], "--stage upscale: not a stage of --model tiny (known: vae, decoder, unet, all)"),
+    (["--stage", "upscale"], "--stage upscale: not a stage of --model tiny (known: vae, decoder, unet, refine, all)"),
     (["--stage", "unet"], "vae.safetensors: not found: the next stage needs the vae stage's output"),
     (["--stage", "decoder"], "vae.safetensors: not found: the next stage needs the vae stage's output"),
 ])

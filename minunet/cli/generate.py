@@ -34,7 +34,7 @@ def add_parser(sub):
     p.add_argument("--karras", action="store_true", help="Karras sigmas (euler, euler_a, dpmpp_2m)")
     p.add_argument("--steps", type=int, default=None, help=f"sampling steps (default: {STEPS}; tiny-random models: "
                    f"{TINY_STEPS})")
-    p.add_argument("--cfg", type=float, default=None, help="guidance scale (default: the model's, 7.5 SD / 5.0 SDXL)")
+    p.add_argument("--cfg", type=float, default=None, help="guidance scale (default: the model's: 7.5 SD, 5.0 SDXL, 3 --model tiny)")
     p.add_argument("--seed", type=int, default=0, help="-1: a random seed (printed and recorded); with "
                    "--num-images N image i gets seed + i, as A1111")
     p.add_argument("--clip-skip", type=int, default=None, help="use the text encoder's state this many layers earlier")

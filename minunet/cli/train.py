@@ -17,7 +17,8 @@ def add_parser(sub):
     p.add_argument("--model", default="tiny", help="which recipe: " + " | ".join(MODELS))
     p.add_argument("--stage", default="all",
                    help="a stage of the recipe, or all (tiny: vae, then decoder (fine-tuned on the frozen encoder), "
-                        "then unet (with the text encoder); tiny-video: unet (the video UNet))")
+                        "then unet (with the text encoder), then refine (the UNet alone); tiny-video: unet (the video "
+                        "UNet))")
     p.add_argument("--steps", type=int, default=None, help="steps of each stage run (default: the recipe's)")
     p.add_argument("--batch-size", type=int, default=None, help="global batch, all ranks together "
                                                                 "(default: the recipe's)")

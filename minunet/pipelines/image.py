@@ -42,13 +42,14 @@ class PipelineOutput:
 
 
 class Pipeline(UNetPipeline):
-    def __init__(self, unet, vae, text, schedule, *, default_size=None):
+    def __init__(self, unet, vae, text, schedule, *, default_size=None, default_guidance=None):
         self.unet, self.vae, self.text, self.schedule = unet, vae, text, schedule
         self.family = text.family  # the text encoders tell the refiner (bigG alone, aesthetic score) from the base
         if (family(unet.config) in ("sdxl", "sdxl-refiner")) != (self.family in ("sdxl", "sdxl-refiner")):
             raise CheckpointError(f"a {family(unet.config)} UNet cannot run with {self.family} text encoders")
         self.vae_scale = vae.config.downscale
         self.default_size = default_size or FAMILY_DEFAULTS[self.family][1]
+        self.default_guidance = default_guidance  # None: diffusers' (see defaults); a model's own, e.g. the tiny one
         self.offload_device = None  # set by enable_model_cpu_offload
         self.loras = []             # LoRAs on the UNet and text encoders, see load_lora
 
@@ -102,13 +103,13 @@ class Pipeline(UNetPipeline):
     @classmethod
     def from_pipe(cls, pipe, **changes):
         """A pipeline on the same loaded modules (nothing is copied or loaded), with any of unet=, vae=, text=,
-        schedule=, default_size= replaced."""
-        unknown = sorted(set(changes) - {"unet", "vae", "text", "schedule", "default_size"})
+        schedule=, default_size=, default_guidance= replaced."""
+        unknown = sorted(set(changes) - {"unet", "vae", "text", "schedule", "default_size", "default_guidance"})
         if unknown:
             raise TypeError(f"from_pipe: unknown components {unknown}; expected unet, vae, text, schedule, "
-                            "default_size")
+                            "default_size, default_guidance")
         parts = {**dict(unet=pipe.unet, vae=pipe.vae, text=pipe.text, schedule=pipe.schedule,
-                        default_size=pipe.default_size), **changes}
+                        default_size=pipe.default_size, default_guidance=pipe.default_guidance), **changes}
         return cls(parts.pop("unet"), parts.pop("vae"), parts.pop("text"), parts.pop("schedule"), **parts)
 
     def components(self, *names):
@@ -126,9 +127,9 @@ class Pipeline(UNetPipeline):
         """The tiny Stable Diffusion trained by `minunet train-tiny` and shipped in the package (16 MB): one plain
         shape of one colour on a plain background, e.g. "a red circle on a blue background", 32 x 32 px. An SD
         1.x-structure single file like any other (from_single_file), at the size it was trained at."""
-        from ..weights import TINY_MODEL
+        from ..weights import TINY_GUIDANCE, TINY_MODEL
 
-        return cls._shipped(TINY_MODEL, dtype, device)
+        return cls._shipped(TINY_MODEL, dtype, device, TINY_GUIDANCE)
 
     @classmethod
     def tiny_inpainting(cls, *, dtype=None, device=None):
@@ -141,13 +142,14 @@ class Pipeline(UNetPipeline):
         return cls._shipped(TINY_INPAINTING, dtype, device)
 
     @classmethod
-    def _shipped(cls, path, dtype, device):
+    def _shipped(cls, path, dtype, device, guidance=None):
         from ..weights import TINY_SIZE
 
         if not path.is_file():
             raise CheckpointError(f"{path}: this shipped tiny model is missing from this installation")
         dtype = torch.float32 if dtype in (None, "auto") else dtype  # "auto": float32, bf16 gains nothing at 8 x 8
-        return cls.from_pipe(cls.from_single_file(path, dtype=dtype, device=device), default_size=TINY_SIZE)
+        return cls.from_pipe(cls.from_single_file(path, dtype=dtype, device=device), default_size=TINY_SIZE,
+                             default_guidance=guidance)
 
     @classmethod
     def tiny_random(cls, family_name="sd1", seed=0, *, in_channels=4):
@@ -288,10 +290,13 @@ class Pipeline(UNetPipeline):
                              "give image= and mask_image=")
 
     def defaults(self, guidance_scale=None, strength=None, inpainting=False):
-        """diffusers' defaults: guidance 7.5 (SDXL text-to-image / img2img 5.0; SDXL inpainting 7.5 again);
-        strength 0.8 / 0.3 (SDXL) for img2img, 1.0 / 0.9999 (SDXL) for inpainting."""
+        """diffusers' defaults: guidance 7.5 (SDXL text-to-image / img2img 5.0; SDXL inpainting 7.5 again) unless
+        the pipeline has its model's own (default_guidance); strength 0.8 / 0.3 (SDXL) for img2img, 1.0 / 0.9999
+        (SDXL) for inpainting."""
         xl = self.family in ("sdxl", "sdxl-refiner")
-        if guidance_scale is None:
+        if guidance_scale is None and self.default_guidance is not None:
+            guidance_scale = self.default_guidance
+        elif guidance_scale is None:
             guidance_scale = 5.0 if xl and not inpainting else 7.5
         if strength is None:
             strength = (0.9999 if xl else 1.0) if inpainting else (0.3 if xl else 0.8)
