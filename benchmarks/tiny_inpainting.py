@@ -6,7 +6,7 @@ and sampler; seconds per image; and the picture docs/tiny-inpainting.png.
 
 The holes and the judge are the tests' (tests/test_tiny_inpainting.py): every colour x shape x background of the
 plain form (168 prompts) per hole (a centred 24 x 24 one and a 20 x 20 one in the top left corner of a 32 px
-picture of the background), one batch, seed 0, guidance 7.5.
+picture of the background), one batch, seed 0, the default guidance (3, weights.TINY_GUIDANCE).
 """
 import argparse
 import statistics
@@ -21,6 +21,7 @@ sys.path.insert(0, str(ROOT / "tests"))
 from test_tiny_inpainting import HOLES, PALETTE, SHAPES, hole_mask, inpaint, scores  # noqa: E402
 
 from minunet import Pipeline  # noqa: E402
+from minunet.weights import TINY_GUIDANCE  # noqa: E402
 from minunet.training import tiny  # noqa: E402
 
 COMBOS = [(c, s, b) for c in PALETTE for s in SHAPES for b in PALETTE if b != c]  # 8 x 3 x 7 = 168
@@ -73,10 +74,10 @@ def main():
     args = p.parse_args()
     torch.set_num_threads(args.threads)
     nine = Pipeline.tiny_inpainting() if args.model is None else Pipeline.from_pipe(
-        Pipeline.from_single_file(args.model), default_size=32)
+        Pipeline.from_single_file(args.model), default_size=32, default_guidance=TINY_GUIDANCE)
     pipes = {"9-channel": nine, "4-channel blend": Pipeline.tiny()}
     table(pipes)
-    print(f"seconds per image (30 Euler steps, guidance 7.5, {args.threads} thread(s), median of 5): "
+    print(f"seconds per image (30 Euler steps, guidance {nine.default_guidance:g}, {args.threads} thread(s), median of 5): "
           f"{seconds_per_image(nine):.2f}")
     if args.docs is not None:
         picture(pipes, Path(args.docs) / "tiny-inpainting.png")

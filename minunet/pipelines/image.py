@@ -137,9 +137,9 @@ class Pipeline(UNetPipeline):
         9-channel SD 1.x UNet (latents ++ mask ++ masked-image latents) made from its UNet, on its VAE and text
         encoder; give image= and mask_image= (white repaints), e.g. a hole to fill with "a red circle on a blue
         background"."""
-        from ..weights import TINY_INPAINTING
+        from ..weights import TINY_GUIDANCE, TINY_INPAINTING
 
-        return cls._shipped(TINY_INPAINTING, dtype, device)
+        return cls._shipped(TINY_INPAINTING, dtype, device, TINY_GUIDANCE)
 
     @classmethod
     def _shipped(cls, path, dtype, device, guidance=None):
