@@ -2,13 +2,12 @@
 shipped model's tests ask (the judge reads the hidden object of a covering mask), the widened UNet starts as the
 image UNet exactly, a short run lowers the loss, resuming equals not stopping, 2 gloo ranks equal one process."""
 import dataclasses
-from pathlib import Path
 
 import pytest
 import torch
 
 from shapes_judge import judge
-from test_tiny_training import stage_params, torchrun
+from test_tiny_training import assert_same_and_trained, on_two_ranks, stage_params
 from minunet.training import shapes, tiny
 from minunet.training import tiny_inpainting as ti
 
@@ -118,31 +117,17 @@ def test_resuming_gives_the_parameters_of_a_run_that_never_stopped(tmp_path):
         assert torch.equal(a[k], b[k]), f"{k} differs after resuming"
 
 
-DDP_SCRIPT = """
-import sys
-sys.path.insert(0, {tests!r})
-from test_tiny_inpainting_training import SMALL
-from minunet.training import distributed, tiny_inpainting
-world = distributed.start()
-try:
-    tiny_inpainting.train_inpaint(SMALL, sys.argv[1], world=world, progress=False, mixed_precision="no")
-finally:
-    distributed.stop(world)
-"""
+def ddp_run(out, world):
+    ti.train_inpaint(SMALL, out, world=world, progress=False, mixed_precision="no")
 
 
 def test_two_gloo_ranks_give_one_process_parameters(tmp_path):
     """Global batch 4 over 2 ranks = batch 4 in one process, float32, within 1e-5, and the runs trained."""
-    script = tmp_path / "ddp.py"
-    script.write_text(DDP_SCRIPT.format(tests=str(Path(__file__).parent)))
-    torchrun(script, 2, tmp_path / "two")
+    two = on_two_ranks(tmp_path, "test_tiny_inpainting_training")
     ti.train_inpaint(SMALL, tmp_path / "one", progress=False, mixed_precision="no")
-    a, b = stage_params(tmp_path / "one", "inpaint"), stage_params(tmp_path / "two", "inpaint")
-    assert a.keys() == b.keys()
-    worst = max(float((a[k] - b[k]).abs().max()) for k in a)
-    assert worst < 1e-5, f"parameters differ by {worst:.2e}"
-    start = ti.widen_conv_in(ti.load_base(SMALL)[0]).state_dict()
-    assert max(float((a[f"model.unet.{k}"] - v).abs().max()) for k, v in start.items()) > 1e-4
+    start = {f"model.unet.{k}": v for k, v in ti.widen_conv_in(ti.load_base(SMALL)[0]).state_dict().items()}
+    assert_same_and_trained(stage_params(tmp_path / "one", "inpaint"), stage_params(two, "inpaint"), start,
+                            moved_at_least=1e-4)
 
 
 def test_train_tiny_inpainting_command_writes_a_9_channel_single_file(tmp_path, capsys):

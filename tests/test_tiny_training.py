@@ -112,17 +112,39 @@ def test_resuming_another_run_is_refused(tmp_path):
         tiny.train_vae(SMALL, tmp_path, progress=False, mixed_precision="no", seed=1)
 
 
+# ---- two gloo ranks against one process: the helpers every recipe's test uses -----------------------------------
 DDP_SCRIPT = """
-import sys, dataclasses
+import sys
 sys.path.insert(0, {tests!r})
-from test_tiny_training import SMALL, run_stages
-from minunet.training import distributed, tiny
+from {module} import ddp_run
+from minunet.training import distributed
 world = distributed.start()
 try:
-    run_stages(sys.argv[1], world=world, gradient_checkpointing=bool(int(sys.argv[2])))
+    ddp_run(sys.argv[1], world, *sys.argv[2:])
 finally:
     distributed.stop(world)
 """
+
+
+def on_two_ranks(tmp_path, module, *args):
+    """Runs `module.ddp_run(out, world, *args)` (a test module's run of its recipe) on 2 gloo ranks; -> out."""
+    script, out = tmp_path / "ddp.py", tmp_path / "two"
+    script.write_text(DDP_SCRIPT.format(tests=str(Path(__file__).parent), module=module))
+    torchrun(script, 2, out, *args)
+    return out
+
+
+def assert_same_and_trained(a, b, start, what="", moved_at_least=1e-3):
+    """Parameters a (one process) and b (2 ranks) agree within 1e-5, and moved from `start` (the runs trained:
+    equal because they agree, not because nothing changed)."""
+    assert a.keys() == b.keys() and len(a) > 0
+    worst = max(float((a[k] - b[k]).abs().max()) for k in a)
+    assert worst < 1e-5, f"{what}parameters differ by {worst:.2e}"
+    assert max(float((a[k] - start[k]).abs().max()) for k in a if k in start) > moved_at_least
+
+
+def ddp_run(out, world, checkpointing):
+    run_stages(out, world=world, gradient_checkpointing=bool(int(checkpointing)))
 
 
 def free_port():
@@ -144,18 +166,11 @@ def torchrun(script, n, *args):
 def test_two_gloo_ranks_give_one_process_parameters(tmp_path):
     """Global batch 4 over 2 ranks (2 each) = batch 4 in one process, float32, within 1e-5; the 2-rank run also
     checkpoints the UNet's blocks (gradient checkpointing under DDP)."""
-    script = tmp_path / "ddp.py"
-    script.write_text(DDP_SCRIPT.format(tests=str(Path(__file__).parent)))
-    torchrun(script, 2, tmp_path / "two", 1)
+    two = on_two_ranks(tmp_path, "test_tiny_training", 1)
     run_stages(tmp_path / "one")
     for name in SMALL.stages:
-        a, b = stage_params(tmp_path / "one", name), stage_params(tmp_path / "two", name)
-        assert a.keys() == b.keys()
-        worst = max(float((a[k] - b[k]).abs().max()) for k in a)
-        assert worst < 1e-5, f"{name}: parameters differ by {worst:.2e}"
-        start = tiny_initial(name, tmp_path / "one")
-        moved = max(float((a[k] - start[k]).abs().max()) for k in a if k in start)
-        assert moved > 1e-3  # the runs trained (equal because they agree, not because nothing changed)
+        a, b = stage_params(tmp_path / "one", name), stage_params(two, name)
+        assert_same_and_trained(a, b, tiny_initial(name, tmp_path / "one"), f"{name}: ")
 
 
 def tiny_initial(name, out):

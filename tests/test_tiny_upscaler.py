@@ -156,33 +156,18 @@ def test_resuming_gives_the_parameters_of_a_run_that_never_stopped(tmp_path, fro
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
 
 
-DDP_SCRIPT = """
-import sys
-sys.path.insert(0, {tests!r})
-from test_tiny_upscaler import SMALL
-from minunet.training import distributed, tiny_upscaler
-world = distributed.start()
-try:
-    tiny_upscaler.train_upscaler(SMALL, sys.argv[1], world=world, progress=False)
-finally:
-    distributed.stop(world)
-"""
+def ddp_run(out, world):
+    tu.train_upscaler(SMALL, out, world=world, progress=False)
 
 
 def test_two_gloo_ranks_give_one_process_parameters(tmp_path, frozen):
     """Global batch 4 over 2 ranks = batch 4 in one process, float32, within 1e-5 (and the runs did train)."""
-    from test_tiny_training import torchrun
+    from test_tiny_training import assert_same_and_trained, on_two_ranks
 
-    script = tmp_path / "ddp.py"
-    script.write_text(DDP_SCRIPT.format(tests=str(Path(__file__).parent)))
-    torchrun(script, 2, tmp_path / "two")
+    two = on_two_ranks(tmp_path, "test_tiny_upscaler")
     tu.train_upscaler(SMALL, tmp_path / "one", pipe=frozen, progress=False)
-    a, b = params(tmp_path / "one"), params(tmp_path / "two")
-    assert a.keys() == b.keys()
-    worst = max(float((a[k] - b[k]).abs().max()) for k in a)
-    assert worst < 1e-5, worst
     start = {f"model.kunet.{k}": v for k, v in tu.build_kunet(SMALL, 0).state_dict().items()}
-    assert max(float((a[k] - start[k]).abs().max()) for k in a if k in start) > 1e-3
+    assert_same_and_trained(params(tmp_path / "one"), params(two), start)
 
 
 @torch.no_grad()

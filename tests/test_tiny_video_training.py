@@ -92,33 +92,18 @@ def test_resuming_gives_the_parameters_of_a_run_that_never_stopped(tmp_path, bas
         assert torch.equal(a[k], b[k]), f"{k} differs after resuming"
 
 
-DDP_SCRIPT = """
-import sys
-sys.path.insert(0, {tests!r})
-from test_tiny_video_training import SMALL, run
-from minunet.training import distributed, tiny_video
-world = distributed.start()
-try:
-    run(sys.argv[1], tiny_video.base_pipeline(), world=world)
-finally:
-    distributed.stop(world)
-"""
+def ddp_run(out, world):
+    run(out, tiny_video.base_pipeline(), world=world)
 
 
 def test_two_gloo_ranks_give_one_process_parameters(tmp_path, base):
     """Global batch 4 over 2 ranks (2 clips each) = batch 4 in one process, float32, within 1e-5."""
-    from test_tiny_training import torchrun
+    from test_tiny_training import assert_same_and_trained, on_two_ranks
 
-    script = tmp_path / "ddp.py"
-    script.write_text(DDP_SCRIPT.format(tests=str(Path(__file__).parent)))
-    torchrun(script, 2, tmp_path / "two")
+    two = on_two_ranks(tmp_path, "test_tiny_video_training")
     run(tmp_path / "one", base)
-    a, b = stage_params(tmp_path / "one"), stage_params(tmp_path / "two")
-    assert a.keys() == b.keys()
-    worst = max(float((a[k] - b[k]).abs().max()) for k in a)
-    assert worst < 1e-5, f"parameters differ by {worst:.2e}"
     start = {f"model.unet.{k}": v for k, v in tiny_video.build_unet(SMALL, 0, base.unet).state_dict().items()}
-    assert max(float((a[k] - start[k]).abs().max()) for k in start) > 1e-3  # it trained
+    assert_same_and_trained(stage_params(tmp_path / "one"), stage_params(two), start)
 
 
 @torch.no_grad()
