@@ -77,8 +77,8 @@ def main():
         Pipeline.from_single_file(args.model), default_size=32, default_guidance=TINY_GUIDANCE)
     pipes = {"9-channel": nine, "4-channel blend": Pipeline.tiny()}
     table(pipes)
-    print(f"seconds per image (30 Euler steps, guidance {nine.default_guidance:g}, {args.threads} thread(s), median of 5): "
-          f"{seconds_per_image(nine):.2f}")
+    print(f"seconds per image (30 Euler steps, guidance {nine.default_guidance:g}, {args.threads} thread(s), median "
+          f"of 5): {seconds_per_image(nine):.2f}")
     if args.docs is not None:
         picture(pipes, Path(args.docs) / "tiny-inpainting.png")
 

@@ -72,11 +72,12 @@ def plain(c, s, b):
     return f"a {c} {s} on a {b} background"
 
 
-def generate(pipe, prompts, freeu=None, **kw):
+def generate(pipe, prompts, freeu=None, seed=0, **kw):
     if freeu is not None:
         pipe.enable_freeu(FreeU.preset(freeu))
     try:
-        return pipe(prompts, generator=torch.Generator().manual_seed(0), output_type="pt", progress=False, **kw).images
+        return pipe(prompts, generator=torch.Generator().manual_seed(seed), output_type="pt", progress=False,
+                    **kw).images
     finally:
         pipe.disable_freeu()
 
@@ -100,9 +101,8 @@ def sweep_table(pipe, seed):
     rows = ["| guidance | " + " | ".join(f"{s} {n}" for s, n in SWEEP_SAMPLERS) + " | colour (all) |",
             "|---|" + "---|" * (len(SWEEP_SAMPLERS) + 1)]
     for g in SWEEP:
-        scores = [score(pipe([plain(*x) for x in COMBOS], generator=torch.Generator().manual_seed(seed),
-                             output_type="pt", progress=False, sampler=s, num_inference_steps=n,
-                             guidance_scale=g).images, COMBOS) for s, n in SWEEP_SAMPLERS]
+        scores = [score(generate(pipe, [plain(*x) for x in COMBOS], seed=seed, sampler=s, num_inference_steps=n,
+                                 guidance_scale=g), COMBOS) for s, n in SWEEP_SAMPLERS]
         colour = min(x["colour"] for x in scores)
         rows.append(f"| {g:g} | " + " | ".join(f"{x['shape']:.0%}" for x in scores) + f" | >= {colour:.0%} |")
         print(rows[-1], flush=True)
