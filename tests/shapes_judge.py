@@ -51,6 +51,11 @@ def to_rgb255(image):
     return torch.from_numpy(np.asarray(image.convert("RGB"), dtype=np.float32)).permute(2, 0, 1)
 
 
+def all_right(images, expected):
+    """Per picture: are its colour, background and shape all the expected [(colour, shape, bg), ...]?"""
+    return [(v["colour"], v["shape"], v["background"]) == x for v, x in zip(map(judge, images), expected)]
+
+
 def score(images, expected):
     """Fractions right over a batch: dict(colour=, background=, shape=) for expected [(colour, shape, bg), ...]."""
     verdicts = [judge(im) for im in images]
