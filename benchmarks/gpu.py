@@ -217,7 +217,7 @@ def interleaved(run, fns, warmup=2, repeat=5):
     """{name: median seconds of one call} over `repeat` rounds calling every fn in turn (order reversed every
     other round), after `warmup` calls each."""
     for fn in fns.values():
-        for _ in range(warmup):
+        for _ in range(warmup if not run.smoke else 1):
             fn()
     times = {k: [] for k in fns}
     items = list(fns.items())
@@ -237,7 +237,7 @@ def unet_configs(smoke):
     if not smoke:
         return {"sd15": (SD15, 64), "sdxl": (SDXL, 128)}
     return {"sd15": (dataclasses.replace(SD15, block_out_channels=(32, 64, 128, 128), num_heads=(1, 2, 4, 4)), 16),
-            "sdxl": (dataclasses.replace(SDXL, block_out_channels=(32, 64, 128), transformer_depth=(0, 1, 2),
+            "sdxl": (dataclasses.replace(SDXL, block_out_channels=(32, 64, 128), transformer_depth=(0, 1, 1),
                                          transformer_depth_mid=1, num_heads=(1, 2, 4)), 16)}
 
 
@@ -788,6 +788,17 @@ def import_weights():
         spec.loader.exec_module(module)
 
 
+def quiet():
+    """No progress bars or dtype advice from diffusers / transformers in the log (the device returns its tail)."""
+    import diffusers
+    import transformers
+
+    diffusers.utils.logging.set_verbosity_error()
+    diffusers.utils.logging.disable_progress_bar()
+    transformers.utils.logging.set_verbosity_error()
+    transformers.utils.logging.disable_progress_bar()
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--out", required=True, help="folder for gpu.json, gpu.md and errors.log")
@@ -795,8 +806,10 @@ def main():
     ap.add_argument("--smoke", action="store_true", help="on the CPU: tiny widths, float32, Triton's interpreter")
     ap.add_argument("--sections", default=",".join(SECTIONS), help=f"comma-separated, of {','.join(SECTIONS)}")
     ap.add_argument("--threads", type=int, default=None, help="CPU threads (default: torch's; 1 with --smoke)")
-    ap.add_argument("--compile-backend", default="inductor", help="torch.compile backend (default inductor)")
+    ap.add_argument("--compile-backend", default=None,
+                    help="torch.compile backend (default inductor; aot_eager with --smoke: inductor on a CPU takes minutes)")
     args = ap.parse_args()
+    args.compile_backend = args.compile_backend or ("aot_eager" if args.smoke else "inductor")
     unknown = set(args.sections.split(",")) - set(SECTIONS)
     if unknown:
         ap.error(f"unknown sections {sorted(unknown)}; choose from {','.join(SECTIONS)}")
@@ -808,6 +821,7 @@ def main():
 
     torch.set_num_threads(args.threads or (1 if args.smoke else torch.get_num_threads()))
     import_weights()
+    quiet()
     run = Run(args)
     versions(run)
     meta = run.results["meta"]
