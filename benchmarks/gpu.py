@@ -62,7 +62,7 @@ LABELS = {"sd15": "SD 1.5, 512 px", "sdxl": "SDXL, 1024 px"}
 STEPS, GUIDANCE, DT = 12, 7.5, -0.01  # steps per timed run; CFG scale; the Euler step's sigma difference
 # seconds a piece needs on an H200 (full) / on a 2-core CPU (smoke), checked against what is left of the budget
 NEEDS = {"kernel": (60, 20), "eager sd15": (25, 10), "eager sdxl": (45, 10), "freeu sd15": (15, 5),
-         "freeu sdxl": (30, 5), "offload": (60, 20), "compile sd15": (100, 40), "compile sdxl": (160, 40)}
+         "freeu sdxl": (40, 5), "offload": (60, 20), "compile sd15": (100, 40), "compile sdxl": (160, 40)}
 
 
 class OutOfBudget(BaseException):
@@ -772,20 +772,21 @@ RUNNERS = {"kernel": kernel_section, "eager": eager_section, "freeu": freeu_sect
 
 
 def import_weights():
-    """minunet.weights is the checkout's weights/ folder, mapped there by pyproject.toml's package-dir: without an
-    install (PYTHONPATH=checkout, as on the device) load it from there."""
+    """minunet.weights is the checkout's weights/ folder, mapped there by pyproject.toml's package-dir, and
+    `import minunet` needs it: from a checkout that was never installed (PYTHONPATH=checkout, as on the device)
+    register it from there before minunet is imported. (The checkout's minunet is the one imported: ROOT is first
+    on sys.path.)"""
     import importlib.util
 
-    import minunet
-
-    try:
-        import minunet.weights  # noqa: F401
-    except ModuleNotFoundError:
+    if "minunet.weights" not in sys.modules and not (ROOT / "minunet" / "weights").exists():
         spec = importlib.util.spec_from_file_location("minunet.weights", ROOT / "weights" / "__init__.py",
                                                       submodule_search_locations=[str(ROOT / "weights")])
         module = importlib.util.module_from_spec(spec)
-        sys.modules["minunet.weights"] = minunet.weights = module
+        sys.modules["minunet.weights"] = module
         spec.loader.exec_module(module)
+    import minunet
+
+    minunet.weights = sys.modules["minunet.weights"]
 
 
 def quiet():
