@@ -651,7 +651,7 @@ def offload_pipes(folder, run):
 
     ours = Pipeline.from_pretrained(folder, dtype=run.dtype, device="cpu")
     ours.enable_model_cpu_offload(run.device)
-    theirs = StableDiffusionPipeline.from_pretrained(folder, torch_dtype=run.dtype, safety_checker=None,
+    theirs = StableDiffusionPipeline.from_pretrained(folder, dtype=run.dtype, safety_checker=None,
                                                      requires_safety_checker=False)
     theirs.set_progress_bar_config(disable=True)
     theirs.enable_model_cpu_offload(device=run.device)
