@@ -735,6 +735,8 @@ def compile_section(run, entry):
             res[f"{lib} compile_s"] = round(time.perf_counter() - t0, 1)
             compiled[lib] = model
             print(f"  {name} {lib}: compiled in {res[f'{lib} compile_s']} s", flush=True)
+            run.md["compile"] = compile_table(entry, run.results["sections"].get("eager", {}), run.args.compile_backend)
+            run.save()
         if compiled:
             p = run.models[name]
             times = interleaved(run, {lib: (lambda lib=lib, m=m: cfg_run(unet_call(lib, m, p), p))
@@ -750,7 +752,8 @@ def compile_section(run, entry):
 
 
 def compile_table(entry, eager, backend):
-    lines = [f"### 5. it/s under torch.compile (backend {backend}, default mode), same step as section 2", "",
+    lines = [f"### 5. it/s under torch.compile (backend {backend}, default mode), same step as section 2 "
+             f"(compile s: the first {STEPS}-step run)", "",
              "| model | library | compile s | it/s | vs eager | diffusers on H100 (published) |",
              "|---|---|---|---|---|---|"]
     for name in ("sd15", "sdxl"):
