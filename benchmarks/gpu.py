@@ -625,22 +625,7 @@ def offload_folder(folder, run):
 
     if run.smoke:
         return pipes.sd_pipeline(folder)
-    from diffusers import AutoencoderKL, EulerDiscreteScheduler, StableDiffusionPipeline, UNet2DConditionModel
-    from transformers import CLIPTextConfig, CLIPTextModel
-
-    from minunet.weights import CONFIGS
-
-    sd15 = CONFIGS / "stable-diffusion-v1-5"
-    torch.manual_seed(0)
-    with torch.device(run.device):
-        unet = UNet2DConditionModel.from_config(UNet2DConditionModel.load_config(sd15 / "unet"))
-        vae = AutoencoderKL.from_config(AutoencoderKL.load_config(sd15 / "vae"))
-        text = CLIPTextModel(CLIPTextConfig.from_pretrained(sd15 / "text_encoder"))
-    pipe = StableDiffusionPipeline(
-        vae=vae, text_encoder=text, tokenizer=pipes.tokenizer(folder / "tok"), unet=unet,
-        scheduler=EulerDiscreteScheduler.from_pretrained(sd15 / "scheduler"), safety_checker=None,
-        feature_extractor=None, requires_safety_checker=False)
-    pipe.to(torch.float16).save_pretrained(folder)
+    pipes.full_sd15_pipeline(folder, run.device, torch.float16)
 
 
 def offload_pipes(folder, run):

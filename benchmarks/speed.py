@@ -26,28 +26,10 @@ sys.path.insert(0, str(Path(__file__).parents[1] / "tests"))
 import pipes  # noqa: E402
 
 from minunet.pipelines.image import Pipeline  # noqa: E402
-from minunet.weights import CONFIGS  # noqa: E402
 
-SD15 = CONFIGS / "stable-diffusion-v1-5"
 # setting -> (auto dtype?, DeepCache interval or None, ToMe ratio or None)
 SETTINGS = {"float32": (False, None, None), "auto dtype": (True, None, None), "DeepCache 3": (True, 3, None),
             "DeepCache 5": (True, 5, None), "ToMe 0.5": (True, None, 0.5), "all together": (True, 3, 0.5)}
-
-
-def full_sd15(folder):
-    """A StableDiffusionPipeline of SD 1.5's structure, random weights, saved to `folder` (float32 safetensors)."""
-    from diffusers import AutoencoderKL, EulerDiscreteScheduler, StableDiffusionPipeline, UNet2DConditionModel
-    from transformers import CLIPTextConfig, CLIPTextModel
-
-    torch.manual_seed(0)
-    pipe = StableDiffusionPipeline(
-        vae=AutoencoderKL.from_config(AutoencoderKL.load_config(SD15 / "vae")),
-        text_encoder=CLIPTextModel(CLIPTextConfig.from_pretrained(SD15 / "text_encoder")),
-        tokenizer=pipes.tokenizer(folder / "tok"), unet=UNet2DConditionModel.from_config(
-            UNet2DConditionModel.load_config(SD15 / "unet")),
-        scheduler=EulerDiscreteScheduler.from_pretrained(SD15 / "scheduler"),
-        safety_checker=None, feature_extractor=None, requires_safety_checker=False)
-    pipe.save_pretrained(folder)
 
 
 def theirs_pipe(folder, dtype):
@@ -209,7 +191,7 @@ def main():
     kw = dict(prompt="a red fox in the snow", negative_prompt="blurry", num_inference_steps=steps, height=size,
               width=size, guidance_scale=7.5)
     with tempfile.TemporaryDirectory() as tmp:
-        (pipes.sd_pipeline if args.quick else full_sd15)(Path(tmp))
+        (pipes.sd_pipeline if args.quick else pipes.full_sd15_pipeline)(Path(tmp))
         results = measure(Path(tmp), kw, args.repeat)
     print(table(results))
     m, d = results, results["float32"]["diffusers"][0]

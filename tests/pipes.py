@@ -63,6 +63,25 @@ def sd_pipeline(folder, seed=0):
     return pipe
 
 
+def full_sd15_pipeline(folder, device="cpu", dtype=torch.float32):
+    """A StableDiffusionPipeline of SD 1.5's official configs, random weights (the modules' default init, seed 0,
+    built on `device`), saved to `folder` in `dtype` (the benchmarks' full-size input)."""
+    from diffusers import AutoencoderKL, EulerDiscreteScheduler, StableDiffusionPipeline, UNet2DConditionModel
+    from transformers import CLIPTextConfig, CLIPTextModel
+
+    sd15 = CONFIGS / "stable-diffusion-v1-5"
+    torch.manual_seed(0)
+    with torch.device(device):
+        unet = UNet2DConditionModel.from_config(UNet2DConditionModel.load_config(sd15 / "unet"))
+        vae = AutoencoderKL.from_config(AutoencoderKL.load_config(sd15 / "vae"))
+        text = CLIPTextModel(CLIPTextConfig.from_pretrained(sd15 / "text_encoder"))
+    pipe = StableDiffusionPipeline(
+        vae=vae, text_encoder=text, tokenizer=tokenizer(folder / "tok"), unet=unet,
+        scheduler=EulerDiscreteScheduler.from_pretrained(sd15 / "scheduler"), safety_checker=None,
+        feature_extractor=None, requires_safety_checker=False)
+    pipe.to(dtype).save_pretrained(folder)
+
+
 def sdxl_pipeline(folder, refiner=False, seed=0):
     """A StableDiffusionXLPipeline (or the refiner's img2img pipeline) with tiny random parts, saved to `folder`."""
     from diffusers import EulerDiscreteScheduler, StableDiffusionXLImg2ImgPipeline, StableDiffusionXLPipeline
