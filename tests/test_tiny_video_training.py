@@ -113,8 +113,31 @@ def held_out_loss(recipe, unet, base, n=16):
     g = torch.Generator().manual_seed(0)
     t = torch.linspace(0, 999, n).long()
     eps = torch.randn(latents.shape, generator=g)
-    loss = tiny_video.VideoDenoiserLoss(unet, tiny.sd15_schedule().alphas_cumprod(), recipe.min_snr)
+    loss = tiny_video.VideoDenoiserLoss(unet, tiny.sd15_schedule().alphas_cumprod(), recipe.min_snr,
+                                        recipe.high_noise_snr)
     return float(loss(features[rows], latents, t, eps))
+
+
+def test_the_loss_weighs_x0_error_at_high_noise_and_min_snr_at_low():
+    """Below SNR 0.1 the loss is 0.1 x the x0 prediction's MSE (x0 = (x_t - sqrt(1 - abar) eps) / sqrt(abar));
+    at low noise min-SNR-5's epsilon weight 5 / SNR; in between plain epsilon MSE."""
+    g = torch.Generator().manual_seed(0)
+    x0, eps, pred = (torch.randn(1, 4, 2, 4, 4, generator=g) for _ in range(3))
+    abar = tiny.sd15_schedule().alphas_cumprod()
+    loss = tiny_video.VideoDenoiserLoss(lambda x, t, c: pred, abar, 5.0, 0.1)
+    for t in (999, 500, 0):
+        a = abar[t]
+        snr = float(a / (1 - a))
+        got = float(loss(None, x0, torch.tensor([t]), eps))
+        eps_mse = float((pred - eps).pow(2).mean())
+        if t == 999:
+            xt = a.sqrt() * x0 + (1 - a).sqrt() * eps
+            x0_hat = (xt - (1 - a).sqrt() * pred) / a.sqrt()
+            assert snr < 0.1 and abs(got - 0.1 * float((x0_hat - x0).pow(2).mean())) <= 1e-4 * got
+        elif t == 0:
+            assert snr > 5 and abs(got - 5 / snr * eps_mse) <= 1e-5 * got
+        else:
+            assert 0.1 < snr < 5 and abs(got - eps_mse) <= 1e-6 * got
 
 
 def test_a_short_run_lowers_the_loss(tmp_path, base):
