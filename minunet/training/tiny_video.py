@@ -101,7 +101,8 @@ def build_unet(recipe, seed, image_unet=None):
 
 
 class VideoDenoiserLoss(nn.Module):
-    """Epsilon MSE of the video UNet on frozen text features, min-SNR weighted, per clip."""
+    """Epsilon MSE of the video UNet on frozen text features, min-SNR weighted (x0 MSE below high_noise_snr), per
+    clip."""
 
     def __init__(self, unet, alphas_cumprod, min_snr, high_noise_snr=0.0):
         super().__init__()
