@@ -148,9 +148,16 @@ class DenoiserLoss(nn.Module):
         abar = self.abar[t][:, None, None, None]
         noisy = abar.sqrt() * x0 + (1 - abar).sqrt() * eps
         pred = self.unet(noisy, t, context).float()
-        snr = abar.flatten() / (1 - abar.flatten())
-        weight = snr.clamp(max=self.min_snr) / snr  # min-SNR-gamma (Hang et al. 2023) for epsilon prediction
+        weight = epsilon_weight(abar.flatten(), self.min_snr)
         return (weight * (pred - eps).pow(2).mean(dim=(1, 2, 3))).mean()
+
+
+def epsilon_weight(abar, min_snr, high_noise_snr=0.0):
+    """Per-sample weights of an epsilon MSE, (b,) from alpha-bar (b,): min-SNR-gamma (Hang et al. 2023), min(SNR,
+    min_snr) / SNR; with high_noise_snr > 0, below that SNR x0's error instead (epsilon's error holds x0's times the
+    SNR, so at high noise it hardly sees what is decided there): the weight high_noise_snr / SNR."""
+    snr = abar / (1 - abar)
+    return snr.clamp(max=min_snr) / snr * (high_noise_snr / snr).clamp(min=1.0)
 
 
 def sd15_schedule():

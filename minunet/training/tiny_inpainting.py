@@ -184,8 +184,7 @@ class InpaintLoss(nn.Module):
         abar = self.abar[t][:, None, None, None]
         noisy = abar.sqrt() * x0 + (1 - abar).sqrt() * eps
         pred = self.unet(inpaint.unet_input(noisy, mask, masked), t, context).float()
-        snr = abar.flatten() / (1 - abar.flatten())
-        weight = snr.clamp(max=self.min_snr) / snr  # min-SNR-gamma for epsilon prediction, as the image recipe
+        weight = tiny.epsilon_weight(abar.flatten(), self.min_snr)  # min-SNR-gamma, as the image recipe
         return (weight * (pred - eps).pow(2).mean(dim=(1, 2, 3))).mean()
 
 

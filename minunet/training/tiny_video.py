@@ -23,7 +23,7 @@ from torch import nn
 
 from ..models.video import TemporalConvLayer, TransformerTemporalModel, VideoUNet, VideoUNetConfig
 from . import distributed, moving
-from .tiny import Run, Stage, save_grid, sd15_schedule, step_generator, train_loop
+from .tiny import Run, Stage, epsilon_weight, save_grid, sd15_schedule, step_generator, train_loop
 
 STAGE_NAME = "unet"
 
@@ -115,11 +115,9 @@ class VideoDenoiserLoss(nn.Module):
         abar = self.abar[t][:, None, None, None, None]
         noisy = abar.sqrt() * x0 + (1 - abar).sqrt() * eps
         pred = self.unet(noisy, t, context).float()
-        snr = abar.flatten() / (1 - abar.flatten())
-        weight = snr.clamp(max=self.min_snr) / snr  # min-SNR-gamma for epsilon prediction, as tiny.DenoiserLoss
-        # epsilon's error holds x0's scaled by SNR: at high noise a wrong motion costs almost nothing (t=950: SNR
-        # 0.0083); weigh x0's error there instead (the weight high_noise_snr / SNR, so x0-MSE * high_noise_snr)
-        weight = weight * (self.high_noise_snr / snr).clamp(min=1.0)
+        # min-SNR-gamma, and x0's error below high_noise_snr: a wrong motion costs epsilon's error almost nothing
+        # at high noise (t=950: SNR 0.0083)
+        weight = epsilon_weight(abar.flatten(), self.min_snr, self.high_noise_snr)
         return (weight * (pred - eps).pow(2).mean(dim=(1, 2, 3, 4))).mean()
 
 
