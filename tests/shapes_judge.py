@@ -4,7 +4,12 @@
 - object: the pixels farther than DIFFER from that median; its colour is their median, named by the nearest
   palette colour;
 - shape: how much of its bounding box the object fills (square 1.0, circle pi / 4 = 0.79, triangle 0.5), cut at
-  the midpoints; rows and columns holding fewer than 2 object pixels do not count for the box (stray pixels).
+  the midpoints, measured on the object's coverage so that anti-aliased and blurred edges count by how much of
+  each pixel they cover: a pixel's coverage is its distance from the background along the line to the object's
+  colour, 0 to 1, kept on the object's pixels and those touching them (not background noise further away); the
+  fill is the coverage's sum over the widest row's sum times the tallest column's (the box's sides). On 1000
+  drawn 32 px pictures it reads 99.7% of the shapes right (triangles 99.1%) where the thresholded pixels' box read
+  92.4% (78%): a small triangle's anti-aliased edge fills that box more than 0.64 (tests/test_tiny_training.py).
 The palette and shape names are the issue's, written here again (not imported), so the judge is independent of
 the data set code it checks.
 """
@@ -33,15 +38,21 @@ def judge(image):
     out = dict(background=nearest(bg), colour=None, shape=None, fill=None)
     if int(mask.sum()) < MIN_OBJECT:
         return out
-    out["colour"] = nearest(x[:, mask].median(dim=1).values)
-    rows = torch.nonzero(mask.sum(1) >= 2).flatten()
-    cols = torch.nonzero(mask.sum(0) >= 2).flatten()
-    if len(rows) == 0 or len(cols) == 0:
-        return out
-    box = mask[rows[0]:rows[-1] + 1, cols[0]:cols[-1] + 1]
-    out["fill"] = float(box.float().mean())
+    obj = x[:, mask].median(dim=1).values
+    out["colour"] = nearest(obj)
+    out["fill"] = coverage_fill(x, bg, obj, mask)
     out["shape"] = next(name for cut, name in FILL_CUTS if out["fill"] < cut)
     return out
+
+
+def coverage_fill(x, bg, obj, mask):
+    """(3, H, W) RGB 0..255, background and object colours (3,), object pixels (H, W) -> area / (width x height)
+    of the object's coverage (see the module docstring)."""
+    d = obj - bg
+    cover = (((x - bg[:, None, None]) * d[:, None, None]).sum(0) / d.pow(2).sum()).clamp(0, 1)   # (H, W)
+    near = torch.nn.functional.max_pool2d(mask[None, None].float(), 3, stride=1, padding=1)[0, 0] > 0
+    cover = cover * near
+    return float(cover.sum() / (cover.sum(1).max() * cover.sum(0).max()))
 
 
 def to_rgb255(image):

@@ -26,15 +26,18 @@ def test_drawn_pictures_are_what_the_judge_sees():
         assert (v["colour"], v["shape"], v["background"]) == (p["colour"], p["shape"], p["background"]), (i, p, v)
 
 
-def test_at_32_px_the_judge_reads_colours_always_and_shapes_mostly():
-    """At the tiny model's 32 px the smallest triangles (8 px) fill more of their box than 0.64: measured 92.4% of
-    the shapes right on 1000 drawn pictures (triangles 78%), colours and backgrounds 100%; the ceiling of the
-    model's shape score."""
+def test_at_32_px_the_judge_reads_colours_always_and_shapes_nearly_always():
+    """At the tiny model's 32 px, with the shape read from the coverage (the anti-aliased edges of the smallest
+    triangles, 8 px, counted by how much of each pixel they cover): measured 99.7% of the shapes right on 1000 drawn
+    pictures (triangles 99.1%), colours and backgrounds 100%. The thresholded pixels' box read 92.4% (triangles
+    78%)."""
     images, _ = shapes.draw_batch(range(1000), seed=3, size=32)
     drawn = [shapes.draw_params(i, 3) for i in range(1000)]
     verdicts = [judge(im * 0.5 + 0.5) for im in images]
     assert all(v["colour"] == p["colour"] and v["background"] == p["background"] for v, p in zip(verdicts, drawn))
-    assert 0.9 <= sum(v["shape"] == p["shape"] for v, p in zip(verdicts, drawn)) / 1000 <= 0.95
+    assert sum(v["shape"] == p["shape"] for v, p in zip(verdicts, drawn)) / 1000 >= 0.99
+    triangles = [v["shape"] == "triangle" for v, p in zip(verdicts, drawn) if p["shape"] == "triangle"]
+    assert sum(triangles) / len(triangles) >= 0.98
 
 
 def test_captions_name_the_colours_and_the_shape():
