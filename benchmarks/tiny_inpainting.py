@@ -18,13 +18,13 @@ import torch
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "tests"))
-from test_tiny_inpainting import HOLES, PALETTE, SHAPES, hole_mask, inpaint, scores  # noqa: E402
+from test_tiny_inpainting import GRID, HOLES, hole_mask, inpaint, scores  # noqa: E402
 
 from minunet import Pipeline  # noqa: E402
 from minunet.weights import TINY_GUIDANCE  # noqa: E402
 from minunet.training import tiny  # noqa: E402
 
-COMBOS = [(c, s, b) for c in PALETTE for s in SHAPES for b in PALETTE if b != c]  # 8 x 3 x 7 = 168
+COMBOS = GRID  # the tests' grid: every colour x shape x background of the plain form, 8 x 3 x 7 = 168
 SAMPLERS = [("euler", 20), ("dpmpp_2m", 20)]
 SHOWN = [("red", "circle", "blue"), ("yellow", "square", "black"), ("green", "triangle", "white"),
          ("white", "circle", "purple"), ("blue", "triangle", "yellow"), ("orange", "square", "green")]
